@@ -1,0 +1,69 @@
+# Finds every third-party dependency of forge in one place.
+#
+# LibTorch comes from the PyPI wheel torch==2.11.0 inside FORGE_PYTHON's
+# environment (scripts/setup.sh creates it); its CMake package lives at
+# torch.utils.cmake_prefix_path.
+
+set(FORGE_PYTHON "" CACHE FILEPATH "Python interpreter whose torch package provides LibTorch")
+if(NOT FORGE_PYTHON)
+  find_program(_forge_py NAMES python3 python REQUIRED)
+  set(FORGE_PYTHON "${_forge_py}" CACHE FILEPATH "" FORCE)
+endif()
+
+execute_process(
+  COMMAND "${FORGE_PYTHON}" -c "import torch, torch.utils; print(torch.utils.cmake_prefix_path); print(torch.__version__); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"
+  OUTPUT_VARIABLE _torch_info RESULT_VARIABLE _torch_rc ERROR_VARIABLE _torch_err
+  OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT _torch_rc EQUAL 0)
+  message(FATAL_ERROR "forge: cannot import torch with ${FORGE_PYTHON}:\n${_torch_err}\n"
+                      "Run scripts/setup.sh, or pass -DFORGE_PYTHON=<python with torch==2.11.0>.")
+endif()
+string(REPLACE "\n" ";" _torch_info "${_torch_info}")
+list(GET _torch_info 0 FORGE_TORCH_CMAKE_PREFIX)
+list(GET _torch_info 1 FORGE_TORCH_PY_VERSION)
+list(GET _torch_info 2 FORGE_TORCH_CXX11_ABI)
+if(NOT FORGE_TORCH_CXX11_ABI EQUAL 1)
+  message(FATAL_ERROR "forge: the torch in ${FORGE_PYTHON} is not built with the C++11 ABI; "
+                      "Debian's spdlog/fmt/toml++ need it (libtorch-pitfalls.md section 6).")
+endif()
+list(PREPEND CMAKE_PREFIX_PATH "${FORGE_TORCH_CMAKE_PREFIX}")
+
+# CUDA: TorchConfig needs a toolkit at configure time for the CUDA wheel.
+# Name the architectures ourselves so it does not probe for a GPU.
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(ENV{TORCH_CUDA_ARCH_LIST} "8.0;9.0")
+endif()
+find_package(Torch REQUIRED)
+message(STATUS "forge: LibTorch ${FORGE_TORCH_PY_VERSION} from ${FORGE_TORCH_CMAKE_PREFIX}")
+
+find_package(tomlplusplus REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+
+# LibTorch ships its own (newer) fmt headers in its include folder, which it
+# passes as -isystem. Debian's spdlog is built against Debian's fmt 9, so
+# forge must see that fmt: an overlay folder holding only a link to it goes
+# first (-I beats -isystem). The installed SDK carries the same overlay.
+get_target_property(_fmt_inc fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
+list(GET _fmt_inc 0 _fmt_inc)
+set(FORGE_FMT_OVERLAY "${CMAKE_BINARY_DIR}/fmt-overlay")
+file(MAKE_DIRECTORY "${FORGE_FMT_OVERLAY}")
+file(CREATE_LINK "${_fmt_inc}/fmt" "${FORGE_FMT_OVERLAY}/fmt" SYMBOLIC)
+add_library(forge_fmt_first INTERFACE)
+target_include_directories(forge_fmt_first BEFORE INTERFACE
+  $<BUILD_INTERFACE:${FORGE_FMT_OVERLAY}> $<INSTALL_INTERFACE:include/forge-fmt-overlay>)
+install(TARGETS forge_fmt_first EXPORT ForgeTargets)
+install(DIRECTORY "${FORGE_FMT_OVERLAY}/" DESTINATION include/forge-fmt-overlay)
+find_package(Boost 1.74 REQUIRED)            # header-only: Boost.DLL
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(ICU REQUIRED COMPONENTS uc i18n) # Unicode regex for HF tokenizer pre-tokenizers
+find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)
+find_library(STB_LIBRARY NAMES stb REQUIRED)  # Debian's compiled stb (stb_image, stb_image_write, ...)
+add_library(forge_stb INTERFACE)
+target_include_directories(forge_stb SYSTEM INTERFACE "${STB_INCLUDE_DIR}/stb")
+target_link_libraries(forge_stb INTERFACE "${STB_LIBRARY}")
+if(FORGE_BUILD_TESTS)
+  find_package(Catch2 2 REQUIRED)
+endif()
+find_package(Threads REQUIRED)
