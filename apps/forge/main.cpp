@@ -1,0 +1,125 @@
+// forge: train vision-language models on LibTorch, with plugins.
+//
+// This file parses the command line and maps every failure to an exit code:
+// 0 success, 1 runtime failure, 2 usage / config / plugin / input error.
+// User mistakes never print a stack trace.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "apps/forge/commands.h"
+#include "core/util/logging.h"
+#include "core/util/strings.h"
+#include "forge/error.h"
+#include "forge/version.h"
+
+namespace {
+
+// Config overrides look like --section.key=value (a dot in the key). They are
+// taken out before CLI11 sees the arguments.
+bool is_override(const std::string& arg) {
+  if (!forge::util::starts_with(arg, "--") || arg.size() < 3) return false;
+  std::string key = arg.substr(2, arg.find('=') == std::string::npos ? std::string::npos : arg.find('=') - 2);
+  return key.find('.') != std::string::npos && key.find('/') == std::string::npos;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args;
+  std::vector<std::string> overrides;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (is_override(a)) {
+      overrides.push_back(a);
+    } else {
+      args.push_back(a);
+    }
+  }
+
+  CLI::App app{
+      "forge: train vision-language models on LibTorch.\n"
+      "Archs, adapters and vision encoders are plugins (libforge_<kind>_<name>.so) found at start-up.\n"
+      "Config values can be overridden after the config path with --section.key=value (TOML syntax).",
+      "forge"};
+  app.require_subcommand(0, 1);
+  app.fallthrough();  // global options (--log-level) may follow the command
+  app.set_version_flag("--version", [] { return std::string(); }, "Print forge, SDK, plugin ABI, torch and CUDA versions");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->default_val("info");
+  app.footer(
+      "Exit codes: 0 success, 1 runtime failure, 2 usage, config, plugin or input error.\n"
+      "Docs: docs/README.md (running), docs/configuration.md (every key), docs/writing-a-plugin.md.");
+
+  std::vector<std::string> plugin_paths;
+  auto add_plugin_path = [&](CLI::App* sub) {
+    sub->add_option("--plugin-path", plugin_paths,
+                    "Extra plugin folder, searched first (repeatable); then FORGE_PLUGIN_PATH, [plugins] paths, "
+                    "the installed plugins");
+  };
+
+  forge::app::ConfigArgs cfg;
+  auto* plugins = app.add_subcommand("plugins", "List every plugin file found, with its descriptor and verdict");
+  add_plugin_path(plugins);
+
+  auto* validate = app.add_subcommand(
+      "validate", "Check a config and print it fully resolved (defaults filled in); exit 2 on any error");
+  validate->add_option("config", cfg.config, "The TOML config")->required();
+  add_plugin_path(validate);
+
+  auto* reference = app.add_subcommand("config-reference",
+                                       "Print the configuration reference (Markdown) for the core and every plugin");
+  add_plugin_path(reference);
+
+  try {
+    std::vector<std::string> reversed(args.rbegin(), args.rend());
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion&) {
+    return forge::app::cmd_version();
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    std::cerr << "Run 'forge --help' (or 'forge <command> --help') for usage." << std::endl;
+    return forge::kExitUsage;
+  }
+  forge::set_log_level(log_level);
+  cfg.overrides = overrides;
+  cfg.plugin_paths = plugin_paths;
+
+  int rc = forge::kExitOk;
+  try {
+    if (!overrides.empty() && !validate->parsed()) {
+      throw forge::UsageError("config overrides (" + overrides.front() +
+                              ") apply only to commands that take a config");
+    }
+    if (plugins->parsed()) {
+      rc = forge::app::cmd_plugins(plugin_paths);
+    } else if (validate->parsed()) {
+      rc = forge::app::cmd_validate(cfg);
+    } else if (reference->parsed()) {
+      rc = forge::app::cmd_config_reference(plugin_paths);
+    } else {
+      std::cout << app.help() << std::flush;
+      rc = forge::kExitUsage;
+    }
+  } catch (const forge::ConfigError& e) {
+    for (const auto& d : e.diagnostics()) std::cerr << d.format() << "\n";
+    if (e.diagnostics().empty()) std::cerr << "error: " << e.what() << "\n";
+    rc = e.exit_code();
+  } catch (const forge::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    rc = e.exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "error: internal failure: " << e.what() << "\n";
+    rc = forge::kExitRuntime;
+  }
+  forge::flush_logs();
+  std::cout.flush();
+  return rc;
+}

@@ -1,0 +1,178 @@
+// The core's config sections. Keys and defaults follow KempnerForge where it
+// has the key (spec section 1.8); forge's own keys say so in their help.
+#include "core/config/job.h"
+
+#include <fmt/format.h>
+
+namespace forge {
+
+void TrainConfig::visit(ConfigVisitor& v) {
+  v.field("batch_size", batch_size, "Samples per micro-batch (per data-parallel rank).", Bounds::positive());
+  v.field("seq_len", seq_len,
+          "Positions per sample used for tokens/s and MFU, and checked against model.max_seq_len; the VLM forward "
+          "length itself is (image tokens in the residual) + vlm.max_text_len.",
+          Bounds::positive());
+  v.field("max_steps", max_steps, "Optimizer steps to train for.", Bounds::positive());
+  v.field("grad_accum_steps", grad_accum_steps, "Micro-batches accumulated per optimizer step.", Bounds::positive());
+  v.field("grad_clip_norm", grad_clip_norm, "Clip the global gradient L2 norm to this value.", Bounds::positive());
+  v.field("seed", seed, "Seed of weight init and every random draw of the run.");
+  v.field("data_seed", data_seed, "Seed of the data order; unset: seed.");
+  v.field("mixed_precision", mixed_precision,
+          "bf16: bf16 compute on CUDA with fp32 master weights and optimizer state (CPU computes in fp32); fp32: "
+          "fp32 everywhere. fp16 and fp8 are not supported by forge.",
+          {"bf16", "fp16", "fp32", "fp8"});
+  v.require(mixed_precision == "bf16" || mixed_precision == "fp32", "mixed_precision",
+            fmt::format("\"{}\" is not supported by forge; use \"bf16\" or \"fp32\"", mixed_precision));
+  v.field("loss_fn", loss_fn,
+          "Token cross-entropy; chunked_cross_entropy is accepted and computes the same loss.",
+          {"cross_entropy", "chunked_cross_entropy"});
+  v.field("z_loss_weight", z_loss_weight, "Weight of the z-loss mean(logsumexp(logits)^2) added to the loss.",
+          Bounds::non_negative());
+  v.field("device", device, "forge: where to train. auto picks CUDA when a GPU is visible, else the CPU.",
+          {"auto", "cpu", "cuda"});
+  v.field("threads", threads, "forge: intra-op CPU threads for LibTorch; 0 keeps LibTorch's default.",
+          Bounds::non_negative());
+  v.unimplemented("compile_model", "torch.compile has no LibTorch equivalent");
+  v.unimplemented("activation_checkpointing", "");
+  v.unimplemented("ce_chunk_size", "the loss is computed in one piece");
+  v.unimplemented("shutdown_timeout_sec", "");
+  v.unimplemented("nccl_health_check_interval", "");
+}
+
+void OptimizerConfig::visit(ConfigVisitor& v) {
+  v.field("name", name, "Optimizer. forge implements AdamW (decoupled weight decay).",
+          {"adamw", "lion", "muon", "schedule_free_adamw"});
+  v.require(name == "adamw", "name", fmt::format("\"{}\" is not implemented by forge; use \"adamw\"", name));
+  v.field("lr", lr, "Peak learning rate.", Bounds::positive());
+  v.field("weight_decay", weight_decay,
+          "Decoupled weight decay, applied to matrices only (never to norms and biases; embeddings only with "
+          "decay_embeddings).",
+          Bounds::non_negative());
+  v.field("betas", betas, "AdamW (beta1, beta2).", 2, Bounds::range(0.0, 1.0, true, false));
+  v.field("eps", eps, "AdamW epsilon.", Bounds::positive());
+  v.field("decay_embeddings", decay_embeddings,
+          "forge: also apply weight decay to the token embedding (KempnerForge does; forge does not by default).");
+  v.unimplemented("fused", "LibTorch's AdamW has no fused kernel option");
+  for (const char* k : {"muon_momentum", "muon_ns_steps", "muon_adam_lr", "schedule_free_warmup_steps"})
+    v.unimplemented(k, "forge implements AdamW only");
+}
+
+void SchedulerConfig::visit(ConfigVisitor& v) {
+  v.field("name", name,
+          "Learning-rate factor after a linear warmup: cosine and linear decay to min_lr_ratio; wsd holds for "
+          "stable_steps then decays (wsd_decay_type); rex is max(min_lr_ratio, (1 - progress)^rex_alpha); constant "
+          "holds 1; none is 1 from step 0 with no warmup. Formulas: docs/training.md.",
+          {"cosine", "linear", "wsd", "constant", "rex", "none"});
+  v.field("warmup_steps", warmup_steps, "Linear warmup of the factor from 0 to 1 over this many steps.",
+          Bounds::non_negative());
+  v.field("decay_steps", decay_steps,
+          "Steps of the decay; unset: the rest of training (max_steps - warmup_steps [- stable_steps for wsd]).",
+          Bounds::non_negative());
+  v.field("min_lr_ratio", min_lr_ratio, "Final learning rate as a fraction of optimizer.lr.", Bounds::range(0.0, 1.0));
+  v.field("stable_steps", stable_steps, "wsd: steps held at the full rate after warmup; unset: 0.",
+          Bounds::non_negative());
+  v.field("wsd_decay_type", wsd_decay_type, "wsd: shape of the decay.", {"cosine", "linear", "sqrt"});
+  v.field("rex_alpha", rex_alpha, "rex: exponent of the decay.", Bounds::positive());
+}
+
+void DataConfig::visit(ConfigVisitor& v) {
+  v.field("type", type,
+          "forge: the dataset. shapes: the embedded, procedurally drawn image-caption set (no download); jsonl: a "
+          "manifest of {\"image\", \"text\", \"prompt\"} lines at path.",
+          {"shapes", "jsonl"});
+  v.field("path", path, "forge: the JSONL manifest (type = \"jsonl\"); image paths in it are relative to it.");
+  v.field("tokenizer_path", tokenizer_path,
+          "A Hugging Face tokenizer.json (byte-level BPE); empty: forge's byte-level tokenizer (259 ids).");
+  v.field("hf_image_size", hf_image_size,
+          "Square image size fed to the encoder. When the encoder fixes its size (siglip, clip) this must match it; "
+          "left out, the encoder's size is used.",
+          Bounds::positive());
+  v.field("num_workers", num_workers, "Background threads decoding and batching samples.", Bounds::non_negative());
+  v.field("prefetch_factor", prefetch_factor, "Batches prepared ahead of the training step (queue depth).",
+          Bounds::positive());
+  v.field("pin_memory", pin_memory, "Pin batches in page-locked memory when training on CUDA.");
+  v.field("bad_rows", bad_rows,
+          "forge: a manifest row that cannot be used: fail stops with its file:line; skip counts it and goes on.",
+          {"fail", "skip"});
+  v.field("chat_template", chat_template,
+          "forge: a format string with {prompt} and {text} wrapping each sample, e.g. \"User: {prompt}\\nAssistant: "
+          "{text}\"; empty: prompt then text.");
+  v.field("shapes_train_samples", shapes_train_samples, "forge: size of the embedded dataset's training split.",
+          Bounds::positive());
+  v.field("shapes_heldout_samples", shapes_heldout_samples, "forge: size of the embedded dataset's held-out split.",
+          Bounds::positive());
+  v.field("shapes_seed", shapes_seed, "forge: seed that draws the embedded dataset (fixed per split).");
+  v.field("blank_images", blank_images,
+          "forge: replace every image by a blank one (a control run: the captions' image words drop to chance).");
+  v.unimplemented("hf_dataset_name", "use type = \"jsonl\" with a manifest");
+  for (const char* k : {"hf_dataset_split", "hf_dataset_config", "hf_dataset_image_field", "hf_dataset_text_field",
+                        "hf_dataset_prompt_field", "hf_streaming"})
+    v.unimplemented(k, "Hugging Face datasets; use type = \"jsonl\"");
+  for (const char* k : {"dataset_path", "file_pattern", "pack_sequences", "datasets", "mix_temperature", "phases",
+                        "anneal_start_step", "anneal_weights"})
+    v.unimplemented(k, "text-only pretraining data");
+  v.require(type != "jsonl" || !path.empty(), "path", "type = \"jsonl\" needs path = \"<manifest.jsonl>\"");
+}
+
+void CheckpointConfig::visit(ConfigVisitor& v) {
+  v.field("dir", dir,
+          "Run directory: step_<N>/ checkpoints, the latest pointer, metrics.jsonl and the resolved config.");
+  v.field("interval", interval, "Save every this many steps.", Bounds::positive());
+  v.field("keep_last_n", keep_last_n,
+          "Checkpoints kept; older ones are deleted once a newer one is complete. <= 0 keeps all.");
+  v.field("load_path", load_path,
+          "Start from this checkpoint folder when the run directory has none (weights, optimizer and step).");
+  v.field("ignore_freeze_mismatch", ignore_freeze_mismatch,
+          "Resume even when the checkpoint's freeze state differs from this config's at that step (warning only).");
+  v.field("save_final", save_final, "forge: save a checkpoint when training ends cleanly.");
+  v.unimplemented("async_mode", "checkpoints are written synchronously");
+  v.unimplemented("dyn_ckpt_window", "");
+  v.unimplemented("export_dtype", "");
+  v.unimplemented("exclude_from_loading", "");
+}
+
+void MetricsConfig::visit(ConfigVisitor& v) {
+  v.field("log_interval", log_interval, "Log every this many steps (and at step 1).", Bounds::positive());
+  v.field("jsonl", jsonl, "forge: also append every logged step as one JSON line to <checkpoint.dir>/metrics.jsonl.");
+  v.field("peak_tflops", peak_tflops,
+          "forge: peak dense bf16 TFLOP/s per device for MFU; 0 picks from the GPU name (H100/H200 989, A100 312) "
+          "or 1 on a CPU.",
+          Bounds::non_negative());
+  for (const char* k : {"enable_wandb", "enable_tensorboard", "wandb_project", "wandb_run_name", "wandb_run_id",
+                        "tensorboard_dir"})
+    v.unimplemented(k, "forge writes metrics.jsonl instead");
+}
+
+void EvalConfig::visit(ConfigVisitor& v) {
+  v.field("enabled", enabled,
+          "Evaluate on held-out data during and after training: loss and caption accuracy (D9). KempnerForge "
+          "ignores [eval] for VLMs.");
+  v.field("interval", interval, "Evaluate every this many steps, and once at the end.", Bounds::positive());
+  v.field("steps", steps, "Held-out batches per evaluation.", Bounds::positive());
+  v.field("dataset_path", dataset_path,
+          "Held-out JSONL manifest for data.type = \"jsonl\"; the embedded dataset brings its own held-out split.");
+  for (const char* k : {"file_pattern", "hf_dataset_name", "hf_dataset_config", "hf_dataset_split"})
+    v.unimplemented(k, "Hugging Face / token-file eval data");
+}
+
+void DistributedConfig::visit(ConfigVisitor& v) {
+  v.field("dp_shard", dp_shard, "Data-parallel ranks; -1 uses the launched world size, else it must equal it.");
+  v.require(dp_shard == -1 || dp_shard > 0, "dp_shard", fmt::format("got {}; must be -1 or > 0", dp_shard));
+  v.field("backend", backend,
+          "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both: gloo, nccl).");
+  v.field("nccl_timeout_sec", nccl_timeout_sec, "Timeout of collectives, in seconds.", Bounds::positive());
+  v.unimplemented("tp", "tensor parallelism");
+  v.unimplemented("pp", "pipeline parallelism");
+  v.unimplemented("ep", "expert parallelism");
+  v.unimplemented("cp", "context parallelism");
+  v.unimplemented("dp_replicate", "forge's data parallelism replicates every rank");
+  v.unimplemented("pp_schedule", "pipeline parallelism");
+}
+
+void PluginsConfig::visit(ConfigVisitor& v) {
+  v.field("paths", paths,
+          "forge: extra plugin folders, searched after --plugin-path and FORGE_PLUGIN_PATH and before the "
+          "installed plugins.");
+}
+
+}  // namespace forge

@@ -1,0 +1,128 @@
+// The whole job config: every TOML section as a struct. The plugin-facing
+// sections ([model], [vision_encoder], [adapter], [vlm]) are declared in the
+// SDK (forge/config.h); the rest belong to the core.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "forge/config.h"
+#include "forge/export.h"
+
+namespace forge {
+
+struct FORGE_API TrainConfig {
+  int64_t batch_size = 8;
+  int64_t seq_len = 2048;
+  int64_t max_steps = 100000;
+  int64_t grad_accum_steps = 1;
+  double grad_clip_norm = 1.0;
+  int64_t seed = 42;
+  std::optional<int64_t> data_seed;
+  std::string mixed_precision = "bf16";
+  std::string loss_fn = "cross_entropy";
+  double z_loss_weight = 0.0;
+  std::string device = "auto";
+  int64_t threads = 0;
+  void visit(ConfigVisitor& v);
+  int64_t effective_data_seed() const { return data_seed.value_or(seed); }
+};
+
+struct FORGE_API OptimizerConfig {
+  std::string name = "adamw";
+  double lr = 3e-4;
+  double weight_decay = 0.1;
+  std::vector<double> betas{0.9, 0.95};
+  double eps = 1e-8;
+  bool decay_embeddings = false;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API SchedulerConfig {
+  std::string name = "cosine";
+  int64_t warmup_steps = 2000;
+  std::optional<int64_t> decay_steps;
+  double min_lr_ratio = 0.1;
+  std::optional<int64_t> stable_steps;
+  std::string wsd_decay_type = "cosine";
+  double rex_alpha = 1.0;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API DataConfig {
+  std::string type = "shapes";
+  std::string path;
+  std::string tokenizer_path;
+  int64_t hf_image_size = 224;
+  int64_t num_workers = 4;
+  int64_t prefetch_factor = 2;
+  bool pin_memory = true;
+  std::string bad_rows = "fail";
+  std::string chat_template;
+  int64_t shapes_train_samples = 50000;
+  int64_t shapes_heldout_samples = 512;
+  int64_t shapes_seed = 1234;
+  bool blank_images = false;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API CheckpointConfig {
+  std::string dir = "checkpoints";
+  int64_t interval = 1000;
+  int64_t keep_last_n = 3;
+  std::optional<std::string> load_path;
+  bool ignore_freeze_mismatch = false;
+  bool save_final = true;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API MetricsConfig {
+  int64_t log_interval = 10;
+  bool jsonl = true;
+  double peak_tflops = 0.0;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API EvalConfig {
+  bool enabled = true;
+  int64_t interval = 1000;
+  int64_t steps = 50;
+  std::string dataset_path;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API DistributedConfig {
+  int64_t dp_shard = -1;
+  std::string backend = "cpu:gloo,cuda:nccl";
+  int64_t nccl_timeout_sec = 1800;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API PluginsConfig {
+  std::vector<std::string> paths;
+  void visit(ConfigVisitor& v);
+};
+
+struct FORGE_API JobConfig {
+  std::string source;  // the config file ("" when built in code)
+
+  ModelConfig model;
+  std::shared_ptr<EncoderConfig> vision_encoder;  // null without [vision_encoder] and [vlm]
+  std::shared_ptr<AdapterConfig> adapter;         // materialised with defaults when [vlm] is set
+  std::shared_ptr<VLMConfig> vlm;                 // null: text-only
+  TrainConfig train;
+  OptimizerConfig optimizer;
+  SchedulerConfig scheduler;
+  DataConfig data;
+  CheckpointConfig checkpoint;
+  MetricsConfig metrics;
+  EvalConfig eval;
+  DistributedConfig distributed;
+  PluginsConfig plugins;
+
+  bool is_vlm() const { return vlm != nullptr; }
+};
+
+}  // namespace forge

@@ -1,0 +1,1 @@
+// Owner of the precompiled header (see forge_pch.h).

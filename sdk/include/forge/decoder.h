@@ -1,0 +1,124 @@
+// The core decoder: token embedding, a stack of layers, final norm, optional
+// output slice, output head. It knows no arch by name: an arch plugin shapes
+// it through DecoderHooks (which layer type to build, extra modules such as
+// cross-attention blocks, what runs after each layer, the final norm, RoPE
+// positions, weight init).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "forge/config.h"
+#include "forge/export.h"
+#include "forge/modality.h"
+#include "forge/nn.h"
+
+namespace forge {
+
+struct BuildContext;
+class DecoderImpl;
+
+// KV cache for generation: one LayerKV per decoder layer plus arch state
+// (e.g. cross-attention keys/values of the image, computed once).
+struct FORGE_API KVCache {
+  std::vector<nn::LayerKV> layers;
+  std::map<std::string, at::Tensor> arch_state;
+  int64_t length = 0;    // positions already in the cache
+  int64_t capacity = 0;  // positions the cache can hold
+};
+
+// What every layer and hook sees during one decoder forward.
+struct FORGE_API DecoderStep {
+  const ModalityContext& modality;
+  nn::AttentionInputs attention;  // RoPE rows, start position, masks
+  KVCache* cache = nullptr;       // null in training
+  int64_t start_pos = 0;          // absolute position of the chunk's first element
+  int64_t length = 0;             // positions in this chunk
+};
+
+// One layer of the decoder stack, registered as layers.<i>.
+class FORGE_API DecoderLayer : public torch::nn::Module {
+ public:
+  ~DecoderLayer() override;
+  virtual at::Tensor forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) = 0;
+};
+
+// Pre-norm block: h + attention(attention_norm(h)), then h + mlp(mlp_norm(h)).
+// Keys: attention_norm.*, attention.{q,k,v,o}_proj.weight, mlp_norm.*, mlp.*.
+class FORGE_API TransformerBlockImpl : public DecoderLayer {
+ public:
+  explicit TransformerBlockImpl(const ModelConfig& cfg);
+  ~TransformerBlockImpl() override;
+  at::Tensor forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) override;
+
+  nn::Norm attention_norm{nullptr};
+  nn::Attention attention{nullptr};
+  nn::Norm mlp_norm{nullptr};
+  nn::Mlp mlp{nullptr};
+};
+
+// How an arch shapes the decoder. Every method has a default that gives the
+// plain (text-only / joint-decoder) transformer.
+class FORGE_API DecoderHooks {
+ public:
+  virtual ~DecoderHooks();
+  // Layer `index` of the stack. Default: TransformerBlock.
+  virtual std::shared_ptr<DecoderLayer> make_layer(int64_t index, const ModelConfig& cfg);
+  // Register arch modules on the decoder after the layers (state-dict names
+  // are the arch's: e.g. "cross_attention_layers", "mot_norms").
+  virtual void add_modules(DecoderImpl& decoder);
+  // RoPE rows used by positions [start, start + length). Default: the same numbers.
+  virtual at::Tensor rope_positions(int64_t start, int64_t length, const at::Device& device) const;
+  // Runs after layer `index` (e.g. a cross-attention block). Default: identity.
+  virtual at::Tensor after_layer(int64_t index, const at::Tensor& h, const DecoderStep& step);
+  // The final norm. Default: decoder.norm.
+  virtual at::Tensor final_norm(const at::Tensor& h, const DecoderStep& step, DecoderImpl& decoder);
+  // After the core's init scheme: e.g. zero the output projections that make
+  // a fresh block an identity.
+  virtual void init_weights(DecoderImpl& decoder);
+  // Once per fresh training run, before the first step (e.g. a warm start).
+  virtual void prepare_fresh_run(DecoderImpl& decoder, const BuildContext& ctx);
+  // Extra multiply-add FLOPs per sample in one forward that the dense
+  // formula misses (e.g. cross-attention blocks), for MFU.
+  virtual double extra_forward_flops(int64_t n_visual, int64_t text_len) const;
+};
+
+// The decoder ("transformer" in the VLM's state dict).
+class FORGE_API DecoderImpl : public torch::nn::Module {
+ public:
+  DecoderImpl(const ModelConfig& cfg, std::shared_ptr<DecoderHooks> hooks);
+  ~DecoderImpl() override;
+
+  // tokens: (B, T) int64, or undefined when modality.inputs_embeds is given.
+  // Returns logits (B, S_out, V). With `cache`, positions continue from
+  // cache->length and the cache grows by this chunk.
+  at::Tensor forward(const at::Tensor& tokens, const ModalityContext& modality = ModalityContext(),
+                     KVCache* cache = nullptr, const at::Tensor& doc_ids = at::Tensor());
+
+  // An empty cache for `batch` sequences of up to `capacity` positions.
+  KVCache make_cache(int64_t batch, int64_t capacity, at::ScalarType dtype, const at::Device& device) const;
+
+  // The core init scheme (spec section 2.6), then hooks->init_weights.
+  void init_weights();
+
+  const ModelConfig& config() const { return cfg_; }
+  DecoderHooks& hooks() { return *hooks_; }
+  const DecoderHooks& hooks() const { return *hooks_; }
+  const std::vector<std::shared_ptr<DecoderLayer>>& layer_list() const { return layer_list_; }
+
+  nn::TokenEmbedding token_embedding{nullptr};
+  torch::nn::ModuleDict layers{nullptr};
+  nn::Norm norm{nullptr};
+  nn::OutputHead output_head{nullptr};
+
+ private:
+  ModelConfig cfg_;
+  std::shared_ptr<DecoderHooks> hooks_;
+  nn::RotaryEmbedding rope_;
+  std::vector<std::shared_ptr<DecoderLayer>> layer_list_;
+};
+TORCH_MODULE(Decoder);
+
+}  // namespace forge

@@ -1,0 +1,165 @@
+// Reusable decoder building blocks, exported for arch plugins: norms, RoPE,
+// GQA attention (with KV cache), MLPs, token embedding, output head, and the
+// weight-init scheme. Parameter names follow KempnerForge's state dict
+// (spec section 2.13), so weights move between forge and Python.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "forge/export.h"
+
+namespace forge {
+struct ModelConfig;
+}
+
+namespace forge::nn {
+
+// RMSNorm (weight only, computed in fp32 and cast back) or LayerNorm (weight
+// and bias). type: "rmsnorm" | "layernorm".
+class FORGE_API NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(int64_t dim, std::string type, double eps);
+  ~NormImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+
+  at::Tensor weight;
+  at::Tensor bias;  // undefined for rmsnorm
+  std::string type;
+  double eps;
+};
+TORCH_MODULE(Norm);
+
+// Rotary position embedding, rotate-half form (not interleaved pairs):
+// out = cat(x1*cos - x2*sin, x2*cos + x1*sin) over the two halves of a head.
+// The tables are not parameters or buffers (they are not saved).
+class FORGE_API RotaryEmbedding {
+ public:
+  RotaryEmbedding() = default;
+  RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta);
+  // cos/sin rows (S, head_dim/2) for `positions` (S,) int64, in `dtype` on positions' device.
+  std::pair<at::Tensor, at::Tensor> rows(const at::Tensor& positions, at::ScalarType dtype) const;
+  int64_t max_seq_len() const { return max_seq_len_; }
+
+ private:
+  int64_t max_seq_len_ = 0;
+  at::Tensor cos_, sin_;                // fp32 on CPU
+  mutable at::Tensor dev_cos_, dev_sin_;  // copies on the last device used
+};
+
+// x: (B, H, S, hd); cos/sin: (S, hd/2).
+FORGE_API at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// One layer's KV cache: (B, Hkv, capacity, hd) each, post-RoPE.
+struct FORGE_API LayerKV {
+  at::Tensor k;
+  at::Tensor v;
+};
+
+// What attention needs besides its input.
+struct FORGE_API AttentionInputs {
+  at::Tensor cos, sin;          // (S, hd/2) RoPE rows for the queries of this chunk
+  int64_t start_pos = 0;        // cache fill before this chunk (0 in training)
+  at::Tensor doc_ids;           // optional (B, S): attend only within the same document
+  at::Tensor key_padding_mask;  // optional (B, S_kv) bool, true = real key
+};
+
+// Causal GQA attention over projected heads, RoPE already applied:
+// q (B, H, S, hd), k/v (B, Hkv, S, hd). With `cache`, k/v are written at
+// [start_pos, start_pos + S) and the queries attend to all cached keys up to
+// their own position. KV heads are repeated n_rep = H / Hkv times
+// consecutively. Rows that would have no allowed key are left unmasked (NaN
+// guard). Returns (B, H, S, hd).
+FORGE_API at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttentionInputs& in, LayerKV* cache);
+
+struct AttentionOptions {
+  int64_t dim = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  bool qk_norm = false;  // per-head RMSNorm on Q and K (eps 1e-5) before RoPE
+};
+
+// Self-attention: q_proj, k_proj, v_proj, o_proj (bias-free) [+ q_norm, k_norm].
+class FORGE_API AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const AttentionOptions& options);
+  ~AttentionImpl() override;
+  at::Tensor forward(const at::Tensor& x, const AttentionInputs& in, LayerKV* cache = nullptr);
+  // The pieces, for archs that route projections per modality:
+  // (B, S, D) -> (B, heads, S, hd), after qk-norm, before RoPE.
+  at::Tensor project_q(const at::Tensor& x);
+  at::Tensor project_k(const at::Tensor& x);
+  at::Tensor project_v(const at::Tensor& x);
+
+  AttentionOptions options;
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Norm q_norm{nullptr}, k_norm{nullptr};
+};
+TORCH_MODULE(Attention);
+
+// activation "silu": SwiGLU, down(silu(gate(x)) * up(x)); "gelu" (exact erf)
+// or "relu": down(act(up(x))). All bias-free.
+class FORGE_API MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t dim, int64_t hidden, std::string activation);
+  ~MlpImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+
+  std::string activation;
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+// A bias-free linear whose weight can be tied to another module's tensor.
+class FORGE_API TiedLinearImpl : public torch::nn::Module {
+ public:
+  TiedLinearImpl(int64_t in, int64_t out);
+  ~TiedLinearImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+  void tie(const at::Tensor& shared);  // share `shared` as this module's "weight"
+  at::Tensor weight;
+};
+TORCH_MODULE(TiedLinear);
+
+// `embedding.weight` (V, D).
+class FORGE_API TokenEmbeddingImpl : public torch::nn::Module {
+ public:
+  TokenEmbeddingImpl(int64_t vocab, int64_t dim);
+  ~TokenEmbeddingImpl() override;
+  at::Tensor forward(const at::Tensor& tokens);
+  torch::nn::Embedding embedding{nullptr};
+};
+TORCH_MODULE(TokenEmbedding);
+
+// `proj.weight` (V, D), tied to the token embedding when tie_embeddings.
+class FORGE_API OutputHeadImpl : public torch::nn::Module {
+ public:
+  OutputHeadImpl(int64_t dim, int64_t vocab);
+  ~OutputHeadImpl() override;
+  at::Tensor forward(const at::Tensor& h);
+  TiedLinear proj{nullptr};
+};
+TORCH_MODULE(OutputHead);
+
+// The reference's hidden-size rule (ModelConfig::ffn_hidden()).
+FORGE_API int64_t ffn_hidden_size(int64_t dim, double multiplier, std::optional<int64_t> explicit_hidden);
+
+// Zero every parameter of `module` whose name ends with one of `suffixes`.
+FORGE_API void zero_parameters(torch::nn::Module& module, const std::vector<std::string>& suffixes);
+
+// Every parameter (with its name) of `module`, each tensor once even when
+// tied under several names (the first name wins).
+FORGE_API std::vector<std::pair<std::string, at::Tensor>> unique_named_parameters(
+    const torch::nn::Module& module);
+
+}  // namespace forge::nn

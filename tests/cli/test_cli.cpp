@@ -1,0 +1,98 @@
+// The forge host as a user runs it: exit codes and messages.
+#include "tests/unit/test_helpers.h"
+
+using forge::test::run;
+using forge::test::TempDir;
+
+namespace {
+const std::string kForge = FORGE_BIN;
+}
+
+TEST_CASE("forge --version prints forge, SDK, ABI, torch and CUDA versions", "[cli]") {
+  auto r = run(kForge + " --version");
+  CHECK(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("forge 0.1.0") && Catch::Contains("plugin ABI 1") &&
+                           Catch::Contains("LibTorch 2.11.0") && Catch::Contains("CUDA"));
+}
+
+TEST_CASE("forge --help and forge <command> --help", "[cli]") {
+  auto r = run(kForge + " --help");
+  CHECK(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("plugins") && Catch::Contains("validate") && Catch::Contains("Exit codes"));
+  auto v = run(kForge + " validate --help");
+  CHECK(v.code == 0);
+  CHECK_THAT(v.output, Catch::Contains("--plugin-path"));
+}
+
+TEST_CASE("usage errors exit 2 without a stack trace", "[cli]") {
+  auto r = run(kForge + " no-such-command");
+  CHECK(r.code == 2);
+  CHECK_THAT(r.output, Catch::Contains("forge --help"));
+  auto o = run(kForge + " plugins --model.dim=3");
+  CHECK(o.code == 2);
+  CHECK_THAT(o.output, Catch::Contains("apply only to commands that take a config"));
+}
+
+TEST_CASE("forge plugins lists fixture plugins with their verdicts", "[cli][plugins]") {
+  auto r = run(kForge + " plugins --plugin-path " FORGE_FIXTURE_PLUGIN_DIR);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("fixture_good") && Catch::Contains("1.2.3"));
+  CHECK_THAT(r.output, Catch::Contains("field abi_version: expected 1, got 999"));
+  CHECK_THAT(r.output, Catch::Contains("not a shared library"));
+  CHECK_THAT(r.output, Catch::Contains("fixture refuses to register"));
+  // The built-in plugins are listed too, after the fixture folder.
+  CHECK_THAT(r.output, Catch::Contains("mlp_2layer") && Catch::Contains("cross_attention"));
+  auto first = r.output.find(FORGE_FIXTURE_PLUGIN_DIR);
+  auto builtin = r.output.find("lib/forge/plugins");
+  CHECK(first < builtin);
+}
+
+TEST_CASE("FORGE_PLUGIN_PATH is searched after --plugin-path", "[cli][plugins]") {
+  auto r = run("FORGE_PLUGIN_PATH=" FORGE_FIXTURE_DUP_DIR " " + kForge + " plugins --plugin-path " FORGE_FIXTURE_PLUGIN_DIR);
+  CHECK(r.code == 0);
+  auto a = r.output.find(std::string("  ") + FORGE_FIXTURE_PLUGIN_DIR + "\n");
+  auto b = r.output.find(std::string("  ") + FORGE_FIXTURE_DUP_DIR + "\n");
+  REQUIRE(a != std::string::npos);
+  REQUIRE(b != std::string::npos);
+  CHECK(a < b);
+  CHECK_THAT(r.output, Catch::Contains("provided by two plugin files"));
+}
+
+TEST_CASE("forge validate prints the resolved config for a good config", "[cli][config]") {
+  TempDir d;
+  auto cfg = d.write("good.toml", forge::test::tiny_vlm_toml("cross_attention", "avgpool"));
+  auto r = run(kForge + " validate " + cfg + " --model.dim=64 --log-level=warn");
+  CHECK(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("[model]\ndim = 64") && Catch::Contains("arch = \"cross_attention\"") &&
+                           Catch::Contains("cross_attention_every_n_layers = 1") && Catch::Contains("[optimizer]"));
+  // What validate prints is itself a valid config that resolves the same.
+  std::string printed = r.output.substr(r.output.find("[model]"));
+  auto again = d.write("resolved.toml", printed);
+  auto r2 = run(kForge + " validate " + again);
+  CHECK(r2.code == 0);
+  CHECK(r2.output.substr(r2.output.find("[model]")) == printed);
+}
+
+TEST_CASE("forge validate rejects a bad config with exit 2 and file:line:column", "[cli][config]") {
+  TempDir d;
+  auto cfg = d.write("bad.toml", "[model]\ndim = 32\nn_heads = 4\nrope_theta = -1.0\n");
+  auto r = run(kForge + " validate " + cfg);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.output, Catch::Contains(cfg + ":4:14: error: [model] rope_theta: got -1.0; must be > 0"));
+  CHECK_THAT(r.output, !Catch::Contains("terminate") && !Catch::Contains("Aborted"));
+  auto missing = run(kForge + " validate " + d.str() + "/nope.toml");
+  CHECK(missing.code == 2);
+  CHECK_THAT(missing.output, Catch::Contains("config file not found"));
+}
+
+TEST_CASE("[plugins] paths in the TOML are searched", "[cli][plugins]") {
+  TempDir d;
+  auto cfg = d.write("c.toml", std::string("[plugins]\npaths = [\"") + FORGE_FIXTURE_PLUGIN_DIR +
+                                   "\"]\n[model]\ndim = 32\nn_layers = 1\nn_heads = 4\nvocab_size = 64\nmax_seq_len = "
+                                   "64\n[vision_encoder]\ntype = \"fixture_good\"\n[adapter]\ntype = \"fixture_good\"\n"
+                                   "fixture_scale = 2.0\n[vlm]\narch = \"fixture_good\"\nmax_text_len = 8\n[train]\n"
+                                   "seq_len = 64\n");
+  auto r = run(kForge + " validate " + cfg);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("fixture_scale = 2.0"));
+}

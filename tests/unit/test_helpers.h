@@ -1,0 +1,91 @@
+// Shared helpers for forge's tests.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "core/config/loader.h"
+#include "core/registry/registry.h"
+#include "forge/logging.h"
+
+namespace forge::test {
+
+// A registry with the built-in plugins loaded (shared by a test binary).
+inline Registry& builtin_registry() {
+  static Registry* r = [] {
+    auto* reg = new Registry();
+    reg->load_directories({Registry::builtin_plugin_dir()});
+    return reg;
+  }();
+  return *r;
+}
+
+// A fresh, empty temporary folder, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("forge-test-" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  std::string write(const std::string& name, const std::string& text) const {
+    auto p = path_ / name;
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+    return p.string();
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs a shell command; returns exit code and combined stdout+stderr.
+struct CommandResult {
+  int code = -1;
+  std::string output;
+};
+inline CommandResult run(const std::string& cmd) {
+  CommandResult r;
+  std::string full = cmd + " 2>&1";
+  FILE* p = popen(full.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// The diagnostics of the ConfigError thrown by loading `text`.
+inline std::vector<ConfigDiagnostic> config_errors(const std::string& text, const LoadOptions& opts = {}) {
+  try {
+    load_config_text(text, "test.toml", builtin_registry(), opts);
+  } catch (const ConfigError& e) {
+    return e.diagnostics();
+  }
+  return {};
+}
+
+// A minimal valid VLM config (tiny dims).
+inline std::string tiny_vlm_toml(const std::string& arch = "joint_decoder", const std::string& adapter = "mlp_2layer") {
+  return "[model]\ndim = 32\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nvocab_size = 64\nmax_seq_len = 64\n"
+         "[vision_encoder]\ntype = \"random\"\nnum_tokens = 16\nfeature_dim = 24\n"
+         "[adapter]\ntype = \"" + adapter + "\"\npool_heads = 4\n"
+         "[vlm]\narch = \"" + arch + "\"\nmax_text_len = 12\n" +
+         (arch == "cross_attention" ? "cross_attention_every_n_layers = 1\n" : "") +
+         "[train]\nseq_len = 64\n";
+}
+
+}  // namespace forge::test
