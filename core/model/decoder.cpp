@@ -1,0 +1,166 @@
+// The core decoder (forge/decoder.h). It names no arch: everything arch
+// specific comes through DecoderHooks.
+#include "forge/decoder.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/util/tensor.h"
+#include "forge/error.h"
+
+namespace forge {
+
+DecoderLayer::~DecoderLayer() = default;
+
+// ------------------------------------------------------------ TransformerBlock
+
+TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& cfg) {
+  attention_norm = register_module("attention_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
+  attention = register_module("attention", nn::Attention(nn::AttentionOptions{cfg.dim, cfg.n_heads, cfg.kv_heads(),
+                                                                              cfg.head_dim(), cfg.qk_norm}));
+  mlp_norm = register_module("mlp_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
+  mlp = register_module("mlp", nn::Mlp(cfg.dim, cfg.ffn_hidden(), cfg.activation));
+}
+TransformerBlockImpl::~TransformerBlockImpl() = default;
+
+at::Tensor TransformerBlockImpl::forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) {
+  at::Tensor x = h + attention->forward(attention_norm(h), step.attention, kv);
+  return x + mlp(mlp_norm(x));
+}
+
+// ------------------------------------------------------------ DecoderHooks defaults
+
+DecoderHooks::~DecoderHooks() = default;
+
+std::shared_ptr<DecoderLayer> DecoderHooks::make_layer(int64_t, const ModelConfig& cfg) {
+  return std::make_shared<TransformerBlockImpl>(cfg);
+}
+void DecoderHooks::add_modules(DecoderImpl&) {}
+at::Tensor DecoderHooks::rope_positions(int64_t start, int64_t length, const at::Device& device) const {
+  return at::arange(start, start + length, at::TensorOptions().dtype(at::kLong).device(device));
+}
+at::Tensor DecoderHooks::after_layer(int64_t, const at::Tensor& h, const DecoderStep&) { return h; }
+at::Tensor DecoderHooks::final_norm(const at::Tensor& h, const DecoderStep&, DecoderImpl& decoder) {
+  return decoder.norm(h);
+}
+void DecoderHooks::init_weights(DecoderImpl&) {}
+void DecoderHooks::prepare_fresh_run(DecoderImpl&, const BuildContext&) {}
+double DecoderHooks::extra_forward_flops(int64_t, int64_t) const { return 0.0; }
+
+// ------------------------------------------------------------ Decoder
+
+DecoderImpl::DecoderImpl(const ModelConfig& cfg, std::shared_ptr<DecoderHooks> hooks)
+    : cfg_(cfg), hooks_(hooks ? std::move(hooks) : std::make_shared<DecoderHooks>()) {
+  if (cfg.dim <= 0 || cfg.n_heads <= 0 || cfg.dim % cfg.n_heads != 0)
+    throw InvalidArgument(fmt::format("decoder: dim ({}) must be a positive multiple of n_heads ({})", cfg.dim,
+                                      cfg.n_heads));
+  token_embedding = register_module("token_embedding", nn::TokenEmbedding(cfg.vocab_size, cfg.dim));
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> stack;
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    std::shared_ptr<DecoderLayer> layer = hooks_->make_layer(i, cfg);
+    if (!layer) throw InvalidArgument(fmt::format("decoder hooks returned no layer {}", i));
+    stack.emplace_back(std::to_string(i), layer);
+    layer_list_.push_back(layer);
+  }
+  layers = register_module("layers", torch::nn::ModuleDict(stack));
+  hooks_->add_modules(*this);
+  norm = register_module("norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
+  output_head = register_module("output_head", nn::OutputHead(cfg.dim, cfg.vocab_size));
+  if (cfg.tie_embeddings) output_head->proj->tie(token_embedding->embedding->weight);
+  rope_ = nn::RotaryEmbedding(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta);
+  init_weights();
+}
+DecoderImpl::~DecoderImpl() = default;
+
+void DecoderImpl::init_weights() {
+  torch::NoGradGuard guard;
+  const double std_ = cfg_.init_std;
+  const double out_std = cfg_.init_std / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
+  for (auto& [name, p] : nn::unique_named_parameters(*this)) {
+    if (p.dim() < 2) continue;  // norms keep ones / zeros
+    bool out_proj = name.size() >= 13 && (name.compare(name.size() - 13, 13, "o_proj.weight") == 0 ||
+                                          (name.size() >= 16 && name.compare(name.size() - 16, 16, "down_proj.weight") == 0));
+    p.normal_(0.0, out_proj ? out_std : std_);
+  }
+  hooks_->init_weights(*this);
+}
+
+KVCache DecoderImpl::make_cache(int64_t batch, int64_t capacity, at::ScalarType dtype, const at::Device& device) const {
+  if (capacity > cfg_.max_seq_len)
+    throw InvalidArgument(fmt::format("KV cache of {} positions exceeds model.max_seq_len = {}", capacity,
+                                      cfg_.max_seq_len));
+  KVCache cache;
+  cache.capacity = capacity;
+  auto opts = at::TensorOptions().dtype(dtype).device(device);
+  for (size_t i = 0; i < layer_list_.size(); ++i) {
+    cache.layers.push_back(nn::LayerKV{at::zeros({batch, cfg_.kv_heads(), capacity, cfg_.head_dim()}, opts),
+                                       at::zeros({batch, cfg_.kv_heads(), capacity, cfg_.head_dim()}, opts)});
+  }
+  return cache;
+}
+
+at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext& modality, KVCache* cache,
+                                const at::Tensor& doc_ids) {
+  const bool has_tokens = tokens.defined();
+  const bool has_embeds = modality.inputs_embeds().defined();
+  if (has_tokens == has_embeds)
+    throw InvalidArgument(fmt::format("decoder: pass exactly one of tokens and modality.inputs_embeds (got {})",
+                                      has_tokens ? "both" : "neither"));
+  const int64_t start = cache ? cache->length : 0;
+  if (cache) {
+    if (start > 0 && modality.prefix_embeds().defined())
+      throw InvalidArgument("decoder: prefix_embeds can only be given on the first (prefill) call with a KV cache");
+    if (doc_ids.defined() || modality.key_padding_mask().defined())
+      throw InvalidArgument("decoder: doc_ids and key_padding_mask are training-only; they cannot be combined with a "
+                            "KV cache");
+    if (cache->layers.size() != layer_list_.size())
+      throw InvalidArgument(fmt::format("decoder: KV cache has {} layers, the decoder {}", cache->layers.size(),
+                                        layer_list_.size()));
+  }
+  at::Tensor h;
+  if (has_tokens) {
+    if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
+      throw InvalidArgument(fmt::format("decoder: tokens must be (B, T) int64, got {} {}", util::shape(tokens),
+                                        c10::toString(tokens.scalar_type())));
+    h = token_embedding(tokens);
+  } else {
+    h = modality.inputs_embeds();
+  }
+  if (modality.prefix_embeds().defined()) {
+    const at::Tensor& p = modality.prefix_embeds();
+    if (p.size(0) != h.size(0) || p.size(2) != h.size(2))
+      throw InvalidArgument(fmt::format("decoder: prefix_embeds {} do not match the text embeddings {}", util::shape(p),
+                                        util::shape(h)));
+    h = at::cat({p.to(h.scalar_type()), h}, 1);
+  }
+  const int64_t S = h.size(1);
+  if (start + S > cfg_.max_seq_len)
+    throw InvalidArgument(fmt::format("decoder: {} positions starting at {} exceed model.max_seq_len = {}", S, start,
+                                      cfg_.max_seq_len));
+  if (modality.modality_ids().defined() && modality.modality_ids().size(1) != S)
+    throw InvalidArgument(fmt::format("decoder: modality_ids cover {} positions, the residual stream has {}",
+                                      modality.modality_ids().size(1), S));
+
+  at::Tensor positions = hooks_->rope_positions(start, S, h.device());
+  auto [cos, sin] = rope_.rows(positions, h.scalar_type());
+  DecoderStep step{modality, nn::AttentionInputs{cos, sin, start, doc_ids, modality.key_padding_mask()}, cache, start,
+                   S};
+  for (size_t i = 0; i < layer_list_.size(); ++i) {
+    h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
+    h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
+  }
+  h = hooks_->final_norm(h, step, *this);
+  if (const auto& slice = modality.output_slice()) {
+    int64_t len = slice->length < 0 ? S - slice->start : slice->length;
+    if (slice->start < 0 || slice->start + len > S || len < 0)
+      throw InvalidArgument(fmt::format("decoder: output slice [{}, {}) is outside the {} positions", slice->start,
+                                        slice->start + len, S));
+    h = h.narrow(1, slice->start, len);
+  }
+  at::Tensor logits = output_head(h);
+  if (cache) cache->length += S;
+  return logits;
+}
+
+}  // namespace forge

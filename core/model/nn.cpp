@@ -1,0 +1,233 @@
+// Decoder building blocks (forge/nn.h). Semantics follow spec section 2.
+#include "forge/nn.h"
+
+#include <torch/nn/init.h>
+
+#include <cmath>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
+
+namespace forge::nn {
+
+namespace F = torch::nn::functional;
+
+// ------------------------------------------------------------ Norm
+
+NormImpl::NormImpl(int64_t dim, std::string type_, double eps_) : type(std::move(type_)), eps(eps_) {
+  if (type != "rmsnorm" && type != "layernorm")
+    throw InvalidArgument(fmt::format("norm type must be \"rmsnorm\" or \"layernorm\", got \"{}\"", type));
+  weight = register_parameter("weight", torch::ones({dim}));
+  if (type == "layernorm") bias = register_parameter("bias", torch::zeros({dim}));
+}
+NormImpl::~NormImpl() = default;
+
+at::Tensor NormImpl::forward(const at::Tensor& x) {
+  if (type == "rmsnorm") {
+    at::Tensor xf = x.to(at::kFloat);
+    at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return (y * weight.to(at::kFloat)).to(x.scalar_type());
+  }
+  return at::layer_norm(x, {x.size(-1)}, weight.to(x.scalar_type()), bias.to(x.scalar_type()), eps);
+}
+
+// ------------------------------------------------------------ RoPE
+
+RotaryEmbedding::RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta) : max_seq_len_(max_seq_len) {
+  if (head_dim % 2 != 0) throw InvalidArgument(fmt::format("RoPE needs an even head_dim, got {}", head_dim));
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor exponents = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+                         static_cast<double>(head_dim);
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta, at::TensorOptions().dtype(at::kDouble)), exponents.to(at::kDouble)).to(at::kFloat);
+  at::Tensor t = at::arange(max_seq_len, opts);
+  at::Tensor freqs = at::outer(t, inv_freq);
+  cos_ = freqs.cos();
+  sin_ = freqs.sin();
+}
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::rows(const at::Tensor& positions, at::ScalarType dtype) const {
+  if (!cos_.defined()) throw InvalidArgument("RotaryEmbedding used before construction");
+  const auto device = positions.device();
+  if (!dev_cos_.defined() || dev_cos_.device() != device) {
+    dev_cos_ = cos_.to(device);
+    dev_sin_ = sin_.to(device);
+  }
+  return {dev_cos_.index_select(0, positions).to(dtype), dev_sin_.index_select(0, positions).to(dtype)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+// ------------------------------------------------------------ attention core
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const at::Tensor& v_in,
+                            const AttentionInputs& in, LayerKV* cache) {
+  const int64_t S = q.size(2);
+  const int64_t H = q.size(1);
+  at::Tensor k = k_in, v = v_in;
+  const int64_t start = in.start_pos;
+  if (cache) {
+    if (!cache->k.defined()) throw InvalidArgument("KV cache layer is not allocated");
+    const int64_t cap = cache->k.size(2);
+    if (start + S > cap)
+      throw InvalidArgument(fmt::format("KV cache overflow: {} + {} positions > capacity {}", start, S, cap));
+    cache->k.narrow(2, start, S).copy_(k);
+    cache->v.narrow(2, start, S).copy_(v);
+    k = cache->k.narrow(2, 0, start + S);
+    v = cache->v.narrow(2, 0, start + S);
+  }
+  const int64_t Hkv = k.size(1);
+  if (H % Hkv != 0) throw InvalidArgument(fmt::format("{} query heads are not a multiple of {} KV heads", H, Hkv));
+  if (H != Hkv) {
+    k = k.repeat_interleave(H / Hkv, 1);
+    v = v.repeat_interleave(H / Hkv, 1);
+  }
+  const int64_t S_kv = k.size(2);
+  const bool need_mask = in.doc_ids.defined() || in.key_padding_mask.defined() || (start > 0 && S > 1);
+  if (!need_mask) {
+    // Training and prefill: plain causal. A single decode token attends to the whole cache.
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/S > 1);
+  }
+  auto lopts = at::TensorOptions().dtype(at::kLong).device(q.device());
+  at::Tensor qpos = at::arange(start, start + S, lopts).unsqueeze(1);
+  at::Tensor kpos = at::arange(S_kv, lopts).unsqueeze(0);
+  at::Tensor allowed = (kpos <= qpos).unsqueeze(0);  // (1, S, S_kv)
+  if (in.doc_ids.defined()) {
+    if (cache) throw InvalidArgument("doc_ids masking cannot be combined with a KV cache");
+    allowed = allowed & (in.doc_ids.unsqueeze(2) == in.doc_ids.unsqueeze(1));
+  }
+  if (in.key_padding_mask.defined()) {
+    if (in.key_padding_mask.size(-1) != S_kv)
+      throw InvalidArgument(fmt::format("key_padding_mask covers {} positions, attention has {} keys",
+                                        in.key_padding_mask.size(-1), S_kv));
+    allowed = allowed & in.key_padding_mask.to(at::kBool).unsqueeze(1);
+  }
+  // NaN guard: a query with no allowed key attends to everything instead.
+  allowed = allowed | allowed.any(-1, /*keepdim=*/true).logical_not();
+  return at::scaled_dot_product_attention(q, k, v, allowed.unsqueeze(1), 0.0, false);
+}
+
+// ------------------------------------------------------------ Attention
+
+static torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
+  if (o.n_heads <= 0 || o.n_kv_heads <= 0 || o.n_heads % o.n_kv_heads != 0)
+    throw InvalidArgument(fmt::format("attention: n_kv_heads ({}) must be > 0 and divide n_heads ({})", o.n_kv_heads,
+                                      o.n_heads));
+  q_proj = register_module("q_proj", linear(o.dim, o.n_heads * o.head_dim));
+  k_proj = register_module("k_proj", linear(o.dim, o.n_kv_heads * o.head_dim));
+  v_proj = register_module("v_proj", linear(o.dim, o.n_kv_heads * o.head_dim));
+  o_proj = register_module("o_proj", linear(o.n_heads * o.head_dim, o.dim));
+  if (o.qk_norm) {
+    q_norm = register_module("q_norm", Norm(o.head_dim, "rmsnorm", 1e-5));
+    k_norm = register_module("k_norm", Norm(o.head_dim, "rmsnorm", 1e-5));
+  }
+}
+AttentionImpl::~AttentionImpl() = default;
+
+at::Tensor AttentionImpl::project_q(const at::Tensor& x) {
+  at::Tensor q = q_proj(x).view({x.size(0), x.size(1), options.n_heads, options.head_dim});
+  if (q_norm) q = q_norm(q);
+  return q.transpose(1, 2);
+}
+at::Tensor AttentionImpl::project_k(const at::Tensor& x) {
+  at::Tensor k = k_proj(x).view({x.size(0), x.size(1), options.n_kv_heads, options.head_dim});
+  if (k_norm) k = k_norm(k);
+  return k.transpose(1, 2);
+}
+at::Tensor AttentionImpl::project_v(const at::Tensor& x) {
+  return v_proj(x).view({x.size(0), x.size(1), options.n_kv_heads, options.head_dim}).transpose(1, 2);
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in, LayerKV* cache) {
+  at::Tensor q = apply_rope(project_q(x), in.cos, in.sin);
+  at::Tensor k = apply_rope(project_k(x), in.cos, in.sin);
+  at::Tensor v = project_v(x);
+  at::Tensor o = causal_attention(q, k, v, in, cache);
+  return o_proj(o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));
+}
+
+// ------------------------------------------------------------ MLP
+
+MlpImpl::MlpImpl(int64_t dim, int64_t hidden, std::string act) : activation(std::move(act)) {
+  if (activation == "silu") {
+    gate_proj = register_module("gate_proj", linear(dim, hidden));
+  } else if (activation != "gelu" && activation != "relu") {
+    throw InvalidArgument(fmt::format("MLP activation must be silu, gelu or relu, got \"{}\"", activation));
+  }
+  up_proj = register_module("up_proj", linear(dim, hidden));
+  down_proj = register_module("down_proj", linear(hidden, dim));
+}
+MlpImpl::~MlpImpl() = default;
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  if (activation == "silu") return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  if (activation == "gelu") return down_proj(at::gelu(up_proj(x)));
+  return down_proj(at::relu(up_proj(x)));
+}
+
+// ------------------------------------------------------------ embedding and head
+
+TiedLinearImpl::TiedLinearImpl(int64_t in, int64_t out) {
+  weight = register_parameter("weight", torch::empty({out, in}).normal_(0.0, 0.02));
+}
+TiedLinearImpl::~TiedLinearImpl() = default;
+at::Tensor TiedLinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight.to(x.scalar_type())); }
+void TiedLinearImpl::tie(const at::Tensor& shared) {
+  parameters_["weight"] = shared;
+  weight = shared;
+}
+
+TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab, int64_t dim) {
+  embedding = register_module("embedding", torch::nn::Embedding(vocab, dim));
+}
+TokenEmbeddingImpl::~TokenEmbeddingImpl() = default;
+at::Tensor TokenEmbeddingImpl::forward(const at::Tensor& tokens) { return embedding(tokens); }
+
+OutputHeadImpl::OutputHeadImpl(int64_t dim, int64_t vocab) { proj = register_module("proj", TiedLinear(dim, vocab)); }
+OutputHeadImpl::~OutputHeadImpl() = default;
+at::Tensor OutputHeadImpl::forward(const at::Tensor& h) { return proj(h); }
+
+// ------------------------------------------------------------ helpers
+
+int64_t ffn_hidden_size(int64_t dim, double multiplier, std::optional<int64_t> explicit_hidden) {
+  if (explicit_hidden) return *explicit_hidden;
+  // Left to right in double, as the reference: 4 * dim * (2/3) * multiplier.
+  double raw = static_cast<double>(4 * dim) * (2.0 / 3.0) * multiplier;
+  auto h = static_cast<int64_t>(std::trunc(raw));
+  return (h + 255) / 256 * 256;
+}
+
+void zero_parameters(torch::nn::Module& module, const std::vector<std::string>& suffixes) {
+  torch::NoGradGuard guard;
+  for (auto& item : module.named_parameters(true)) {
+    const std::string& name = item.key();
+    for (const auto& s : suffixes) {
+      if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
+        item.value().zero_();
+        break;
+      }
+    }
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> unique_named_parameters(const torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  std::unordered_set<const void*> seen;
+  for (const auto& item : module.named_parameters(true)) {
+    const void* key = item.value().unsafeGetTensorImpl();
+    if (seen.insert(key).second) out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+}  // namespace forge::nn

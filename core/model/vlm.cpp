@@ -1,0 +1,354 @@
+#include "core/model/vlm.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "core/registry/registry.h"
+#include "core/util/strings.h"
+#include "core/util/tensor.h"
+#include "forge/error.h"
+#include "forge/logging.h"
+#include "forge/registry.h"
+
+namespace forge {
+
+// ------------------------------------------------------------ VLM
+
+VLMImpl::VLMImpl(std::shared_ptr<VisionEncoder> encoder, std::shared_ptr<VisionAdapter> adapter_, Decoder transformer_,
+                 std::shared_ptr<ModalityStrategy> strategy_, int64_t max_text_len)
+    : strategy(std::move(strategy_)), max_text_len_(max_text_len) {
+  if (!encoder || !adapter_ || !transformer_ || !strategy) throw InvalidArgument("VLM: every part must be given");
+  vision_encoder = register_module("vision_encoder", encoder);
+  adapter = register_module("adapter", adapter_);
+  transformer = register_module("transformer", transformer_);
+  visual_tokens_ = adapter->output_num_tokens(vision_encoder->num_tokens());
+  residual_tokens_ = strategy->residual_image_tokens(visual_tokens_);
+  const int64_t need = residual_tokens_ + max_text_len_;
+  if (need > transformer->config().max_seq_len)
+    throw UserError(fmt::format(
+        "model.max_seq_len = {} is too small: {} image tokens in the residual stream + vlm.max_text_len {} = {}",
+        transformer->config().max_seq_len, residual_tokens_, max_text_len_, need));
+}
+VLMImpl::~VLMImpl() = default;
+
+bool VLMImpl::encoder_frozen() const {
+  for (const auto& p : vision_encoder->parameters(true))
+    if (p.requires_grad()) return false;
+  return true;
+}
+
+at::Tensor VLMImpl::encode_images(const at::Tensor& pixel_values) {
+  if (pixel_values.dim() != 4 || pixel_values.size(1) != 3)
+    throw InvalidArgument(fmt::format("VLM: pixel_values must be (B, 3, H, W), got {}", util::shape(pixel_values)));
+  at::Tensor feats;
+  if (encoder_frozen()) {
+    {
+      c10::InferenceMode guard;
+      feats = vision_encoder->forward(pixel_values);
+    }
+    feats = feats.clone();  // a normal tensor again, usable by autograd downstream
+  } else {
+    feats = vision_encoder->forward(pixel_values);
+  }
+  if (feats.dim() != 3 || feats.size(0) != pixel_values.size(0) || feats.size(1) != vision_encoder->num_tokens() ||
+      feats.size(2) != vision_encoder->feature_dim())
+    throw InvalidArgument(fmt::format("VLM: the encoder returned {}, expected ({}, {}, {})", util::shape(feats),
+                                      pixel_values.size(0), vision_encoder->num_tokens(),
+                                      vision_encoder->feature_dim()));
+  auto params = adapter->parameters(true);
+  if (!params.empty() && feats.scalar_type() != params.front().scalar_type()) feats = feats.to(params.front().scalar_type());
+  at::Tensor out = adapter->forward(feats);
+  const int64_t D = transformer->config().dim;
+  if (out.dim() != 3 || out.size(1) != visual_tokens_ || out.size(2) != D)
+    throw InvalidArgument(fmt::format("VLM: the adapter returned {}, expected (B, {}, {})", util::shape(out),
+                                      visual_tokens_, D));
+  return out;
+}
+
+ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tensor& input_ids) {
+  if (input_ids.dim() != 2 || input_ids.scalar_type() != at::kLong)
+    throw InvalidArgument(fmt::format("VLM: input_ids must be (B, T) int64, got {} {}", util::shape(input_ids),
+                                      util::dtype(input_ids)));
+  if (pixel_values.size(0) != input_ids.size(0))
+    throw InvalidArgument(fmt::format("VLM: {} images but {} text rows", pixel_values.size(0), input_ids.size(0)));
+  ModalityContext ctx = strategy->compose(encode_images(pixel_values), input_ids);
+  if (ctx.prefix_embeds().defined() && ctx.prefix_length() != residual_tokens_)
+    throw InvalidArgument(fmt::format("VLM: the {} strategy put {} image positions in the residual stream but "
+                                      "reports {}",
+                                      strategy->name(), ctx.prefix_length(), residual_tokens_));
+  return ctx;
+}
+
+VLMOutput VLMImpl::forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels) {
+  ModalityContext ctx = compose(pixel_values, input_ids);
+  const int64_t T = input_ids.size(1);
+  if (labels.defined() && (labels.sizes() != input_ids.sizes()))
+    throw InvalidArgument(fmt::format("VLM: labels {} must match input_ids {}", util::shape(labels), util::shape(input_ids)));
+  VLMOutput out;
+  if (residual_tokens_ > 0) {
+    // D1: position N-1+t predicts token t; the last image position predicts the first text token.
+    out.logits = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{residual_tokens_ - 1, T}));
+    out.targets = labels;
+  } else {
+    if (T < 2) throw InvalidArgument("VLM: with no image positions in the residual stream, text needs >= 2 tokens");
+    // D1: text position t predicts token t + 1.
+    out.logits = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{0, T - 1}));
+    if (labels.defined()) out.targets = labels.narrow(1, 1, T - 1);
+  }
+  return out;
+}
+
+double VLMImpl::forward_flops_per_sample(int64_t T) const {
+  const ModelConfig& m = transformer->config();
+  const double D = m.dim, H = m.n_heads, Hkv = m.kv_heads(), hd = m.head_dim(), F = m.ffn_hidden(), L = m.n_layers,
+               V = m.vocab_size;
+  const double S = static_cast<double>(residual_tokens_ + T);
+  const double attn_params = D * H * hd + 2 * D * Hkv * hd + H * hd * D;
+  const double mlp_params = (m.activation == "silu" ? 3 : 2) * D * F;
+  double flops = S * L * (2 * (attn_params + mlp_params) + 4 * H * hd * S);  // matmuls + attention scores
+  flops += 2 * D * V * static_cast<double>(T);                              // output head on text positions
+  flops += transformer->hooks().extra_forward_flops(visual_tokens_, T);
+  return flops;
+}
+
+// ------------------------------------------------------------ build
+
+VLM build_vlm(const JobConfig& job, Registry& registry) {
+  if (!job.vlm || !job.vision_encoder || !job.adapter)
+    throw UserError("the config has no [vlm] (with [vision_encoder]); forge trains vision-language models");
+  torch::manual_seed(static_cast<uint64_t>(job.train.seed));
+  const auto& ecfg = *job.vision_encoder;
+  BuildContext ectx{named_logger("plugin.encoder." + ecfg.type), job.train.seed};
+  auto encoder = registry.hold("encoder", ecfg.type, registry.encoder(ecfg.type)->create(ecfg, ectx));
+  const auto& acfg = *job.adapter;
+  BuildContext actx{named_logger("plugin.adapter." + acfg.type), job.train.seed};
+  auto adapter = registry.hold(
+      "adapter", acfg.type, registry.adapter(acfg.type)->create(acfg, encoder->feature_dim(), job.model.dim, actx));
+  const int64_t n_visual = adapter->output_num_tokens(encoder->num_tokens());
+  auto arch = registry.arch(job.vlm->arch);
+  auto strategy = registry.hold("arch", job.vlm->arch, arch->make_strategy(*job.vlm));
+  auto hooks = registry.hold("arch", job.vlm->arch, arch->make_hooks(job.model, *job.vlm, n_visual));
+  Decoder decoder(job.model, hooks);
+  return VLM(encoder, adapter, decoder, strategy, job.vlm->max_text_len);
+}
+
+Decoder build_text_decoder(const ModelConfig& cfg) { return Decoder(cfg, nullptr); }
+
+// ------------------------------------------------------------ freezing
+
+namespace {
+
+std::vector<std::string> patterns_of(const FreezeSpec& spec, const StringListMap& patterns) {
+  auto it = patterns.find(spec.module);
+  return it != patterns.end() ? it->second : std::vector<std::string>{spec.module};
+}
+
+bool matches(const std::vector<std::string>& pats, const std::string& name) {
+  for (const auto& p : pats)
+    if (util::fnmatch(p, name)) return true;
+  return false;
+}
+
+}  // namespace
+
+std::map<std::string, int64_t> apply_freeze(torch::nn::Module& model, const std::vector<FreezeSpec>& specs,
+                                            const StringListMap& patterns) {
+  std::map<std::string, int64_t> flipped;
+  auto params = model.named_parameters(true);
+  for (const auto& spec : specs) {
+    auto pats = patterns_of(spec, patterns);
+    int64_t matched = 0, n = 0;
+    for (auto& item : params) {
+      if (!matches(pats, item.key())) continue;
+      ++matched;
+      at::Tensor p = item.value();
+      if (p.requires_grad() == spec.frozen) {
+        p.requires_grad_(!spec.frozen);
+        n += p.numel();
+      }
+    }
+    if (matched == 0 && !patterns.count(spec.module)) {
+      std::vector<std::string> aliases;
+      for (const auto& [k, v] : patterns) aliases.push_back(k);
+      std::string example = params.is_empty() ? std::string("transformer.layers.0.attention.q_proj.weight") : params.begin()->key();
+      throw UserError(fmt::format("freeze spec module = \"{}\" matches no parameter. Use an alias ({}) or an fnmatch "
+                                  "pattern over parameter names such as \"{}\"",
+                                  spec.module, util::join(aliases, ", "), example));
+    }
+    flipped[spec.module] += n;
+  }
+  return flipped;
+}
+
+std::vector<FreezeSpec> effective_freeze(int64_t step, const std::vector<FreezeSpec>& base,
+                                         const std::vector<FreezeStage>& schedule) {
+  std::vector<FreezeSpec> out;
+  auto put = [&](const FreezeSpec& s) {
+    for (auto& e : out) {
+      if (e.module == s.module) {
+        e.frozen = s.frozen;
+        return;
+      }
+    }
+    out.push_back(s);
+  };
+  for (const auto& s : base) put(s);
+  std::vector<const FreezeStage*> stages;
+  for (const auto& st : schedule) stages.push_back(&st);
+  std::sort(stages.begin(), stages.end(), [](auto a, auto b) { return a->start_step < b->start_step; });
+  for (const auto* st : stages) {
+    if (st->start_step > step) break;
+    for (const auto& s : st->specs) put(s);
+  }
+  return out;
+}
+
+std::vector<FreezeSpec> canonical_freeze(const std::vector<FreezeSpec>& specs) {
+  std::vector<FreezeSpec> out = specs;
+  std::sort(out.begin(), out.end(), [](const FreezeSpec& a, const FreezeSpec& b) {
+    return a.module != b.module ? a.module < b.module : a.frozen < b.frozen;
+  });
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+std::set<std::string> ever_trainable(torch::nn::Module& model, const VLMConfig& vlm) {
+  const StringListMap patterns = vlm.resolved_module_patterns();
+  std::vector<int64_t> steps{0};
+  for (const auto& st : vlm.freeze_schedule) steps.push_back(st.start_step);
+  std::set<std::string> out;
+  auto params = model.named_parameters(true);
+  for (int64_t s : steps) {
+    auto specs = effective_freeze(s, vlm.freeze, vlm.freeze_schedule);
+    for (const auto& item : params) {
+      bool trainable = true;
+      for (const auto& spec : specs)
+        if (matches(patterns_of(spec, patterns), item.key())) trainable = !spec.frozen;
+      if (trainable) out.insert(item.key());
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------ generation
+
+at::Tensor sample_next(const at::Tensor& logits_in, const GenerateOptions& o, at::Generator& gen) {
+  if (o.temperature <= 0.0) return logits_in.argmax(-1);
+  at::Tensor l = logits_in.to(at::kCPU, at::kFloat) / o.temperature;
+  const int64_t V = l.size(-1);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  if (o.top_k > 0 && o.top_k < V) {
+    at::Tensor kth = std::get<0>(l.topk(o.top_k, -1)).narrow(-1, o.top_k - 1, 1);
+    l = l.masked_fill(l < kth, neg_inf);
+  }
+  if (o.top_p < 1.0) {
+    auto [sorted, idx] = l.sort(-1, /*descending=*/true);
+    at::Tensor probs = sorted.softmax(-1);
+    at::Tensor before = probs.cumsum(-1) - probs;  // mass of strictly better tokens
+    sorted = sorted.masked_fill(before >= o.top_p, neg_inf);
+    l = at::full_like(l, neg_inf).scatter(-1, idx, sorted);
+  }
+  at::Tensor probs = l.softmax(-1);
+  return at::multinomial(probs, 1, false, gen).squeeze(-1).to(logits_in.device());
+}
+
+namespace {
+
+// The shared decode loop: `first` holds the last-position logits after the
+// prompt; `step(tokens)` feeds one token per row and returns its logits.
+template <class Step>
+at::Tensor decode_loop(at::Tensor logits, const GenerateOptions& o, Step step) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  const int64_t B = logits.size(0);
+  std::vector<at::Tensor> out;
+  at::Tensor finished = at::zeros({B}, at::TensorOptions().dtype(at::kBool).device(logits.device()));
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    at::Tensor next = sample_next(logits.select(1, logits.size(1) - 1), o, gen);
+    if (o.eos_id >= 0) {
+      next = at::where(finished, at::full_like(next, o.eos_id), next);
+      finished = finished | (next == o.eos_id);
+    }
+    out.push_back(next);
+    if ((o.eos_id >= 0 && finished.all().item<bool>()) || i + 1 == o.max_new_tokens) break;
+    logits = step(next.unsqueeze(1), out);
+  }
+  if (out.empty()) return at::zeros({B, 0}, at::TensorOptions().dtype(at::kLong).device(logits.device()));
+  return at::stack(out, 1);
+}
+
+void check_prompt(const at::Tensor& prompt) {
+  if (prompt.dim() != 2 || prompt.scalar_type() != at::kLong)
+    throw InvalidArgument(fmt::format("generate: prompt ids must be (B, P) int64, got {} {}", util::shape(prompt),
+                                      util::dtype(prompt)));
+}
+
+}  // namespace
+
+at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt, const GenerateOptions& o) {
+  check_prompt(prompt);
+  torch::NoGradGuard no_grad;
+  const int64_t N = model.residual_image_tokens();
+  const int64_t P = prompt.size(1);
+  const ModelConfig& m = model.transformer->config();
+  if (N == 0 && P == 0)
+    throw InvalidArgument(fmt::format("generate: the {} arch keeps no image positions in the decoder, so it needs at "
+                                      "least one prompt token (the tokenizer's BOS)",
+                                      model.strategy->name()));
+  const int64_t total = N + P + o.max_new_tokens;
+  if (total > m.max_seq_len)
+    throw InvalidArgument(fmt::format("generate: {} image positions + {} prompt tokens + max_new_tokens {} = {} "
+                                      "exceeds model.max_seq_len = {}",
+                                      N, P, o.max_new_tokens, total, m.max_seq_len));
+  at::Tensor visual = model.encode_images(pixel_values);
+  if (!o.use_cache) {
+    at::Tensor tokens = prompt;
+    auto run = [&](const at::Tensor& ids) {
+      ModalityContext ctx = model.strategy->compose(visual, ids);
+      const int64_t S = N + ids.size(1);
+      return model.transformer->forward(ids, ctx.with_output_slice(OutputSlice{S - 1, 1}));
+    };
+    return decode_loop(run(tokens), o, [&](const at::Tensor&, const std::vector<at::Tensor>& so_far) {
+      return run(at::cat({prompt, at::stack(so_far, 1)}, 1));
+    });
+  }
+  at::ScalarType dtype = model.transformer->parameters().front().scalar_type();
+  KVCache cache = model.transformer->make_cache(prompt.size(0), total, dtype, prompt.device());
+  ModalityContext ctx = model.strategy->compose(visual, prompt);
+  at::Tensor logits = model.transformer->forward(prompt, ctx.with_output_slice(OutputSlice{N + P - 1, 1}), &cache);
+  ModalityContext decode_ctx = model.strategy->decode_context(ctx);
+  return decode_loop(logits, o, [&](const at::Tensor& next, const std::vector<at::Tensor>&) {
+    return model.transformer->forward(next, decode_ctx, &cache);
+  });
+}
+
+at::Tensor generate_text(DecoderImpl& decoder, const at::Tensor& prompt, const GenerateOptions& o) {
+  check_prompt(prompt);
+  torch::NoGradGuard no_grad;
+  const int64_t P = prompt.size(1);
+  if (P == 0) throw InvalidArgument("generate: text-only generation needs at least one prompt token");
+  const int64_t total = P + o.max_new_tokens;
+  if (total > decoder.config().max_seq_len)
+    throw InvalidArgument(fmt::format("generate: {} prompt tokens + max_new_tokens {} exceeds model.max_seq_len = {}",
+                                      P, o.max_new_tokens, decoder.config().max_seq_len));
+  if (!o.use_cache) {
+    auto run = [&](const at::Tensor& ids) {
+      return decoder.forward(ids, ModalityContext().with_output_slice(OutputSlice{ids.size(1) - 1, 1}));
+    };
+    return decode_loop(run(prompt), o, [&](const at::Tensor&, const std::vector<at::Tensor>& so_far) {
+      return run(at::cat({prompt, at::stack(so_far, 1)}, 1));
+    });
+  }
+  at::ScalarType dtype = decoder.parameters().front().scalar_type();
+  KVCache cache = decoder.make_cache(prompt.size(0), total, dtype, prompt.device());
+  at::Tensor logits = decoder.forward(prompt, ModalityContext().with_output_slice(OutputSlice{P - 1, 1}), &cache);
+  return decode_loop(logits, o, [&](const at::Tensor& next, const std::vector<at::Tensor>&) {
+    return decoder.forward(next, ModalityContext(), &cache);
+  });
+}
+
+}  // namespace forge

@@ -1,0 +1,116 @@
+// The VLM wrapper and its builder, freezing, and generation.
+//
+// Data flow: pixels -> encoder -> adapter -> strategy builds the
+// ModalityContext -> decoder -> logits aligned for a next-token loss (D1).
+// State-dict names: vision_encoder.*, adapter.*, transformer.*.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/config/job.h"
+#include "forge/decoder.h"
+#include "forge/export.h"
+#include "forge/modality.h"
+#include "forge/vision.h"
+
+namespace forge {
+
+class Registry;
+
+// Logits and the targets they predict, position for position: logits[:, t]
+// is computed from the residual position just before target token t (D1).
+struct FORGE_API VLMOutput {
+  at::Tensor logits;   // (B, T', V)
+  at::Tensor targets;  // (B, T') with -100 = ignored; undefined when no labels were given
+};
+
+class FORGE_API VLMImpl : public torch::nn::Module {
+ public:
+  VLMImpl(std::shared_ptr<VisionEncoder> encoder, std::shared_ptr<VisionAdapter> adapter, Decoder transformer,
+          std::shared_ptr<ModalityStrategy> strategy, int64_t max_text_len);
+  ~VLMImpl() override;
+
+  // pixel_values (B, 3, H, W); input_ids (B, T) int64; labels (B, T) or undefined.
+  // For an arch with image tokens in the residual stream (N of them), logit t
+  // comes from position N - 1 + t, so the last image position predicts the
+  // first text token. Without (cross-attention), logit t comes from text
+  // position t and predicts token t + 1: T' = T - 1.
+  VLMOutput forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels = {});
+
+  // (B, N, D) visual tokens: encoder (under inference mode when frozen), then adapter.
+  at::Tensor encode_images(const at::Tensor& pixel_values);
+  // The strategy's context for the decoder (no output slice).
+  ModalityContext compose(const at::Tensor& pixel_values, const at::Tensor& input_ids);
+
+  // Image tokens per sample after the adapter, and how many sit in the residual stream.
+  int64_t visual_tokens() const { return visual_tokens_; }
+  int64_t residual_image_tokens() const { return residual_tokens_; }
+  int64_t max_text_len() const { return max_text_len_; }
+  // True when no encoder parameter requires grad (then it runs without autograd).
+  bool encoder_frozen() const;
+  // Model FLOPs of one sample's forward (D12, docs/metrics.md).
+  double forward_flops_per_sample(int64_t text_len) const;
+
+  std::shared_ptr<VisionEncoder> vision_encoder;
+  std::shared_ptr<VisionAdapter> adapter;
+  Decoder transformer{nullptr};
+  std::shared_ptr<ModalityStrategy> strategy;
+
+ private:
+  int64_t visual_tokens_ = 0;
+  int64_t residual_tokens_ = 0;
+  int64_t max_text_len_ = 0;
+};
+TORCH_MODULE(VLM);
+
+// Builds the VLM from a resolved config through the registry (random init,
+// seeded with train.seed; pretrained encoder weights when the encoder has a
+// path). Checks that the residual stream fits model.max_seq_len.
+FORGE_API VLM build_vlm(const JobConfig& job, Registry& registry);
+// A text-only decoder (no arch hooks).
+FORGE_API Decoder build_text_decoder(const ModelConfig& cfg);
+
+// ------------------------------------------------------------ freezing (spec 4.1 with D2, D3)
+
+// Applies specs in order (later ones win). A spec's module is an alias of
+// `patterns` or an fnmatch pattern over parameter names; a spec that matches
+// no parameter is a UserError. Returns elements flipped per spec module.
+FORGE_API std::map<std::string, int64_t> apply_freeze(torch::nn::Module& model, const std::vector<FreezeSpec>& specs,
+                                                      const StringListMap& patterns);
+// The specs in force at `step`: base, then every stage with start_step <= step
+// (a stage overwrites a module's entry; new modules are appended).
+FORGE_API std::vector<FreezeSpec> effective_freeze(int64_t step, const std::vector<FreezeSpec>& base,
+                                                   const std::vector<FreezeStage>& schedule);
+// Sorted and de-duplicated, for checkpoint metadata.
+FORGE_API std::vector<FreezeSpec> canonical_freeze(const std::vector<FreezeSpec>& specs);
+// Names of the parameters trainable at the start or after any stage (D2):
+// the ones the optimizer must hold.
+FORGE_API std::set<std::string> ever_trainable(torch::nn::Module& model, const VLMConfig& vlm);
+
+// ------------------------------------------------------------ generation (D8)
+
+struct FORGE_API GenerateOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0: greedy
+  int64_t top_k = 0;         // 0: off
+  double top_p = 1.0;        // 1: off
+  int64_t eos_id = -1;       // stop a sequence when it emits this (-1: never)
+  uint64_t seed = 0;
+  bool use_cache = true;     // false: re-run the whole sequence each step (a reference for tests)
+};
+
+// Returns the generated tokens (B, G) (G <= max_new_tokens; rows that hit EOS
+// early are padded with eos_id). The image prefix (or the cross-attention
+// image features) is computed once and kept in the KV cache.
+FORGE_API at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt_ids,
+                              const GenerateOptions& options);
+FORGE_API at::Tensor generate_text(DecoderImpl& decoder, const at::Tensor& prompt_ids, const GenerateOptions& options);
+
+// Picks the next token from last-position logits (B, V) per the options.
+FORGE_API at::Tensor sample_next(const at::Tensor& logits, const GenerateOptions& options, at::Generator& gen);
+
+}  // namespace forge

@@ -1,0 +1,332 @@
+// arch/mot: [vlm] arch = "mot" (Mixture-of-Transformers).
+//
+// One residual stream [image tokens | text tokens], but every layer keeps a
+// separate copy of its weights per modality: attention norm, Q/K/V/O
+// projections (and QK norms), MLP norm and MLP, plus a final norm per
+// modality. Positions are split by place (the first N are the image); each
+// modality's tokens go only through its own weights, then one causal
+// attention runs over the whole sequence. RoPE restarts per modality: image
+// positions use rows 0..N-1, text rows 0..T-1. o_proj and mlp.down_proj start
+// at zero, so a fresh MoT block is an exact identity. The shared final norm
+// exists only so checkpoints stay key-compatible; it is frozen and unused.
+//
+// Keys: transformer.layers.<i>.attn_norm.<m>.weight,
+//       transformer.layers.<i>.attn.{q,k,v,o}_proj.<m>.weight,
+//       transformer.layers.<i>.attn.{q,k}_norm.<m>.weight (qk_norm),
+//       transformer.layers.<i>.mlp_norm.<m>.weight, transformer.layers.<i>.mlp.<m>.*,
+//       transformer.mot_norms.<m>.weight.
+//
+// Warm start (D4): with mot_warm_start_from_text, a fresh run copies a dense
+// decoder's weights (a forge checkpoint or any safetensors file with the
+// reference's key names) into every modality's copy.
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "forge/forge.h"
+
+namespace forge::plugins::arch::mot {
+
+struct Config final : VLMConfig {
+  std::vector<std::string> modalities{"image", "text"};
+  int64_t image_n_heads = 0;
+  int64_t image_n_kv_heads = 0;
+  bool warm_start_from_text = false;
+  std::string warm_start_path;
+
+  void visit(ConfigVisitor& v) override {
+    VLMConfig::visit(v);
+    v.field("mot_modalities", modalities,
+            "Modalities with their own weights. forge places the image first and the text after it, so the list must "
+            "be exactly image and text (in either order).");
+    v.field("mot_image_n_heads", image_n_heads, "Image attention heads; 0: model.n_heads. Must equal the text's.",
+            Bounds::non_negative());
+    v.field("mot_image_n_kv_heads", image_n_kv_heads,
+            "Image key/value heads; 0: model.n_kv_heads. Must equal the text's.", Bounds::non_negative());
+    v.field("mot_warm_start_from_text", warm_start_from_text,
+            "Copy a dense decoder's weights into every modality at the start of a fresh run (D4).");
+    v.field("mot_warm_start_path", warm_start_path,
+            "The dense weights: a forge checkpoint folder or a .safetensors file with KempnerForge key names.");
+    std::vector<std::string> sorted = modalities;
+    std::sort(sorted.begin(), sorted.end());
+    v.require(sorted == std::vector<std::string>{"image", "text"}, "mot_modalities",
+              fmt::format("got [{}]; forge's MoT supports exactly the modalities image and text",
+                          fmt::join(modalities, ", ")));
+    v.require(!warm_start_from_text || !warm_start_path.empty(), "mot_warm_start_path",
+              "mot_warm_start_from_text = true needs mot_warm_start_path");
+  }
+  StringListMap arch_module_patterns() const override {
+    return {{"mot", {"transformer.layers", "transformer.layers.*"}}};
+  }
+};
+
+const char* const kImage = "image";
+const char* const kText = "text";
+
+// Per-modality linear layers and norms keyed by modality name.
+template <class M>
+torch::nn::ModuleDict dict_of(const std::vector<std::string>& names, const std::function<M()>& make,
+                              std::vector<M>& keep) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> items;
+  for (const auto& n : names) {
+    M m = make();
+    keep.push_back(m);
+    items.emplace_back(n, m.ptr());
+  }
+  return torch::nn::ModuleDict(items);
+}
+
+// Index 0 = image, 1 = text in every per-modality vector below.
+class MoTAttentionImpl : public torch::nn::Module {
+ public:
+  MoTAttentionImpl(const ModelConfig& m, const std::vector<std::string>& order) : heads_(m.n_heads),
+      kv_heads_(m.kv_heads()), hd_(m.head_dim()) {
+    auto lin = [](int64_t i, int64_t o) {
+      return std::function<torch::nn::Linear()>(
+          [=] { return torch::nn::Linear(torch::nn::LinearOptions(i, o).bias(false)); });
+    };
+    std::vector<torch::nn::Linear> q, k, v, o;
+    register_module("q_proj", dict_of(order, lin(m.dim, heads_ * hd_), q));
+    register_module("k_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_), k));
+    register_module("v_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_), v));
+    register_module("o_proj", dict_of(order, lin(heads_ * hd_, m.dim), o));
+    std::vector<nn::Norm> qn, kn;
+    if (m.qk_norm) {
+      std::function<nn::Norm()> mk = [&] { return nn::Norm(hd_, "rmsnorm", 1e-5); };
+      register_module("q_norm", dict_of(order, mk, qn));
+      register_module("k_norm", dict_of(order, mk, kn));
+    }
+    for (const char* name : {kImage, kText}) {
+      size_t i = std::find(order.begin(), order.end(), name) - order.begin();
+      q_.push_back(q[i]);
+      k_.push_back(k[i]);
+      v_.push_back(v[i]);
+      o_.push_back(o[i]);
+      if (m.qk_norm) {
+        qn_.push_back(qn[i]);
+        kn_.push_back(kn[i]);
+      }
+    }
+  }
+
+  // parts[0]: image rows, parts[1]: text rows of this chunk (either may be empty).
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& parts, const DecoderStep& step, nn::LayerKV* kv) {
+    std::vector<at::Tensor> qs, ks, vs;
+    for (size_t m = 0; m < 2; ++m) {
+      const at::Tensor& x = parts[m];
+      if (x.size(1) == 0) continue;
+      const int64_t B = x.size(0), S = x.size(1);
+      at::Tensor q = q_[m](x).view({B, S, heads_, hd_});
+      at::Tensor k = k_[m](x).view({B, S, kv_heads_, hd_});
+      if (!qn_.empty()) {
+        q = qn_[m](q);
+        k = kn_[m](k);
+      }
+      qs.push_back(q);
+      ks.push_back(k);
+      vs.push_back(v_[m](x).view({B, S, kv_heads_, hd_}));
+    }
+    at::Tensor q = nn::apply_rope(at::cat(qs, 1).transpose(1, 2), step.attention.cos, step.attention.sin);
+    at::Tensor k = nn::apply_rope(at::cat(ks, 1).transpose(1, 2), step.attention.cos, step.attention.sin);
+    at::Tensor v = at::cat(vs, 1).transpose(1, 2);
+    at::Tensor o = nn::causal_attention(q, k, v, step.attention, kv);
+    o = o.transpose(1, 2).reshape({o.size(0), o.size(2), heads_ * hd_});
+    std::vector<at::Tensor> out;
+    int64_t at_ = 0;
+    for (size_t m = 0; m < 2; ++m) {
+      const int64_t S = parts[m].size(1);
+      out.push_back(S == 0 ? parts[m] : o_[m](o.narrow(1, at_, S)));
+      at_ += S;
+    }
+    return out;
+  }
+
+  std::vector<torch::nn::Linear> q_, k_, v_, o_;
+  std::vector<nn::Norm> qn_, kn_;
+
+ private:
+  int64_t heads_, kv_heads_, hd_;
+};
+TORCH_MODULE(MoTAttention);
+
+class BlockImpl : public DecoderLayer {
+ public:
+  BlockImpl(const ModelConfig& m, const std::vector<std::string>& order, int64_t n_image) : n_image_(n_image) {
+    std::vector<nn::Norm> an, mn;
+    std::vector<nn::Mlp> mlps;
+    std::function<nn::Norm()> norm = [&] { return nn::Norm(m.dim, m.norm_type, m.norm_eps); };
+    std::function<nn::Mlp()> mlp = [&] { return nn::Mlp(m.dim, m.ffn_hidden(), m.activation); };
+    register_module("attn_norm", dict_of(order, norm, an));
+    attn = register_module("attn", MoTAttention(m, order));
+    register_module("mlp_norm", dict_of(order, norm, mn));
+    register_module("mlp", dict_of(order, mlp, mlps));
+    for (const char* name : {kImage, kText}) {
+      size_t i = std::find(order.begin(), order.end(), name) - order.begin();
+      attn_norm_.push_back(an[i]);
+      mlp_norm_.push_back(mn[i]);
+      mlp_.push_back(mlps[i]);
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) override {
+    const int64_t S = h.size(1);
+    const int64_t ni = std::clamp<int64_t>(n_image_ - step.start_pos, 0, S);
+    std::vector<at::Tensor> parts{h.narrow(1, 0, ni), h.narrow(1, ni, S - ni)};
+    std::vector<at::Tensor> normed;
+    for (size_t m = 0; m < 2; ++m) normed.push_back(parts[m].size(1) ? attn_norm_[m](parts[m]) : parts[m]);
+    std::vector<at::Tensor> a = attn->forward(normed, step, kv);
+    std::vector<at::Tensor> out;
+    for (size_t m = 0; m < 2; ++m) {
+      if (parts[m].size(1) == 0) continue;
+      at::Tensor x = parts[m] + a[m];
+      out.push_back(x + mlp_[m](mlp_norm_[m](x)));
+    }
+    return out.size() == 1 ? out[0] : at::cat(out, 1);
+  }
+
+  MoTAttention attn{nullptr};
+  std::vector<nn::Norm> attn_norm_, mlp_norm_;
+  std::vector<nn::Mlp> mlp_;
+
+ private:
+  int64_t n_image_;
+};
+
+class Hooks final : public DecoderHooks {
+ public:
+  Hooks(const ModelConfig& m, const Config& c, int64_t n_image) : model_(m), cfg_(c), n_image_(n_image) {}
+
+  std::shared_ptr<DecoderLayer> make_layer(int64_t, const ModelConfig& m) override {
+    auto b = std::make_shared<BlockImpl>(m, cfg_.modalities, n_image_);
+    blocks_.push_back(b);
+    return b;
+  }
+
+  void add_modules(DecoderImpl& decoder) override {
+    std::vector<nn::Norm> norms;
+    std::function<nn::Norm()> mk = [&] { return nn::Norm(model_.dim, model_.norm_type, model_.norm_eps); };
+    decoder.register_module("mot_norms", dict_of(cfg_.modalities, mk, norms));
+    for (const char* name : {kImage, kText}) {
+      size_t i = std::find(cfg_.modalities.begin(), cfg_.modalities.end(), name) - cfg_.modalities.begin();
+      final_norms_.push_back(norms[i]);
+    }
+  }
+
+  at::Tensor rope_positions(int64_t start, int64_t length, const at::Device& device) const override {
+    at::Tensor p = at::arange(start, start + length, at::TensorOptions().dtype(at::kLong).device(device));
+    return at::where(p < n_image_, p, p - n_image_);  // RoPE restarts at 0 for the text
+  }
+
+  at::Tensor final_norm(const at::Tensor& h, const DecoderStep& step, DecoderImpl&) override {
+    const int64_t S = h.size(1);
+    const int64_t ni = std::clamp<int64_t>(n_image_ - step.start_pos, 0, S);
+    if (ni == 0) return final_norms_[1](h);
+    if (ni == S) return final_norms_[0](h);
+    return at::cat({final_norms_[0](h.narrow(1, 0, ni)), final_norms_[1](h.narrow(1, ni, S - ni))}, 1);
+  }
+
+  void init_weights(DecoderImpl& decoder) override {
+    torch::NoGradGuard guard;
+    for (auto& b : blocks_) {  // a fresh MoT block is an exact identity
+      for (auto& o : b->attn->o_) o->weight.zero_();
+      for (auto& m : b->mlp_) m->down_proj->weight.zero_();
+    }
+    decoder.norm->weight.requires_grad_(false);  // kept for key compatibility only
+  }
+
+  void prepare_fresh_run(DecoderImpl& decoder, const BuildContext& ctx) override {
+    if (!cfg_.warm_start_from_text) return;
+    std::string path = cfg_.warm_start_path;
+    if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "model.safetensors").string();
+    safetensors::File file(path);
+    auto find = [&](const std::string& key) -> std::string {
+      for (const std::string& k : {"transformer." + key, key})
+        if (file.contains(k)) return k;
+      return "";
+    };
+    torch::NoGradGuard guard;
+    int64_t copied = 0;
+    auto copy = [&](const std::string& src_key, at::Tensor dst) {
+      std::string k = find(src_key);
+      if (k.empty()) return;
+      at::Tensor src = file.load(k);
+      if (src.sizes() != dst.sizes())
+        throw UserError(fmt::format("MoT warm start: {} key '{}' has shape ({}), the MoT target ({})", path, k,
+                                    fmt::join(src.sizes().vec(), ", "), fmt::join(dst.sizes().vec(), ", ")));
+      dst.copy_(src.to(dst.scalar_type()));
+      ++copied;
+    };
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const std::string L = fmt::format("layers.{}.", i);
+      auto& b = *blocks_[i];
+      for (size_t m = 0; m < 2; ++m) {
+        copy(L + "attention_norm.weight", b.attn_norm_[m]->weight);
+        copy(L + "attention.q_proj.weight", b.attn->q_[m]->weight);
+        copy(L + "attention.k_proj.weight", b.attn->k_[m]->weight);
+        copy(L + "attention.v_proj.weight", b.attn->v_[m]->weight);
+        copy(L + "attention.o_proj.weight", b.attn->o_[m]->weight);
+        if (!b.attn->qn_.empty()) {
+          copy(L + "attention.q_norm.weight", b.attn->qn_[m]->weight);
+          copy(L + "attention.k_norm.weight", b.attn->kn_[m]->weight);
+        }
+        copy(L + "mlp_norm.weight", b.mlp_norm_[m]->weight);
+        if (b.mlp_[m]->gate_proj) copy(L + "mlp.gate_proj.weight", b.mlp_[m]->gate_proj->weight);
+        copy(L + "mlp.up_proj.weight", b.mlp_[m]->up_proj->weight);
+        copy(L + "mlp.down_proj.weight", b.mlp_[m]->down_proj->weight);
+      }
+    }
+    for (size_t m = 0; m < 2; ++m) copy("norm.weight", final_norms_[m]->weight);
+    // forge also brings the embedding and the head, so the warm start is a usable text model.
+    copy("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
+    if (!decoder.config().tie_embeddings) copy("output_head.proj.weight", decoder.output_head->proj->weight);
+    if (copied == 0) throw UserError(fmt::format("MoT warm start: no dense decoder weights found in {}", path));
+    ctx.logger->info("MoT warm start: copied {} tensors from {}", copied, path);
+  }
+
+ private:
+  ModelConfig model_;
+  Config cfg_;
+  int64_t n_image_;
+  std::vector<std::shared_ptr<BlockImpl>> blocks_;
+  std::vector<nn::Norm> final_norms_;
+};
+
+class Strategy final : public ModalityStrategy {
+ public:
+  std::string name() const override { return "mot"; }
+  ModalityContext compose(const at::Tensor& visual, const at::Tensor& input_ids) const override {
+    const int64_t B = visual.size(0), N = visual.size(1), T = input_ids.size(1);
+    ModalityContext::Fields f;
+    f.prefix_embeds = visual;
+    auto opts = at::TensorOptions().dtype(at::kLong).device(input_ids.device());
+    f.modality_ids = at::cat({at::zeros({B, N}, opts), at::ones({B, T}, opts)}, 1);
+    return ModalityContext(std::move(f));
+  }
+  int64_t residual_image_tokens(int64_t n) const override { return n; }
+};
+
+class Plugin final : public ArchPlugin {
+ public:
+  std::unique_ptr<VLMConfig> make_config() const override { return std::make_unique<Config>(); }
+  void check(const VLMConfig& base, const ModelConfig& m, ConfigVisitor& v) const override {
+    const auto& c = static_cast<const Config&>(base);
+    const int64_t h = c.image_n_heads > 0 ? c.image_n_heads : m.n_heads;
+    const int64_t kv = c.image_n_kv_heads > 0 ? c.image_n_kv_heads : m.kv_heads();
+    v.require(h == m.n_heads && kv == m.kv_heads(), "mot_image_n_heads",
+              fmt::format("image heads {}/{} (heads/kv heads) must equal the text's {}/{}", h, kv, m.n_heads,
+                          m.kv_heads()));
+  }
+  std::shared_ptr<ModalityStrategy> make_strategy(const VLMConfig&) const override {
+    return std::make_shared<Strategy>();
+  }
+  std::shared_ptr<DecoderHooks> make_hooks(const ModelConfig& m, const VLMConfig& c, int64_t n_visual) const override {
+    return std::make_shared<Hooks>(m, static_cast<const Config&>(c), n_visual);
+  }
+};
+
+void register_plugin(Registrar& r) { r.add_arch(std::make_shared<Plugin>()); }
+
+}  // namespace forge::plugins::arch::mot
+
+FORGE_PLUGIN(forge::plugins::arch::mot::register_plugin,
+             "Mixture-of-Transformers: per-modality weights in every layer, one global causal attention")
