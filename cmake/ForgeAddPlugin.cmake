@@ -47,7 +47,8 @@ function(forge_add_plugin kind name)
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON
     POSITION_INDEPENDENT_CODE ON
-    CUDA_RUNTIME_LIBRARY Shared)
+    CUDA_RUNTIME_LIBRARY Shared
+    INSTALL_RPATH "$ORIGIN/../..")  # <prefix>/lib/forge/plugins -> <prefix>/lib
   target_compile_features(${target} PRIVATE cxx_std_20)
   target_compile_definitions(${target} PRIVATE
     FORGE_PLUGIN_KIND="${kind}" FORGE_PLUGIN_NAME="${name}" FORGE_PLUGIN_VERSION="${P_VERSION}")

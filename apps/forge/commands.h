@@ -2,6 +2,7 @@
 // maps errors to exit codes; each command lives in its own function here.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,5 +19,6 @@ int cmd_version();
 int cmd_plugins(const std::vector<std::string>& plugin_paths);
 int cmd_validate(const ConfigArgs& args);
 int cmd_config_reference(const std::vector<std::string>& plugin_paths);
+int cmd_check_model(const ConfigArgs& args, int64_t batch);
 
 }  // namespace forge::app

@@ -70,6 +70,16 @@ int main(int argc, char** argv) {
   validate->add_option("config", cfg.config, "The TOML config")->required();
   add_plugin_path(validate);
 
+  int64_t check_batch = 2;
+  auto* check = app.add_subcommand(
+      "check-model",
+      "Build the model a config describes; print parameter counts per module, the residual layout, and one "
+      "forward/backward on random data");
+  check->add_option("config", cfg.config, "The TOML config")->required();
+  check->add_option("--batch", check_batch, "Batch size of the random forward/backward")->default_val(2)
+      ->check(CLI::PositiveNumber);
+  add_plugin_path(check);
+
   auto* reference = app.add_subcommand("config-reference",
                                        "Print the configuration reference (Markdown) for the core and every plugin");
   add_plugin_path(reference);
@@ -94,7 +104,7 @@ int main(int argc, char** argv) {
 
   int rc = forge::kExitOk;
   try {
-    if (!overrides.empty() && !validate->parsed()) {
+    if (!overrides.empty() && !validate->parsed() && !check->parsed()) {
       throw forge::UsageError("config overrides (" + overrides.front() +
                               ") apply only to commands that take a config");
     }
@@ -102,6 +112,8 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_plugins(plugin_paths);
     } else if (validate->parsed()) {
       rc = forge::app::cmd_validate(cfg);
+    } else if (check->parsed()) {
+      rc = forge::app::cmd_check_model(cfg, check_batch);
     } else if (reference->parsed()) {
       rc = forge::app::cmd_config_reference(plugin_paths);
     } else {

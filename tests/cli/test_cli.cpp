@@ -96,3 +96,25 @@ TEST_CASE("[plugins] paths in the TOML are searched", "[cli][plugins]") {
   CHECK(r.code == 0);
   CHECK_THAT(r.output, Catch::Contains("fixture_scale = 2.0"));
 }
+
+TEST_CASE("forge check-model builds each arch from configs/ and runs forward/backward", "[cli][model]") {
+  for (const char* arch : {"joint_decoder", "cross_attention", "mot"}) {
+    auto r = run(kForge + " check-model " FORGE_SOURCE_DIR "/configs/tiny_" + arch + ".toml");
+    INFO(r.output);
+    CHECK(r.code == 0);
+    CHECK_THAT(r.output, Catch::Contains(std::string("arch ") + arch) && Catch::Contains("transformer.layers") &&
+                             Catch::Contains("forward + backward on random data") && Catch::Contains("residual stream"));
+  }
+}
+
+TEST_CASE("every recipe in configs/ validates", "[cli][config]") {
+  int n = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(FORGE_SOURCE_DIR "/configs")) {
+    if (e.path().extension() != ".toml") continue;
+    ++n;
+    auto r = run(kForge + " validate " + e.path().string());
+    INFO(e.path().string() << "\n" << r.output);
+    CHECK(r.code == 0);
+  }
+  CHECK(n >= 4);
+}
