@@ -44,7 +44,7 @@ class AttentionalPool final : public VisionAdapter {
     at::Tensor q = q_proj(query).reshape({B * W, 1, heads_, dh}).transpose(1, 2);           // (BW, h, 1, dh)
     at::Tensor k = k_proj(win).reshape({B * W, w * w, heads_, dh}).transpose(1, 2);         // (BW, h, w*w, dh)
     at::Tensor v = v_proj(win).reshape({B * W, w * w, heads_, dh}).transpose(1, 2);
-    at::Tensor attn_mask;
+    std::optional<at::Tensor> attn_mask;  // only ragged grids need one
     if (padded != side) attn_mask = mask.unsqueeze(0).expand({B, W, w * w}).reshape({B * W, 1, 1, w * w});
     at::Tensor o = at::scaled_dot_product_attention(q, k, v, attn_mask);  // (BW, h, 1, dh)
     o = o.transpose(1, 2).reshape({B, W, C});

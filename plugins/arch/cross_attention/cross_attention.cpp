@@ -60,7 +60,7 @@ class CrossAttentionImpl : public torch::nn::Module {
       k = k.repeat_interleave(heads_ / kv_heads_, 1);
       v = v.repeat_interleave(heads_ / kv_heads_, 1);
     }
-    at::Tensor mask;
+    std::optional<at::Tensor> mask;  // nullopt, not an undefined tensor, means "no mask"
     if (image_mask.defined()) {
       at::Tensor m = image_mask;
       m = m | m.any(-1, true).logical_not();  // NaN guard: a sample with no valid image token sees all
