@@ -1,0 +1,78 @@
+// Vision-transformer blocks (forge/vit.h), HF semantics.
+#include "forge/vit.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
+
+namespace forge::nn {
+
+bool is_hf_activation(const std::string& n) {
+  return n == "gelu" || n == "gelu_pytorch_tanh" || n == "gelu_new" || n == "quick_gelu" || n == "relu" || n == "silu";
+}
+
+at::Tensor hf_activation(const at::Tensor& x, const std::string& n) {
+  if (n == "gelu") return at::gelu(x);
+  if (n == "gelu_pytorch_tanh" || n == "gelu_new") return at::gelu(x, "tanh");
+  if (n == "quick_gelu") return x * at::sigmoid(1.702 * x);
+  if (n == "relu") return at::relu(x);
+  if (n == "silu") return at::silu(x);
+  throw InvalidArgument(fmt::format("unknown activation \"{}\" (forge knows gelu, gelu_pytorch_tanh, gelu_new, "
+                                    "quick_gelu, relu, silu)",
+                                    n));
+}
+
+VitAttentionImpl::VitAttentionImpl(int64_t hidden, int64_t heads_) : heads(heads_) {
+  if (heads <= 0 || hidden % heads != 0)
+    throw InvalidArgument(fmt::format("vision attention: {} heads do not divide width {}", heads, hidden));
+  k_proj = register_module("k_proj", torch::nn::Linear(hidden, hidden));
+  v_proj = register_module("v_proj", torch::nn::Linear(hidden, hidden));
+  q_proj = register_module("q_proj", torch::nn::Linear(hidden, hidden));
+  out_proj = register_module("out_proj", torch::nn::Linear(hidden, hidden));
+}
+VitAttentionImpl::~VitAttentionImpl() = default;
+
+at::Tensor VitAttentionImpl::forward(const at::Tensor& x) {
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2), hd = D / heads;
+  auto split = [&](const at::Tensor& t) { return t.view({B, N, heads, hd}).transpose(1, 2); };
+  at::Tensor o = at::scaled_dot_product_attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)));
+  return out_proj(o.transpose(1, 2).reshape({B, N, D}));
+}
+
+VitMlpImpl::VitMlpImpl(int64_t hidden, int64_t intermediate, std::string act) : activation(std::move(act)) {
+  if (!is_hf_activation(activation)) hf_activation(at::zeros({1}), activation);  // throws with the list
+  fc1 = register_module("fc1", torch::nn::Linear(hidden, intermediate));
+  fc2 = register_module("fc2", torch::nn::Linear(intermediate, hidden));
+}
+VitMlpImpl::~VitMlpImpl() = default;
+at::Tensor VitMlpImpl::forward(const at::Tensor& x) { return fc2(hf_activation(fc1(x), activation)); }
+
+VitLayerImpl::VitLayerImpl(const VitOptions& o) {
+  layer_norm1 = register_module("layer_norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.eps)));
+  self_attn = register_module("self_attn", VitAttention(o.hidden, o.heads));
+  layer_norm2 = register_module("layer_norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.eps)));
+  mlp = register_module("mlp", VitMlp(o.hidden, o.intermediate, o.activation));
+}
+VitLayerImpl::~VitLayerImpl() = default;
+at::Tensor VitLayerImpl::forward(const at::Tensor& x) {
+  at::Tensor h = x + self_attn(layer_norm1(x));
+  return h + mlp(layer_norm2(h));
+}
+
+VitEncoderImpl::VitEncoderImpl(const VitOptions& o) : options_(o) {
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.layers; ++i) layers->push_back(VitLayer(o));
+}
+VitEncoderImpl::~VitEncoderImpl() = default;
+at::Tensor VitEncoderImpl::forward(at::Tensor x) {
+  for (const auto& l : *layers) x = l->as<VitLayerImpl>()->forward(x);
+  return x;
+}
+double VitEncoderImpl::flops(int64_t n) const {
+  const double N = static_cast<double>(n), D = options_.hidden, I = options_.intermediate;
+  return static_cast<double>(options_.layers) * (2 * N * (4 * D * D + 2 * D * I) + 4 * N * N * D);
+}
+
+}  // namespace forge::nn

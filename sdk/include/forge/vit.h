@@ -1,0 +1,81 @@
+// Vision-transformer blocks shared by encoder plugins (SigLIP, SigLIP2, CLIP),
+// with Hugging Face's parameter names so HF weights load by name:
+//   encoder.layers.<i>.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.{fc1,fc2}}.{weight,bias}
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+
+#include "forge/export.h"
+
+namespace forge::nn {
+
+// HF activations by their config name: "gelu" (erf), "gelu_pytorch_tanh" /
+// "gelu_new" (tanh approximation), "quick_gelu" (x * sigmoid(1.702 x)),
+// "relu", "silu". Unknown names throw InvalidArgument.
+FORGE_API at::Tensor hf_activation(const at::Tensor& x, const std::string& name);
+FORGE_API bool is_hf_activation(const std::string& name);
+
+struct FORGE_API VitOptions {
+  int64_t hidden = 768;
+  int64_t heads = 12;
+  int64_t intermediate = 3072;
+  int64_t layers = 12;
+  double eps = 1e-6;
+  std::string activation = "gelu_pytorch_tanh";
+};
+
+// Bidirectional multi-head self-attention with biased projections.
+class FORGE_API VitAttentionImpl : public torch::nn::Module {
+ public:
+  VitAttentionImpl(int64_t hidden, int64_t heads);
+  ~VitAttentionImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
+  int64_t heads;
+};
+TORCH_MODULE(VitAttention);
+
+class FORGE_API VitMlpImpl : public torch::nn::Module {
+ public:
+  VitMlpImpl(int64_t hidden, int64_t intermediate, std::string activation);
+  ~VitMlpImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  std::string activation;
+};
+TORCH_MODULE(VitMlp);
+
+// Pre-norm layer: x + attn(ln1(x)), then x + mlp(ln2(x)).
+class FORGE_API VitLayerImpl : public torch::nn::Module {
+ public:
+  explicit VitLayerImpl(const VitOptions& o);
+  ~VitLayerImpl() override;
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+  VitAttention self_attn{nullptr};
+  VitMlp mlp{nullptr};
+};
+TORCH_MODULE(VitLayer);
+
+// `layers.<i>` over the options' layer count.
+class FORGE_API VitEncoderImpl : public torch::nn::Module {
+ public:
+  explicit VitEncoderImpl(const VitOptions& o);
+  ~VitEncoderImpl() override;
+  at::Tensor forward(at::Tensor x);
+  torch::nn::ModuleList layers{nullptr};
+  // Multiply-add FLOPs x2 of a forward over n tokens.
+  double flops(int64_t n) const;
+
+ private:
+  VitOptions options_;
+};
+TORCH_MODULE(VitEncoder);
+
+}  // namespace forge::nn
