@@ -137,7 +137,7 @@ TEST_CASE("overrides apply after the file, in TOML syntax, and are validated the
   CHECK_THAT(d2[0].message, Catch::Contains("--section.key=value"));
 }
 
-TEST_CASE("[vlm] dispatches on arch; an arch override re-dispatches (D11)", "[config][vlm]") {
+TEST_CASE("the vlm section dispatches on arch, and an arch override re-dispatches (D11)", "[config][vlm]") {
   auto cfg = load_config_text(tiny_vlm_toml("cross_attention"), "t.toml", builtin_registry());
   REQUIRE(cfg.job.vlm);
   CHECK(cfg.job.vlm->arch == "cross_attention");
@@ -217,7 +217,7 @@ TEST_CASE("arch rules: cross-attention cadence and heads, MoT modalities", "[con
   CHECK_THAT(find_diag(d2, "vlm.mot_modalities")->message, Catch::Contains("exactly the modalities image and text"));
 }
 
-TEST_CASE("freeze schedule start steps must increase; module_patterns merge over defaults (D3)", "[config][vlm]") {
+TEST_CASE("freeze schedule start steps must increase, module_patterns merge over defaults (D3)", "[config][vlm]") {
   auto text = tiny_vlm_toml() +
               "";
   text.replace(text.find("max_text_len = 12"), 17,
@@ -251,7 +251,7 @@ TEST_CASE("the resolved config round-trips through TOML", "[config]") {
   }
 }
 
-TEST_CASE("D6: the image size comes from the encoder; a disagreeing config is rejected", "[config][vlm]") {
+TEST_CASE("D6: the image size comes from the encoder, a disagreeing config is rejected", "[config][vlm]") {
   LoadOptions o;
   o.plugin_paths = {FORGE_FIXTURE_PLUGIN_DIR};
   Registry reg;
@@ -266,7 +266,7 @@ TEST_CASE("D6: the image size comes from the encoder; a disagreeing config is re
   } catch (const ConfigError& e) {
     const auto* d = find_diag(e.diagnostics(), "data.hf_image_size");
     REQUIRE(d);
-    CHECK(d->line == 8);
+    CHECK(d->line == 14);  // the hf_image_size line
     CHECK_THAT(d->message, Catch::Contains("224x224") && Catch::Contains("32x32"));
   }
 }
