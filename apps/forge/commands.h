@@ -15,10 +15,35 @@ struct ConfigArgs {
   std::vector<std::string> plugin_paths;  // --plugin-path
 };
 
+struct GenerateArgs {
+  std::string checkpoint;
+  std::string image;
+  std::string prompt;
+  int64_t max_new_tokens = 0;  // 0: vlm.max_text_len
+  double temperature = 0.0;    // 0: greedy
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::vector<std::string> plugin_paths;
+};
+
+struct DataSampleArgs {
+  ConfigArgs config;  // optional
+  std::string out;
+  int64_t count = 16;
+  std::string split = "train";
+  int64_t image_size = 0;
+};
+
 int cmd_version();
 int cmd_plugins(const std::vector<std::string>& plugin_paths);
 int cmd_validate(const ConfigArgs& args);
 int cmd_config_reference(const std::vector<std::string>& plugin_paths);
 int cmd_check_model(const ConfigArgs& args, int64_t batch);
+int cmd_train(const ConfigArgs& args);
+int cmd_generate(const GenerateArgs& args);
+int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<std::string>& plugin_paths);
+int cmd_data_sample(const DataSampleArgs& args);
+int cmd_data_check(const ConfigArgs& args);
 
 }  // namespace forge::app

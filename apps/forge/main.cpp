@@ -80,6 +80,51 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   add_plugin_path(check);
 
+  auto* train = app.add_subcommand(
+      "train", "Train a VLM: logs progress, evaluates, writes checkpoints to checkpoint.dir and resumes from them");
+  train->add_option("config", cfg.config, "The TOML config (e.g. configs/shapes.toml)")->required();
+  add_plugin_path(train);
+
+  forge::app::GenerateArgs gen;
+  auto* generate = app.add_subcommand("generate", "Caption an image with a trained checkpoint (KV-cache decoding)");
+  generate->add_option("--checkpoint", gen.checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
+  generate->add_option("--image", gen.image, "A PNG or JPEG file")->required()->check(CLI::ExistingFile);
+  generate->add_option("--prompt", gen.prompt, "Text the caption follows (masked in training as a prompt)");
+  generate->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most (default: vlm.max_text_len)")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--temperature", gen.temperature, "0 is greedy (the default); > 0 samples")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens (0: off)")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-p", gen.top_p, "Sample from the smallest set of tokens with this much probability")
+      ->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen.seed, "Seed of the sampling");
+  generate->add_option("--plugin-path", gen.plugin_paths, "Extra plugin folder (repeatable)");
+
+  std::string eval_checkpoint;
+  int64_t eval_batches = 0;
+  auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint on its held-out data (loss, caption accuracy)");
+  eval->add_option("--checkpoint", eval_checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
+  eval->add_option("--batches", eval_batches, "Batches to evaluate (default: eval.steps)")->check(CLI::PositiveNumber);
+  add_plugin_path(eval);
+
+  auto* data = app.add_subcommand("data", "Look at and check datasets");
+  data->require_subcommand(1);
+  forge::app::DataSampleArgs sample;
+  auto* data_sample = data->add_subcommand(
+      "sample", "Write samples as PNG files with a manifest.jsonl of captions (the embedded dataset by default)");
+  data_sample->add_option("config", sample.config.config, "A config whose [data] to sample (optional)");
+  data_sample->add_option("--out", sample.out, "Output folder")->required();
+  data_sample->add_option("-n,--count", sample.count, "How many samples")->check(CLI::PositiveNumber);
+  data_sample->add_option("--split", sample.split, "train or heldout")->check(CLI::IsMember({"train", "heldout"}));
+  data_sample->add_option("--image-size", sample.image_size, "Image side for the embedded dataset (default 48)")
+      ->check(CLI::PositiveNumber);
+  add_plugin_path(data_sample);
+  auto* data_check = data->add_subcommand(
+      "check", "Scan a config's data: rows, bad rows by reason, decoding throughput");
+  data_check->add_option("config", cfg.config, "The TOML config")->required();
+  add_plugin_path(data_check);
+
   auto* reference = app.add_subcommand("config-reference",
                                        "Print the configuration reference (Markdown) for the core and every plugin");
   add_plugin_path(reference);
@@ -104,7 +149,8 @@ int main(int argc, char** argv) {
 
   int rc = forge::kExitOk;
   try {
-    if (!overrides.empty() && !validate->parsed() && !check->parsed()) {
+    if (!overrides.empty() && !validate->parsed() && !check->parsed() && !train->parsed() &&
+        !data_check->parsed() && !data_sample->parsed()) {
       throw forge::UsageError("config overrides (" + overrides.front() +
                               ") apply only to commands that take a config");
     }
@@ -112,6 +158,18 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_plugins(plugin_paths);
     } else if (validate->parsed()) {
       rc = forge::app::cmd_validate(cfg);
+    } else if (train->parsed()) {
+      rc = forge::app::cmd_train(cfg);
+    } else if (generate->parsed()) {
+      rc = forge::app::cmd_generate(gen);
+    } else if (eval->parsed()) {
+      rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, plugin_paths);
+    } else if (data_sample->parsed()) {
+      sample.config.overrides = overrides;
+      sample.config.plugin_paths = plugin_paths;
+      rc = forge::app::cmd_data_sample(sample);
+    } else if (data_check->parsed()) {
+      rc = forge::app::cmd_data_check(cfg);
     } else if (check->parsed()) {
       rc = forge::app::cmd_check_model(cfg, check_batch);
     } else if (reference->parsed()) {

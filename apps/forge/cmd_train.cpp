@@ -1,0 +1,222 @@
+// forge train, forge generate, forge eval, forge data sample, forge data check.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+
+#include "apps/forge/commands.h"
+#include "core/checkpoint/checkpoint.h"
+#include "core/config/loader.h"
+#include "core/data/datasets.h"
+#include "core/data/jsonl.h"
+#include "core/data/shapes.h"
+#include "core/model/vlm.h"
+#include "core/registry/registry.h"
+#include "core/training/eval.h"
+#include "core/training/trainer.h"
+#include "core/util/strings.h"
+#include "forge/error.h"
+#include "forge/logging.h"
+
+namespace fs = std::filesystem;
+
+namespace forge::app {
+
+namespace {
+
+LoadedConfig load(const ConfigArgs& args) {
+  LoadOptions opts;
+  opts.overrides = args.overrides;
+  opts.plugin_paths = args.plugin_paths;
+  LoadedConfig cfg = load_config(args.config, Registry::global(), opts);
+  for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+  return cfg;
+}
+
+// A trained model from a checkpoint folder (a run folder or one step_<N>).
+struct Restored {
+  std::string step_dir;
+  LoadedConfig cfg;
+  VLM model{nullptr};
+};
+
+Restored restore(const std::string& dir, const std::vector<std::string>& plugin_paths) {
+  Restored r;
+  r.step_dir = resolve_checkpoint(dir);
+  if (r.step_dir.empty())
+    throw UserError(fmt::format("no forge checkpoint in \"{}\" (expected a run folder with step_<N>/ or latest, or a "
+                                "step folder holding train_state.json)",
+                                dir));
+  LoadOptions opts;
+  opts.plugin_paths = plugin_paths;
+  r.cfg = load_config((fs::path(r.step_dir) / "config.toml").string(), Registry::global(), opts);
+  r.model = build_vlm(r.cfg.job, Registry::global());
+  load_checkpoint_weights(r.step_dir, *r.model);
+  r.model->eval();
+  return r;
+}
+
+}  // namespace
+
+int cmd_train(const ConfigArgs& args) {
+  LoadedConfig cfg = load(args);
+  TrainSummary s = train(cfg, Registry::global());
+  std::cout << fmt::format("\ntrained steps {}..{} in {}{}{}\n", s.start_step, s.end_step, util::human_duration(s.seconds),
+                           s.resumed ? " (resumed)" : "", s.interrupted ? " (stopped early by a signal)" : "");
+  if (!s.losses.empty()) std::cout << fmt::format("last loss {:.4f}\n", s.losses.back());
+  if (s.final_eval) {
+    const EvalResult& e = *s.final_eval;
+    std::cout << fmt::format("held-out: loss {:.4f}, token accuracy {:.3f}", e.loss, e.token_accuracy);
+    if (e.words > 0) {
+      std::cout << fmt::format(", image-word accuracy {:.3f}", e.word_accuracy);
+      if (s.chance_word_accuracy > 0) std::cout << fmt::format(" (chance {:.3f})", s.chance_word_accuracy);
+      std::cout << "\n  by kind:";
+      for (const auto& [k, v] : e.by_kind) std::cout << fmt::format(" {} {:.3f} ({} words)", k, e.kind_accuracy(k), v.second);
+    }
+    std::cout << "\n";
+  }
+  if (!s.last_checkpoint.empty())
+    std::cout << fmt::format("checkpoint: {}\ncaption an image: forge generate --checkpoint {} --image <file.png>\n",
+                             s.last_checkpoint, cfg.job.checkpoint.dir);
+  return kExitOk;
+}
+
+int cmd_generate(const GenerateArgs& a) {
+  Restored r = restore(a.checkpoint, a.plugin_paths);
+  const JobConfig& job = r.cfg.job;
+  VLM& model = r.model;
+  Image img = read_image(a.image);
+  at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
+  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  Collator collator(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0, job.data.chat_template);
+  Example ex;
+  ex.prompt = a.prompt;
+  int64_t text_start = 0;
+  auto [ids, masked] = collator.tokens_of(ex, nullptr, &text_start);
+  ids.resize(static_cast<size_t>(text_start));  // the prompt part only: [BOS] prompt (template prefix)
+  at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
+  GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens > 0 ? a.max_new_tokens : job.vlm->max_text_len;
+  o.max_new_tokens = std::min<int64_t>(o.max_new_tokens, job.model.max_seq_len - model->residual_image_tokens() -
+                                                             prompt.size(1));
+  o.temperature = a.temperature;
+  o.top_k = a.top_k;
+  o.top_p = a.top_p;
+  o.eos_id = tokenizer->eos_id();
+  o.seed = a.seed;
+  const auto t0 = std::chrono::steady_clock::now();
+  at::Tensor out = generate(*model, px, prompt, o);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<int64_t> gen(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
+  std::cout << tokenizer->decode(gen) << std::endl;
+  log()->info("{} tokens in {:.3f}s from {} ({} image tokens {})", gen.size(), secs, r.step_dir,
+              model->visual_tokens(), model->residual_image_tokens() > 0 ? "prefilled once" : "through cross-attention");
+  return kExitOk;
+}
+
+int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<std::string>& plugin_paths) {
+  Restored r = restore(checkpoint, plugin_paths);
+  const JobConfig& job = r.cfg.job;
+  auto held = make_dataset(job, "heldout");
+  if (!held) throw UserError("the checkpoint's config has no held-out data (eval.dataset_path)");
+  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  auto collator = std::make_shared<Collator>(tokenizer, job.vlm->max_text_len, r.model->residual_image_tokens() == 0,
+                                             job.data.chat_template);
+  LoaderOptions lo;
+  lo.batch_size = job.train.batch_size;
+  lo.shuffle = false;
+  lo.workers = 1;
+  DataLoader loader(held, collator, r.model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
+  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, at::kCPU, false);
+  std::cout << fmt::format("{}: {} batches of {}\nloss {:.4f}\ntoken accuracy {:.4f}\n", r.step_dir, e.batches,
+                           lo.batch_size, e.loss, e.token_accuracy);
+  if (e.words > 0) {
+    std::cout << fmt::format("image-word accuracy {:.4f} over {} words", e.word_accuracy, e.words);
+    if (job.data.type == "shapes") std::cout << fmt::format(" (chance {:.3f})", ShapesDataset::chance_accuracy());
+    std::cout << "\n";
+    for (const auto& [k, v] : e.by_kind)
+      std::cout << fmt::format("  {:<9} {:.4f} ({} words)\n", k, e.kind_accuracy(k), v.second);
+  }
+  return kExitOk;
+}
+
+int cmd_data_sample(const DataSampleArgs& a) {
+  DataConfig data;
+  EvalConfig eval;
+  JobConfig job;
+  if (!a.config.config.empty()) {
+    LoadedConfig cfg = load(a.config);
+    job = cfg.job;
+  } else {
+    job.data.hf_image_size = 48;
+  }
+  if (a.image_size > 0) job.data.hf_image_size = a.image_size;
+  auto ds = make_dataset(job, a.split == "train" ? "train" : "heldout");
+  if (!ds) throw UserError("the config has no held-out data (eval.dataset_path)");
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  if (ec) throw UserError(fmt::format("--out {}: cannot create it: {}", a.out, ec.message()));
+  std::ofstream manifest(fs::path(a.out) / "manifest.jsonl");
+  const int64_t n = std::min<int64_t>(a.count, static_cast<int64_t>(ds->size()));
+  for (int64_t i = 0; i < n; ++i) {
+    Example ex = ds->get(static_cast<size_t>(i));
+    std::string name = fmt::format("{}_{:06d}.png", a.split, i);
+    write_png((fs::path(a.out) / name).string(), ex.image);
+    nlohmann::json row{{"image", name}, {"text", ex.text}};
+    if (!ex.prompt.empty()) row["prompt"] = ex.prompt;
+    manifest << row.dump() << "\n";
+    if (i < 5) std::cout << fmt::format("{}  {}\n", name, ex.text);
+  }
+  std::cout << fmt::format("wrote {} samples of {} to {} (captions in {}/manifest.jsonl, usable as data.type = "
+                           "\"jsonl\")\n",
+                           n, ds->describe(), a.out, a.out);
+  return kExitOk;
+}
+
+int cmd_data_check(const ConfigArgs& args) {
+  LoadedConfig cfg = load(args);
+  JobConfig job = cfg.job;
+  job.data.bad_rows = "skip";  // count every bad row instead of stopping at the first
+  for (const char* split : {"train", "heldout"}) {
+    std::shared_ptr<Dataset> ds;
+    try {
+      ds = make_dataset(job, split);
+    } catch (const UserError& e) {
+      std::cout << fmt::format("{}: {}\n", split, e.what());
+      continue;
+    }
+    if (!ds) continue;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::map<std::string, int64_t> bad;
+    if (auto* j = dynamic_cast<JsonlDataset*>(ds.get())) bad = j->bad_rows();  // same library: core
+    int64_t ok = 0, pixels = 0;
+    Preprocess prep;
+    for (size_t i = 0; i < ds->size(); ++i) {
+      try {
+        Example ex = ds->get(i);
+        pixels += static_cast<int64_t>(ex.image.width) * ex.image.height;
+        preprocess_image(ex.image, prep, job.data.hf_image_size);
+        ++ok;
+      } catch (const FormatError& e) {
+        ++bad["undecodable image"];
+        std::cout << "  " << e.what() << "\n";
+      }
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t nbad = 0;
+    for (const auto& [k, v] : bad) nbad += v;
+    std::cout << fmt::format("{}: {}\n  rows scanned {}, usable {}, bad {}\n", split, ds->describe(), ok + nbad, ok,
+                             nbad);
+    for (const auto& [k, v] : bad) std::cout << fmt::format("    {:<18} {}\n", k, v);
+    std::cout << fmt::format("  decoded and preprocessed {} images in {:.2f}s: {:.0f} images/s ({:.1f} Mpixel/s, "
+                             "1 thread)\n",
+                             ok, secs, ok / std::max(secs, 1e-9), pixels / 1e6 / std::max(secs, 1e-9));
+  }
+  return kExitOk;
+}
+
+}  // namespace forge::app

@@ -1,0 +1,63 @@
+// Image decoding (stb_image), PNG writing (stb_image_write) and the
+// encoder-specific preprocessing (D6).
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "core/data/data.h"
+#include "forge/error.h"
+
+namespace forge {
+
+Image decode_image(const uint8_t* bytes, size_t size, const std::string& name) {
+  int w = 0, h = 0, channels = 0;
+  // req_comp = 3: grayscale is replicated, palettes expanded, alpha dropped.
+  stbi_uc* px = stbi_load_from_memory(bytes, static_cast<int>(size), &w, &h, &channels, 3);
+  if (!px) {
+    const char* why = stbi_failure_reason();
+    throw FormatError(fmt::format("{}: cannot decode image ({}); forge reads PNG and JPEG", name, why ? why : "unknown"));
+  }
+  Image img;
+  img.width = w;
+  img.height = h;
+  img.rgb.assign(px, px + static_cast<size_t>(w) * h * 3);
+  stbi_image_free(px);
+  return img;
+}
+
+Image read_image(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(fmt::format("{}: cannot open image", path));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.empty()) throw FormatError(fmt::format("{}: empty file, not an image", path));
+  return decode_image(bytes.data(), bytes.size(), path);
+}
+
+void write_png(const std::string& path, const Image& img) {
+  if (!stbi_write_png(path.c_str(), img.width, img.height, 3, img.rgb.data(), img.width * 3))
+    throw RuntimeError(fmt::format("{}: cannot write PNG", path));
+}
+
+at::Tensor preprocess_image(const Image& img, const Preprocess& prep, int64_t size) {
+  if (img.width <= 0 || img.height <= 0) throw InvalidArgument("preprocess: empty image");
+  at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)
+                     .permute({2, 0, 1})
+                     .unsqueeze(0)
+                     .to(at::kFloat)
+                     .div_(255.0);
+  if (img.width != size || img.height != size) {
+    // Antialiased like PIL's resize; bicubic overshoot is clamped as PIL's uint8 output would be.
+    t = prep.resize == "bicubic" ? at::_upsample_bicubic2d_aa(t, {size, size}, false)
+                                 : at::_upsample_bilinear2d_aa(t, {size, size}, false);
+    t = t.clamp_(0.0, 1.0);
+  }
+  t = t.squeeze(0);
+  auto mean = at::tensor({prep.mean[0], prep.mean[1], prep.mean[2]}, at::kFloat).view({3, 1, 1});
+  auto std = at::tensor({prep.std[0], prep.std[1], prep.std[2]}, at::kFloat).view({3, 1, 1});
+  return (t - mean) / std;
+}
+
+}  // namespace forge

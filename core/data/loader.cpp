@@ -1,0 +1,180 @@
+#include "core/data/loader.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
+#include "forge/logging.h"
+
+namespace forge {
+
+DataLoader::DataLoader(std::shared_ptr<Dataset> dataset, std::shared_ptr<Collator> collator, Preprocess prep,
+                       int64_t image_size, LoaderOptions options)
+    : dataset_(std::move(dataset)), collator_(std::move(collator)), prep_(prep), image_size_(image_size), opt_(options) {
+  const auto n = static_cast<int64_t>(dataset_->size());
+  const int64_t per_rank = n / opt_.world;
+  batches_per_epoch_ = per_rank / opt_.batch_size;
+  if (batches_per_epoch_ == 0)
+    throw UserError(fmt::format("{} has {} examples: fewer than one batch of {} per rank ({} ranks); lower "
+                                "train.batch_size or add data",
+                                dataset_->describe(), n, opt_.batch_size, opt_.world));
+  for (int64_t i = 0; i < opt_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+DataLoader::~DataLoader() { stop_workers(); }
+
+void DataLoader::stop_workers() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+}
+
+const std::vector<int64_t>& DataLoader::order(int64_t epoch) {
+  // Called with mu_ held.
+  auto it = orders_.find(epoch);
+  if (it != orders_.end()) return it->second;
+  const auto n = static_cast<int64_t>(dataset_->size());
+  at::Tensor perm;
+  if (opt_.shuffle) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt_.seed + static_cast<uint64_t>(epoch));
+    perm = at::randperm(n, gen, at::TensorOptions().dtype(at::kLong));
+  } else {
+    perm = at::arange(n, at::TensorOptions().dtype(at::kLong));
+  }
+  const int64_t usable = n / opt_.world * opt_.world;  // drop the tail so every rank gets as many
+  std::vector<int64_t> mine;
+  auto p = perm.accessor<int64_t, 1>();
+  for (int64_t i = opt_.rank; i < usable; i += opt_.world) mine.push_back(p[i]);
+  // Keep at most the epochs in flight.
+  while (orders_.size() > 2) orders_.erase(orders_.begin());
+  return orders_.emplace(epoch, std::move(mine)).first->second;
+}
+
+Batch DataLoader::build(int64_t epoch, int64_t k) {
+  std::vector<int64_t> idx;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto& o = order(epoch);
+    idx.assign(o.begin() + k * opt_.batch_size, o.begin() + (k + 1) * opt_.batch_size);
+  }
+  std::vector<Example> examples;
+  std::vector<at::Tensor> pixels;
+  int64_t skipped = 0;
+  for (int64_t i : idx) {
+    try {
+      Example ex = dataset_->get(static_cast<size_t>(i));
+      pixels.push_back(preprocess_image(ex.image, prep_, image_size_));
+      ex.image = Image{};  // the pixels are in the tensor now
+      examples.push_back(std::move(ex));
+    } catch (const FormatError& e) {
+      if (!opt_.skip_bad) throw;
+      ++skipped;
+      std::string msg = e.what();
+      std::lock_guard<std::mutex> lock(mu_);
+      ++skipped_;
+      ++skip_reasons_[msg.substr(msg.find(": ") == std::string::npos ? 0 : msg.find(": ") + 2)];
+      log()->warn("skipped: {}", msg);
+    }
+  }
+  if (examples.empty())
+    throw UserError(fmt::format("every example of a batch failed to load (epoch {}, batch {})", epoch, k));
+  Batch b = collator_->collate(examples, pixels);
+  b.skipped = skipped;
+  if (opt_.pin_memory) {
+    b.pixel_values = b.pixel_values.pin_memory();
+    b.input_ids = b.input_ids.pin_memory();
+    b.labels = b.labels.pin_memory();
+  }
+  return b;
+}
+
+void DataLoader::enqueue_until(int64_t global) {
+  // Called with mu_ held.
+  while (next_enqueue_ <= global) jobs_.push_back(next_enqueue_++);
+}
+
+void DataLoader::worker_loop() {
+  while (true) {
+    int64_t g;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;
+      g = jobs_.front();
+      jobs_.pop_front();
+    }
+    Batch b;
+    std::exception_ptr err;
+    try {
+      b = build(g / batches_per_epoch_, g % batches_per_epoch_);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (err) {
+        failed_[g] = err;
+      } else {
+        ready_[g] = std::move(b);
+      }
+    }
+    cv_.notify_all();
+  }
+}
+
+Batch DataLoader::next() {
+  const int64_t g = state_.epoch * batches_per_epoch_ + state_.batches_yielded;
+  Batch out;
+  if (threads_.empty()) {
+    out = build(state_.epoch, state_.batches_yielded);
+  } else {
+    std::unique_lock<std::mutex> lock(mu_);
+    enqueue_until(g + opt_.prefetch);
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return ready_.count(g) || failed_.count(g); });
+    if (failed_.count(g)) {
+      auto err = failed_[g];
+      failed_.erase(g);
+      std::rethrow_exception(err);
+    }
+    out = std::move(ready_[g]);
+    ready_.erase(g);
+  }
+  if (++state_.batches_yielded == batches_per_epoch_) {
+    ++state_.epoch;
+    state_.batches_yielded = 0;
+  }
+  return out;
+}
+
+void DataLoader::restore(const LoaderState& s) {
+  stop_workers();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.clear();
+    ready_.clear();
+    failed_.clear();
+    state_ = s;
+    next_enqueue_ = s.epoch * batches_per_epoch_ + s.batches_yielded;
+    stopping_ = false;
+  }
+  for (int64_t i = 0; i < opt_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+int64_t DataLoader::skipped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return skipped_;
+}
+
+std::map<std::string, int64_t> DataLoader::skipped_by_reason() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return skip_reasons_;
+}
+
+}  // namespace forge

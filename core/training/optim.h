@@ -1,0 +1,48 @@
+// Optimizer, parameter groups and learning-rate schedule.
+#pragma once
+
+#include <torch/optim/adamw.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/config/job.h"
+#include "forge/export.h"
+#include "forge/safetensors.h"
+
+namespace forge {
+
+// Parameters the optimizer holds, by name, in two groups. Only parameters
+// that are trainable at some step of the freeze schedule are included (D2);
+// a frozen one simply has no gradient at that step and AdamW skips it.
+struct FORGE_API ParamGroups {
+  std::vector<std::pair<std::string, at::Tensor>> decay;     // matrices
+  std::vector<std::pair<std::string, at::Tensor>> no_decay;  // norms, biases, embeddings (unless decayed)
+  int64_t numel() const;
+  std::vector<at::Tensor> all() const;
+};
+
+// Weight decay goes to tensors with >= 2 dims that are not biases and, unless
+// `decay_embeddings`, not embedding tables (names containing "embedding").
+FORGE_API ParamGroups make_param_groups(const torch::nn::Module& model, const std::set<std::string>& trainable,
+                                        bool decay_embeddings);
+FORGE_API std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const OptimizerConfig& cfg);
+// Sets the learning rate of every group.
+FORGE_API void set_lr(torch::optim::Optimizer& opt, double lr);
+
+// The reference's LambdaLR factor for optimizer step `step` (0-based): the
+// first update uses factor(0). Formulas in docs/training.md.
+FORGE_API double lr_factor(const SchedulerConfig& s, int64_t step, int64_t max_steps);
+
+// AdamW moments by parameter name: "<name>.exp_avg", "<name>.exp_avg_sq",
+// "<name>.step" (int64). Parameters that never had a gradient have no state.
+FORGE_API std::vector<std::pair<std::string, at::Tensor>> optimizer_state(torch::optim::AdamW& opt,
+                                                                          const ParamGroups& groups);
+// Restores what optimizer_state wrote; FormatError names the file and key on
+// a mismatch. Returns the number of parameters restored.
+FORGE_API int64_t load_optimizer_state(torch::optim::AdamW& opt, const ParamGroups& groups,
+                                       const safetensors::File& file);
+
+}  // namespace forge

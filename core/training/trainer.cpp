@@ -1,0 +1,374 @@
+#include "core/training/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
+#include <torch/nn/utils/clip_grad.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint/checkpoint.h"
+#include "core/data/datasets.h"
+#include "core/data/loader.h"
+#include "core/data/shapes.h"
+#include "core/model/vlm.h"
+#include "core/registry/registry.h"
+#include "core/training/loss.h"
+#include "core/training/optim.h"
+#include "core/util/strings.h"
+#include "forge/error.h"
+#include "forge/logging.h"
+
+namespace fs = std::filesystem;
+
+namespace forge {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop = true; }
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// One JSON object per line, appended and flushed.
+class JsonlLog {
+ public:
+  explicit JsonlLog(const std::string& path) {
+    if (!path.empty()) out_.open(path, std::ios::app);
+  }
+  void write(const nlohmann::json& j) {
+    if (out_) out_ << j.dump() << "\n" << std::flush;
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+at::Device pick_device(const std::string& want) {
+  const bool cuda = torch::cuda::is_available();
+  if (want == "cuda" && !cuda) throw UserError("train.device = \"cuda\" but no CUDA device is visible");
+  return (want == "cuda" || (want == "auto" && cuda)) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+bool any_trainable(const torch::nn::Module& m) {
+  for (const auto& p : m.parameters(true))
+    if (p.requires_grad()) return true;
+  return false;
+}
+
+std::string describe_freeze(const std::vector<FreezeSpec>& specs) {
+  std::vector<std::string> parts;
+  for (const auto& s : specs) parts.push_back(fmt::format("{} {}", s.module, s.frozen ? "frozen" : "trainable"));
+  return util::join(parts, ", ");
+}
+
+}  // namespace
+
+void request_stop() { g_stop = true; }
+
+double peak_flops(const MetricsConfig& m, const at::Device& device) {
+  if (m.peak_tflops > 0) return m.peak_tflops * 1e12;
+  if (!device.is_cuda()) return 1e12;
+  // Without a name query here, use the H100 number for any GPU unless configured.
+  return 989e12;
+}
+
+TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOptions& options) {
+  const JobConfig& job = loaded.job;
+  auto logger = log();
+  const auto wall0 = Clock::now();
+  if (!job.is_vlm())
+    throw UserError(fmt::format("{}: forge train needs a [vlm] section (with [vision_encoder]); see "
+                                "configs/shapes.toml",
+                                job.source));
+  if (job.distributed.dp_shard > 1)
+    throw UserError(fmt::format("distributed.dp_shard = {}: multi-process data parallelism is started with "
+                                "`forge train --nproc N`",
+                                job.distributed.dp_shard));
+
+  // ---------------------------------------------------------------- device
+  const at::Device device = pick_device(job.train.device);
+  if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));
+  const bool bf16 = device.is_cuda() && job.train.mixed_precision == "bf16";
+  logger->info("device {} ({}), {} CPU threads", device.str(),
+               bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads());
+
+  // ---------------------------------------------------------------- model
+  VLM model = build_vlm(job, registry);
+  model->to(device);
+  const VLMConfig& vlm = *job.vlm;
+  const StringListMap patterns = vlm.resolved_module_patterns();
+  std::map<std::string, bool> baseline;  // requires_grad as built (e.g. MoT's unused norm is frozen)
+  for (const auto& p : model->named_parameters(true)) baseline[p.key()] = p.value().requires_grad();
+  const std::set<std::string> trainable = ever_trainable(*model, vlm);  // D2: before any freeze is applied
+
+  // The freeze state at a step: the built state, then the specs in force (D3:
+  // a stage at step 0 applies at step 0; raw patterns work).
+  auto apply_freeze_at = [&](int64_t step) {
+    for (auto& p : model->named_parameters(true)) p.value().requires_grad_(baseline.at(p.key()));
+    auto specs = effective_freeze(step, vlm.freeze, vlm.freeze_schedule);
+    apply_freeze(*model, specs, patterns);
+    return specs;
+  };
+  auto set_modes = [&] {
+    model->train();
+    if (model->encoder_frozen()) model->vision_encoder->eval();  // a frozen tower also runs without dropout
+  };
+
+  // ---------------------------------------------------------------- optimizer
+  ParamGroups groups = make_param_groups(*model, trainable, job.optimizer.decay_embeddings);
+  auto optimizer = make_adamw(groups, job.optimizer);
+  {
+    double total = 0, decayed = 0;
+    for (const auto& [k, p] : nn::unique_named_parameters(*model)) total += static_cast<double>(p.numel());
+    for (const auto& [k, p] : groups.decay) decayed += static_cast<double>(p.numel());
+    logger->info("model: {} parameters, {} optimised at some step ({} with weight decay)", util::human_count(total),
+                 util::human_count(static_cast<double>(groups.numel())), util::human_count(decayed));
+  }
+
+  // ---------------------------------------------------------------- data
+  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  if (tokenizer->vocab_size() > job.model.vocab_size)
+    throw UserError(fmt::format("model.vocab_size = {} is smaller than the tokenizer's {} ids ({}); set "
+                                "model.vocab_size >= {}",
+                                job.model.vocab_size, tokenizer->vocab_size(), tokenizer->describe(),
+                                tokenizer->vocab_size()));
+  auto collator = std::make_shared<Collator>(tokenizer, vlm.max_text_len, model->residual_image_tokens() == 0,
+                                             job.data.chat_template);
+  const Preprocess prep = model->vision_encoder->preprocess();
+  const int64_t image_size = job.data.hf_image_size;
+  LoaderOptions lo;
+  lo.batch_size = job.train.batch_size;
+  lo.seed = static_cast<uint64_t>(job.train.effective_data_seed());
+  lo.workers = job.data.num_workers;
+  lo.prefetch = job.data.prefetch_factor;
+  lo.pin_memory = device.is_cuda() && job.data.pin_memory;
+  lo.skip_bad = job.data.bad_rows == "skip";
+  auto train_set = make_dataset(job, "train");
+  DataLoader loader(train_set, collator, prep, image_size, lo);
+  logger->info("data: {}; {} batches of {} per epoch; tokenizer {}", train_set->describe(), loader.batches_per_epoch(),
+               lo.batch_size, tokenizer->describe());
+  std::unique_ptr<DataLoader> heldout;
+  if (job.eval.enabled) {
+    if (auto held = make_dataset(job, "heldout")) {
+      LoaderOptions ho = lo;
+      ho.shuffle = false;
+      ho.workers = std::min<int64_t>(lo.workers, 1);
+      heldout = std::make_unique<DataLoader>(held, collator, prep, image_size, ho);
+      logger->info("eval: {} batches of {} every {} steps", std::min(job.eval.steps, heldout->batches_per_epoch()),
+                   lo.batch_size, job.eval.interval);
+    } else {
+      logger->info("eval: no held-out data (set eval.dataset_path to a JSONL manifest)");
+    }
+  }
+  TrainSummary summary;
+  if (job.data.type == "shapes") summary.chance_word_accuracy = ShapesDataset::chance_accuracy();
+
+  // ---------------------------------------------------------------- resume
+  const std::string run_dir = job.checkpoint.dir;
+  TrainState state;
+  std::string resume_from = resolve_checkpoint(run_dir);
+  if (resume_from.empty() && job.checkpoint.load_path) {
+    resume_from = resolve_checkpoint(*job.checkpoint.load_path);
+    if (resume_from.empty())
+      throw UserError(fmt::format("checkpoint.load_path = \"{}\" holds no forge checkpoint", *job.checkpoint.load_path));
+  }
+  if (!resume_from.empty()) {
+    state = read_train_state(resume_from);
+    // The freeze state the checkpoint was saved with must be this config's at that step.
+    auto expected = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
+    std::set<std::string> shared_modules;
+    for (const auto& e : expected)
+      for (const auto& s : state.vlm_freeze)
+        if (e.module == s.module) shared_modules.insert(e.module);
+    auto restrict = [&](const std::vector<FreezeSpec>& v) {
+      std::vector<FreezeSpec> out;
+      for (const auto& f : v)
+        if (shared_modules.count(f.module)) out.push_back(f);
+      return out;
+    };
+    if (restrict(expected) != restrict(state.vlm_freeze)) {
+      std::string msg = fmt::format("{} was saved with freeze state [{}] at step {}, but this config gives [{}]",
+                                    resume_from, describe_freeze(state.vlm_freeze), state.step,
+                                    describe_freeze(expected));
+      if (!job.checkpoint.ignore_freeze_mismatch)
+        throw UserError(msg + "; set checkpoint.ignore_freeze_mismatch = true to resume anyway");
+      logger->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
+    }
+    load_checkpoint_weights(resume_from, *model);
+    load_checkpoint_trainer(resume_from, *optimizer, groups);
+    loader.restore(state.data);
+    summary.resumed = true;
+    logger->info("resuming from {} at step {} (epoch {}, batch {})", resume_from, state.step, state.data.epoch,
+                 state.data.batches_yielded);
+  } else {
+    BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
+    model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
+  }
+  summary.start_step = state.step;
+  auto freeze_now = apply_freeze_at(state.step);
+  set_modes();
+  logger->info("freeze at step {}: {}", state.step, describe_freeze(freeze_now));
+
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
+  JsonlLog metrics(job.metrics.jsonl ? (fs::path(run_dir) / "metrics.jsonl").string() : "");
+
+  // ---------------------------------------------------------------- the loop
+  std::set<int64_t> stage_starts;
+  for (const auto& st : vlm.freeze_schedule) stage_starts.insert(st.start_step);
+  void (*old_int)(int) = SIG_DFL;
+  void (*old_term)(int) = SIG_DFL;
+  g_stop = false;
+  if (options.handle_signals) {
+    old_int = std::signal(SIGINT, on_stop_signal);
+    old_term = std::signal(SIGTERM, on_stop_signal);
+  }
+  auto save = [&]() {
+    state.vlm_freeze = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
+    state.data = loader.state();
+    SaveRequest req{run_dir, &state, model.get(), optimizer.get(), &groups, &job, &registry, job.checkpoint.keep_last_n};
+    const auto t = Clock::now();
+    summary.last_checkpoint = save_checkpoint(req);
+    logger->info("checkpoint {} ({:.1f}s)", summary.last_checkpoint, since(t));
+  };
+  auto run_eval = [&](const char* when) {
+    if (!heldout) return;
+    const auto t = Clock::now();
+    EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, bf16);
+    set_modes();
+    std::string kinds;
+    for (const auto& [k, v] : r.by_kind) kinds += fmt::format(" {} {:.3f}", k, r.kind_accuracy(k));
+    logger->info("eval {} step {}: loss {:.4f} | token acc {:.3f} | image-word acc {:.3f}{}{} | {:.1f}s", when,
+                 state.step, r.loss, r.token_accuracy, r.word_accuracy, kinds.empty() ? "" : " (", kinds.empty() ? "" : kinds + " )",
+                 since(t));
+    nlohmann::json j{{"step", state.step},          {"eval/loss", r.loss},
+                     {"eval/token_accuracy", r.token_accuracy}, {"eval/word_accuracy", r.word_accuracy},
+                     {"eval/tokens", r.tokens},     {"eval/words", r.words}};
+    for (const auto& [k, v] : r.by_kind) j["eval/word_accuracy/" + k] = r.kind_accuracy(k);
+    metrics.write(j);
+    summary.final_eval = r;
+  };
+
+  const int64_t max_steps = job.train.max_steps;
+  const int64_t accum = job.train.grad_accum_steps;
+  const int64_t text_len = vlm.max_text_len;
+  int64_t nan_streak = 0;
+  int64_t last_saved = resume_from.empty() ? -1 : state.step;
+  double ema_step = 0;
+  const double peak = peak_flops(job.metrics, device);
+  while (state.step < max_steps) {
+    if (stage_starts.count(state.step) && state.step != summary.start_step) {
+      freeze_now = apply_freeze_at(state.step);
+      set_modes();
+      logger->info("freeze stage at step {}: {}", state.step, describe_freeze(freeze_now));
+    }
+    const double lr = job.optimizer.lr * lr_factor(job.scheduler, state.step, max_steps);
+    set_lr(*optimizer, lr);
+    optimizer->zero_grad(/*set_to_none=*/true);
+
+    const auto t0 = Clock::now();
+    double data_wait = 0, loss_sum = 0;
+    int64_t label_tokens = 0, samples = 0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      const auto td = Clock::now();
+      Batch batch = loader.next();
+      data_wait += since(td);
+      at::Tensor px = batch.pixel_values.to(device, true), ids = batch.input_ids.to(device, true),
+                 labels = batch.labels.to(device, true);
+      samples += px.size(0);
+      if (bf16) {
+        at::autocast::set_autocast_enabled(at::kCUDA, true);
+        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+      }
+      VLMOutput out = model->forward(px, ids, labels);
+      LossValue lv = cross_entropy(out.logits, out.targets, job.train.z_loss_weight);
+      if (bf16) {
+        at::autocast::set_autocast_enabled(at::kCUDA, false);
+        at::autocast::clear_cache();
+      }
+      (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros
+      loss_sum += lv.loss.item<double>();
+      label_tokens += lv.tokens;
+    }
+    const double loss = loss_sum / static_cast<double>(accum);
+    std::vector<at::Tensor> with_grad;
+    for (const auto& p : groups.all())
+      if (p.grad().defined()) with_grad.push_back(p);
+    const double grad_norm =
+        with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, job.train.grad_clip_norm);
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      optimizer->zero_grad(true);
+      ++state.step;
+      logger->warn("step {}: loss {} / grad norm {} is not finite; update skipped ({} in a row)", state.step, loss,
+                   grad_norm, nan_streak + 1);
+      if (++nan_streak >= 10)
+        throw RuntimeError(fmt::format("loss was NaN/Inf for 10 consecutive steps (last at step {}); lower "
+                                       "optimizer.lr or check the data",
+                                       state.step));
+      continue;
+    }
+    nan_streak = 0;
+    optimizer->step();
+    ++state.step;
+    state.tokens_seen += label_tokens;
+    summary.losses.push_back(loss);
+    const double dt = since(t0);
+    ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
+
+    if (state.step == 1 || state.step % job.metrics.log_interval == 0 || state.step == max_steps) {
+      const double enc = model->vision_encoder->forward_flops() * (model->encoder_frozen() ? 1 : 3);
+      const double ada = model->adapter->forward_flops(model->vision_encoder->num_tokens()) *
+                         (any_trainable(*model->adapter) ? 3 : 1);
+      const double step_flops = static_cast<double>(samples) * (3 * model->forward_flops_per_sample(text_len) + enc + ada);
+      const double mfu = step_flops / dt / peak;
+      const double tok_s = static_cast<double>(label_tokens) / dt;
+      logger->info("step {}/{} | loss {:.4f} | lr {:.2e} | grad {:.3f} | {} tok/s | MFU {:.2f}% | {:.3f} s/step "
+                   "(data wait {:.3f}) | ETA {}",
+                   state.step, max_steps, loss, lr, grad_norm, util::human_count(tok_s), 100 * mfu, dt, data_wait,
+                   util::human_duration(ema_step * static_cast<double>(max_steps - state.step)));
+      metrics.write({{"step", state.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                     {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_time_s", dt}, {"data_wait_s", data_wait},
+                     {"text_tokens", label_tokens}, {"tokens_seen", state.tokens_seen},
+                     {"epoch", loader.state().epoch}});
+    }
+    if (heldout && state.step % job.eval.interval == 0 && state.step != max_steps) run_eval("at");
+    if (state.step % job.checkpoint.interval == 0) {
+      save();
+      last_saved = state.step;
+    }
+    if (g_stop) {
+      logger->warn("stop requested: stopping after step {}", state.step);
+      if (last_saved != state.step) {
+        save();
+        last_saved = state.step;
+      }
+      summary.interrupted = true;
+      break;
+    }
+  }
+  if (options.handle_signals) {
+    std::signal(SIGINT, old_int);
+    std::signal(SIGTERM, old_term);
+  }
+  if (!summary.interrupted) {
+    run_eval("final,");
+    if (job.checkpoint.save_final && last_saved != state.step) save();
+  }
+  if (lo.skip_bad && loader.skipped() > 0) {
+    for (const auto& [why, n] : loader.skipped_by_reason()) logger->warn("skipped {} example(s): {}", n, why);
+  }
+  summary.end_step = state.step;
+  summary.seconds = since(wall0);
+  return summary;
+}
+
+}  // namespace forge

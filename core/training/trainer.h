@@ -1,0 +1,44 @@
+// forge train: the training loop, in a few named phases (trainer.cpp reads
+// top to bottom): device, model, freezing, optimizer, data, resume, then for
+// each step: freeze-stage transitions, learning rate, micro-batches,
+// clipping, update, logging, evaluation, checkpoint, stop requests.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config/loader.h"
+#include "core/training/eval.h"
+#include "forge/export.h"
+
+namespace forge {
+
+class Registry;
+
+struct FORGE_API TrainOptions {
+  bool handle_signals = true;  // SIGINT/SIGTERM finish the step, save a checkpoint and stop
+};
+
+struct FORGE_API TrainSummary {
+  int64_t start_step = 0;
+  int64_t end_step = 0;
+  bool resumed = false;
+  bool interrupted = false;
+  std::vector<double> losses;  // one per optimizer step run by this call
+  std::optional<EvalResult> final_eval;
+  std::string last_checkpoint;
+  double seconds = 0;
+  double chance_word_accuracy = 0;  // of a model that ignores the image, when the data knows it
+};
+
+FORGE_API TrainSummary train(const LoadedConfig& config, Registry& registry, const TrainOptions& options = {});
+
+// Ask a running train() to stop after its current step (as a signal does).
+FORGE_API void request_stop();
+
+// FLOP/s one device peaks at for MFU: [metrics] peak_tflops, else by GPU
+// name (H100/H200 989 TFLOP/s bf16, A100 312), else 1 TFLOP/s on a CPU.
+FORGE_API double peak_flops(const MetricsConfig& m, const at::Device& device);
+
+}  // namespace forge

@@ -1,0 +1,461 @@
+// Training for real: learning on the embedded data (and not without the
+// images), exact resume, freeze schedules (D2, D3), checkpoint integrity,
+// the loss (D10), schedules, optimizer groups, collator and loader.
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint/checkpoint.h"
+#include "core/checkpoint/state_dict.h"
+#include "core/data/datasets.h"
+#include "core/data/loader.h"
+#include "core/data/shapes.h"
+#include "core/model/vlm.h"
+#include "core/training/loss.h"
+#include "core/training/optim.h"
+#include "core/training/trainer.h"
+#include "core/util/strings.h"
+#include "tests/unit/test_helpers.h"
+
+using namespace forge;
+using forge::test::builtin_registry;
+using forge::test::TempDir;
+
+namespace {
+
+// configs/shapes.toml made small enough to train in seconds.
+LoadedConfig shapes(const std::string& run_dir, std::vector<std::string> extra = {}) {
+  LoadOptions o;
+  o.overrides = {"--model.dim=64",
+                 "--model.n_layers=2",
+                 "--vision_encoder.feature_dim=64",
+                 "--vision_encoder.num_layers=1",
+                 "--optimizer.lr=2e-3",
+                 "--scheduler.warmup_steps=20",
+                 "--train.max_steps=300",
+                 "--eval.interval=100000",
+                 "--checkpoint.interval=100000",
+                 "--checkpoint.dir=" + run_dir,
+                 "--metrics.log_interval=100"};
+  o.overrides.insert(o.overrides.end(), extra.begin(), extra.end());
+  return load_config(FORGE_SOURCE_DIR "/configs/shapes.toml", builtin_registry(), o);
+}
+
+// Tiny and fast: for the resume and checkpoint tests.
+LoadedConfig tiny(const std::string& run_dir, std::vector<std::string> extra = {}) {
+  std::vector<std::string> base = {"--model.dim=32", "--model.n_layers=1", "--vision_encoder.feature_dim=32",
+                                   "--vision_encoder.image_size=16", "--vision_encoder.patch_size=8",
+                                   "--train.batch_size=4", "--data.shapes_heldout_samples=16", "--eval.steps=2",
+                                   "--data.num_workers=2"};
+  base.insert(base.end(), extra.begin(), extra.end());
+  return shapes(run_dir, base);
+}
+
+TrainSummary run(const LoadedConfig& cfg) {
+  TrainOptions o;
+  o.handle_signals = false;
+  return train(cfg, builtin_registry(), o);
+}
+
+std::map<std::string, at::Tensor> weights(const std::string& step_dir) {
+  safetensors::File f(step_dir + "/model.safetensors");
+  std::map<std::string, at::Tensor> out;
+  for (const auto& t : f.tensors()) out[t.name] = f.load(t.name);
+  return out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+// Trains `arch` twice on the embedded data, with the images and with them
+// blanked, and compares held-out accuracy on the image words with chance.
+static void learns_from_images(const std::string& arch) {
+  const double chance = ShapesDataset::chance_accuracy();
+  std::vector<std::string> o = {"--vlm.arch=" + arch};
+  if (arch == "cross_attention") o.push_back("--vlm.cross_attention_every_n_layers=1");
+  TempDir a, b;
+  auto with_images = run(shapes(a.str(), o));
+  o.push_back("--data.blank_images=true");
+  auto blind = run(shapes(b.str(), o));
+  REQUIRE(with_images.final_eval);
+  REQUIRE(blind.final_eval);
+  const double seen = with_images.final_eval->word_accuracy, not_seen = blind.final_eval->word_accuracy;
+  INFO(arch << ": image-word accuracy " << seen << " with images, " << not_seen << " blanked, chance " << chance);
+  CHECK(with_images.final_eval->words >= 1000);
+  CHECK(seen > chance + 0.12);                // well above chance
+  CHECK(std::abs(not_seen - chance) < 0.07);  // a blind model stays near chance
+  CHECK(with_images.final_eval->kind_accuracy("colour") > 0.6);
+  // The text itself is learned either way: what differs is the image words.
+  CHECK(blind.final_eval->token_accuracy > 0.85);
+}
+
+TEST_CASE("joint_decoder learns the image words on the embedded data, and not without the images", "[train][learn]") {
+  learns_from_images("joint_decoder");
+}
+TEST_CASE("cross_attention learns the image words on the embedded data, and not without the images", "[train][learn]") {
+  learns_from_images("cross_attention");
+}
+TEST_CASE("mot learns the image words on the embedded data, and not without the images", "[train][learn]") {
+  learns_from_images("mot");
+}
+
+TEST_CASE("2k steps straight equal k steps, resume, k steps: same losses and weights", "[train][resume]") {
+  const int k = 6;
+  TempDir a, b;
+  auto straight = run(tiny(a.str(), {"--train.max_steps=" + std::to_string(2 * k), "--train.grad_accum_steps=2"}));
+  auto first = run(tiny(b.str(), {"--train.max_steps=" + std::to_string(k), "--train.grad_accum_steps=2"}));
+  auto second = run(tiny(b.str(), {"--train.max_steps=" + std::to_string(2 * k), "--train.grad_accum_steps=2"}));
+  CHECK_FALSE(first.resumed);
+  CHECK(second.resumed);
+  CHECK(second.start_step == k);
+  REQUIRE(straight.losses.size() == 2 * k);
+  REQUIRE(first.losses.size() == k);
+  REQUIRE(second.losses.size() == k);
+  for (int i = 0; i < k; ++i) {
+    CHECK(first.losses[i] == straight.losses[i]);
+    CHECK(second.losses[i] == straight.losses[k + i]);
+  }
+  auto wa = weights(resolve_checkpoint(a.str())), wb = weights(resolve_checkpoint(b.str()));
+  REQUIRE(wa.size() == wb.size());
+  for (const auto& [name, t] : wa) {
+    INFO(name);
+    CHECK(at::equal(t, wb.at(name)));
+  }
+}
+
+TEST_CASE("a parameter frozen at build and unfrozen by a stage at step k changes only from step k (D2)", "[train][freeze]") {
+  TempDir d;
+  const std::vector<std::string> sched = {
+      "--vlm.freeze=[{module = \"vision_encoder\", frozen = true}]",
+      "--vlm.freeze_schedule=[{start_step = 3, specs = [{module = \"vision_encoder\", frozen = false}]}]",
+      "--checkpoint.interval=1", "--checkpoint.keep_last_n=0"};
+  auto cfg = tiny(d.str(), sched);
+  auto cfg6 = tiny(d.str(), [&] {
+    auto v = sched;
+    v.push_back("--train.max_steps=6");
+    return v;
+  }());
+  VLM initial = build_vlm(cfg.job, builtin_registry());
+  run(cfg6);
+  auto enc_equal = [&](int step) {
+    auto w = weights(d.str() + "/" + fmt::format("step_{:08d}", step));
+    bool all = true;
+    for (const auto& p : initial->named_parameters(true))
+      if (util::starts_with(p.key(), "vision_encoder.") && p.key().find(".head.") == std::string::npos)
+        all = all && at::equal(p.value(), w.at(p.key()));
+    return all;
+  };
+  CHECK(enc_equal(1));
+  CHECK(enc_equal(3));  // steps 0..2 ran with the tower frozen
+  CHECK_FALSE(enc_equal(4));  // the stage at step 3 made it train
+  auto st = read_train_state(d.str() + "/step_00000004");
+  REQUIRE(st.vlm_freeze.size() == 1);
+  CHECK_FALSE(st.vlm_freeze[0].frozen);
+}
+
+TEST_CASE("a freeze stage at step 0 applies at step 0, with a raw pattern (D3)", "[train][freeze]") {
+  TempDir d;
+  auto cfg = tiny(d.str(), {"--train.max_steps=3",
+                            "--vlm.freeze_schedule=[{start_step = 0, specs = [{module = \"adapter.proj1.*\"}]}]"});
+  VLM initial = build_vlm(cfg.job, builtin_registry());
+  run(cfg);
+  auto w = weights(resolve_checkpoint(d.str()));
+  for (const auto& p : initial->named_parameters(true)) {
+    INFO(p.key());
+    if (util::starts_with(p.key(), "adapter.proj1.")) CHECK(at::equal(p.value(), w.at(p.key())));
+    if (p.key() == "adapter.proj2.weight") CHECK_FALSE(at::equal(p.value(), w.at(p.key())));
+  }
+}
+
+TEST_CASE("checkpoints: latest, retention, config, plugins, metrics", "[train][checkpoint]") {
+  TempDir d;
+  run(tiny(d.str(), {"--train.max_steps=6", "--checkpoint.interval=2", "--checkpoint.keep_last_n=2"}));
+  namespace fs = std::filesystem;
+  CHECK(fs::is_symlink(d.path() / "latest"));
+  CHECK(fs::read_symlink(d.path() / "latest") == "step_00000006");
+  CHECK_FALSE(fs::exists(d.path() / "step_00000002"));  // keep_last_n = 2
+  CHECK(fs::exists(d.path() / "step_00000004"));
+  for (const char* f : {"model.safetensors", "trainer.safetensors", "train_state.json", "config.toml"})
+    CHECK(fs::exists(d.path() / "step_00000006" / f));
+  nlohmann::json st = nlohmann::json::parse(std::ifstream(d.path() / "step_00000006" / "train_state.json"));
+  CHECK(st["step"] == 6);
+  CHECK(st["plugins"].size() == 3);
+  CHECK(st["plugins"][0]["name"] == "joint_decoder");
+  // The stored config reloads to the same model.
+  auto again = load_config((d.path() / "step_00000006" / "config.toml").string(), builtin_registry());
+  CHECK(again.job.model.dim == 32);
+  // Reference key names, readable by name.
+  auto w = weights((d.path() / "step_00000006").string());
+  CHECK(w.count("transformer.layers.0.attention.q_proj.weight"));
+  CHECK(w.count("vision_encoder.vision_tower.encoder.layers.0.self_attn.q_proj.weight"));
+  // A JSONL line per logged step.
+  std::ifstream m(d.path() / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(m, line)) {
+    auto j = nlohmann::json::parse(line);
+    CHECK((j.contains("loss") || j.contains("eval/loss")));
+    ++lines;
+  }
+  CHECK(lines >= 2);
+}
+
+TEST_CASE("a truncated checkpoint, a wrong header, a bad train_state each name the file", "[train][checkpoint]") {
+  TempDir d;
+  auto cfg = tiny(d.str(), {"--train.max_steps=2"});
+  run(cfg);
+  const std::string step = resolve_checkpoint(d.str());
+  const std::string model = step + "/model.safetensors";
+  auto more = tiny(d.str(), {"--train.max_steps=4"});
+  SECTION("truncated") {
+    std::filesystem::resize_file(model, std::filesystem::file_size(model) / 2);
+    auto msg = error_of([&] { run(more); });
+    CHECK_THAT(msg, Catch::Contains(model) && Catch::Contains("truncated"));
+  }
+  SECTION("wrong header") {
+    std::fstream f(model, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);
+    f.write("not json at all", 15);
+    f.close();
+    auto msg = error_of([&] { run(more); });
+    CHECK_THAT(msg, Catch::Contains(model) && Catch::Contains("header is not valid JSON"));
+  }
+  SECTION("bad train_state.json") {
+    std::ofstream(step + "/train_state.json") << "{\"schema\": 1, \"step\": ";
+    auto msg = error_of([&] { run(more); });
+    CHECK_THAT(msg, Catch::Contains(step + "/train_state.json") && Catch::Contains("not valid JSON"));
+  }
+}
+
+TEST_CASE("a failed save never overwrites the previous checkpoint", "[train][checkpoint]") {
+  TempDir d;
+  run(tiny(d.str(), {"--train.max_steps=2", "--checkpoint.interval=2"}));
+  auto before = weights(d.str() + "/step_00000002");
+  setenv("FORGE_FAILPOINT", "checkpoint.after_model", 1);
+  auto msg = error_of([&] { run(tiny(d.str(), {"--train.max_steps=4", "--checkpoint.interval=2"})); });
+  unsetenv("FORGE_FAILPOINT");
+  CHECK_THAT(msg, Catch::Contains("saving checkpoint") && Catch::Contains("step_00000004") &&
+                      Catch::Contains("untouched"));
+  namespace fs = std::filesystem;
+  CHECK(fs::read_symlink(d.path() / "latest") == "step_00000002");
+  CHECK_FALSE(fs::exists(d.path() / "step_00000004"));
+  for (const auto& e : fs::directory_iterator(d.path()))
+    CHECK_FALSE(util::starts_with(e.path().filename().string(), "."));  // no temporary left behind
+  auto after = weights(d.str() + "/step_00000002");
+  for (const auto& [k, v] : before) CHECK(at::equal(v, after.at(k)));
+}
+
+TEST_CASE("a stop request finishes the step, saves, and the run resumes from there", "[train][signal]") {
+  TempDir d;
+  auto cfg = tiny(d.str(), {"--train.max_steps=100000000"});  // only the stop request can end it
+  std::thread stopper([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    request_stop();
+  });
+  auto s = run(cfg);
+  stopper.join();
+  CHECK(s.interrupted);
+  CHECK(s.end_step < 100000000);
+  CHECK(read_train_state(resolve_checkpoint(d.str())).step == s.end_step);
+  auto again = run(tiny(d.str(), {"--train.max_steps=" + std::to_string(s.end_step + 2)}));
+  CHECK(again.resumed);
+  CHECK(again.start_step == s.end_step);
+}
+
+TEST_CASE("resuming with another freeze config is refused unless told to ignore it", "[train][checkpoint]") {
+  TempDir d;
+  run(tiny(d.str(), {"--train.max_steps=2"}));
+  auto other = tiny(d.str(), {"--train.max_steps=4", "--vlm.freeze=[{module = \"vision_encoder\", frozen = true}]"});
+  CHECK_THAT(error_of([&] { run(other); }), Catch::Contains("ignore_freeze_mismatch") && Catch::Contains("vision_encoder"));
+  auto ok = tiny(d.str(), {"--train.max_steps=4", "--vlm.freeze=[{module = \"vision_encoder\", frozen = true}]",
+                           "--checkpoint.ignore_freeze_mismatch=true"});
+  CHECK(run(ok).end_step == 4);
+}
+
+TEST_CASE("D10: a micro-batch whose labels are all ignored adds zero loss and zero gradient", "[train][loss]") {
+  at::Tensor logits = torch::randn({2, 5, 7}, torch::requires_grad());
+  at::Tensor ignored = torch::full({2, 5}, -100, torch::kLong);
+  auto lv = cross_entropy(logits, ignored, 0.1);
+  CHECK(lv.tokens == 0);
+  CHECK(lv.loss.item<double>() == 0.0);
+  lv.loss.backward();
+  REQUIRE(logits.grad().defined());
+  CHECK(logits.grad().abs().sum().item<double>() == 0.0);
+  at::Tensor some = ignored.clone();
+  some[0][1] = 3;
+  auto lv2 = cross_entropy(logits, some);
+  CHECK(lv2.tokens == 1);
+  CHECK(lv2.loss.item<double>() == Approx(at::cross_entropy_loss(logits[0][1].unsqueeze(0), at::tensor({3}, torch::kLong)).item<double>()));
+}
+
+TEST_CASE("learning-rate schedules follow the reference formulas", "[train][schedule]") {
+  SchedulerConfig s;
+  s.warmup_steps = 10;
+  s.min_lr_ratio = 0.1;
+  s.name = "cosine";
+  CHECK(lr_factor(s, 0, 110) == 0.0);  // the first update uses factor(0)
+  CHECK(lr_factor(s, 5, 110) == Approx(0.5));
+  CHECK(lr_factor(s, 10, 110) == Approx(1.0));
+  CHECK(lr_factor(s, 60, 110) == Approx(0.55));
+  CHECK(lr_factor(s, 110, 110) == Approx(0.1));
+  s.name = "linear";
+  CHECK(lr_factor(s, 60, 110) == Approx(0.55));
+  s.name = "constant";
+  CHECK(lr_factor(s, 100, 110) == 1.0);
+  s.name = "none";
+  CHECK(lr_factor(s, 0, 110) == 1.0);
+  s.name = "rex";
+  s.rex_alpha = 1.0;
+  CHECK(lr_factor(s, 60, 110) == Approx(0.5));
+  s.name = "wsd";
+  s.stable_steps = 50;
+  s.wsd_decay_type = "linear";
+  CHECK(lr_factor(s, 40, 110) == 1.0);
+  CHECK(lr_factor(s, 85, 110) == Approx(0.55));
+  s.wsd_decay_type = "sqrt";
+  CHECK(lr_factor(s, 110, 110) == Approx(0.1));
+}
+
+TEST_CASE("optimizer groups: no decay on norms, biases and embeddings (unless configured)", "[train][optim]") {
+  auto cfg = load_config_text(forge::test::tiny_vlm_toml("joint_decoder", "mlp_2layer"), "t.toml", builtin_registry());
+  VLM m = build_vlm(cfg.job, builtin_registry());
+  std::set<std::string> all;
+  for (const auto& p : m->named_parameters(true)) all.insert(p.key());
+  auto names = [](const std::vector<std::pair<std::string, at::Tensor>>& v) {
+    std::set<std::string> s;
+    for (const auto& [k, p] : v) s.insert(k);
+    return s;
+  };
+  auto g = make_param_groups(*m, all, false);
+  CHECK(names(g.decay).count("transformer.layers.0.attention.q_proj.weight"));
+  CHECK(names(g.no_decay).count("transformer.layers.0.attention_norm.weight"));
+  CHECK(names(g.no_decay).count("adapter.proj1.bias"));
+  CHECK(names(g.no_decay).count("transformer.token_embedding.embedding.weight"));
+  auto g2 = make_param_groups(*m, all, true);
+  CHECK(names(g2.decay).count("transformer.token_embedding.embedding.weight"));
+  // Only parameters trainable at some step are in the optimizer (D2).
+  std::set<std::string> some{"adapter.proj1.weight"};
+  CHECK(make_param_groups(*m, some, false).numel() == m->adapter->named_parameters()["proj1.weight"].numel());
+}
+
+TEST_CASE("the collator: EOS appended, padding and prompt masked, BOS for cross-attention", "[data][collate]") {
+  auto tok = std::make_shared<ByteTokenizer>();
+  Example ex;
+  ex.text = "ab";
+  ex.prompt = "Q:";
+  ex.image_words = {{1, 2, "colour"}};
+  Collator c(tok, 8, false);
+  auto b = c.collate({ex}, {torch::zeros({3, 4, 4})});
+  CHECK(b.input_ids[0].sizes() == at::IntArrayRef({8}));
+  std::vector<int64_t> want_ids = {'Q', ':', 'a', 'b', 258, 256, 256, 256};
+  std::vector<int64_t> want_labels = {-100, -100, 'a', 'b', 258, -100, -100, -100};
+  for (int i = 0; i < 8; ++i) {
+    CHECK(b.input_ids[0][i].item<int64_t>() == want_ids[i]);
+    CHECK(b.labels[0][i].item<int64_t>() == want_labels[i]);
+  }
+  CHECK(b.label_tokens == 3);
+  REQUIRE(b.image_words[0].size() == 1);
+  CHECK(std::get<0>(b.image_words[0][0]) == 3);  // "b" at input position 3
+  Collator ca(tok, 4, true);
+  auto bc = ca.collate({ex}, {torch::zeros({3, 4, 4})});
+  CHECK(bc.input_ids[0][0].item<int64_t>() == 257);  // BOS
+  CHECK(bc.labels[0][0].item<int64_t>() == -100);
+  CHECK(bc.input_ids[0][3].item<int64_t>() == 'a');  // truncated to 4 tokens
+  Collator tpl(tok, 16, false, "<{prompt}>{text}.");
+  auto bt = tpl.collate({ex}, {torch::zeros({3, 4, 4})});
+  std::string s;
+  for (int i = 0; i < 7; ++i) s.push_back(static_cast<char>(bt.input_ids[0][i].item<int64_t>()));
+  CHECK(bt.input_ids[0][7].item<int64_t>() == 258);  // then EOS
+  CHECK(s == "<Q:>ab.");
+  CHECK(bt.labels[0][3].item<int64_t>() == -100);  // the template's prompt part is masked
+  CHECK(bt.labels[0][4].item<int64_t>() == 'a');
+}
+
+TEST_CASE("the loader: same batches with or without threads, exact resume, every sample once per epoch", "[data][loader]") {
+  auto ds = std::make_shared<ShapesDataset>(40, 7, ShapesDataset::Split::Train, 16);
+  auto col = std::make_shared<Collator>(std::make_shared<ByteTokenizer>(), 64, false);
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.seed = 3;
+  o.workers = 0;
+  DataLoader sync(ds, col, Preprocess{}, 16, o);
+  o.workers = 3;
+  o.prefetch = 5;
+  DataLoader threaded(ds, col, Preprocess{}, 16, o);
+  std::map<std::string, int> seen;
+  for (int i = 0; i < 10; ++i) {  // one epoch
+    Batch a = sync.next(), b = threaded.next();
+    CHECK(at::equal(a.input_ids, b.input_ids));
+    CHECK(at::equal(a.pixel_values, b.pixel_values));
+    for (const auto& s : a.sources) ++seen[s];
+  }
+  CHECK(seen.size() == 40);
+  for (const auto& [k, v] : seen) CHECK(v == 1);
+  CHECK(sync.state().epoch == 1);
+  Batch next_a = sync.next();
+  DataLoader resumed(ds, col, Preprocess{}, 16, o);
+  resumed.restore(LoaderState{1, 0});
+  CHECK(at::equal(resumed.next().input_ids, next_a.input_ids));
+}
+
+TEST_CASE("MoT warm start copies a dense decoder into every modality in a fresh run (D4)", "[train][mot]") {
+  TempDir d;
+  auto dense = tiny(d.str() + "/dense", {"--train.max_steps=2"});
+  run(dense);
+  const std::string ckpt = resolve_checkpoint(d.str() + "/dense");
+  auto mot_cfg = tiny(d.str() + "/mot", {"--vlm.arch=mot", "--vlm.mot_warm_start_from_text=true",
+                                         "--vlm.mot_warm_start_path=" + ckpt, "--train.max_steps=1",
+                                         "--optimizer.lr=1e-12"});
+  run(mot_cfg);  // a fresh run: warm start, then one (negligible) step
+  auto mot = weights(resolve_checkpoint(d.str() + "/mot"));
+  auto src = weights(ckpt);
+  for (const char* m : {"image", "text"}) {
+    CHECK(at::allclose(mot.at(fmt::format("transformer.layers.0.attn.q_proj.{}.weight", m)),
+                       src.at("transformer.layers.0.attention.q_proj.weight"), 1e-6, 1e-8));
+    CHECK(at::allclose(mot.at(fmt::format("transformer.layers.0.mlp.{}.down_proj.weight", m)),
+                       src.at("transformer.layers.0.mlp.down_proj.weight"), 1e-6, 1e-8));
+    CHECK(at::allclose(mot.at(fmt::format("transformer.mot_norms.{}.weight", m)), src.at("transformer.norm.weight"),
+                       1e-6, 1e-8));
+  }
+}
+
+TEST_CASE("forge train, generate and eval from the command line", "[train][cli]") {
+  TempDir d;
+  const std::string forge = FORGE_BIN;
+  const std::string common =
+      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
+      " --vision_encoder.patch_size=8 --train.batch_size=4 --data.shapes_heldout_samples=16 --eval.steps=2"
+      " --checkpoint.dir=" + d.str() + "/run";
+  auto t = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=4" + common);
+  INFO(t.output);
+  CHECK(t.code == 0);
+  CHECK_THAT(t.output, Catch::Contains("step 4/4") && Catch::Contains("image-word accuracy") &&
+                           Catch::Contains("checkpoint"));
+  auto s = forge::test::run(forge + " data sample --split heldout --image-size 16 -n 2 --out " + d.str() + "/s");
+  CHECK(s.code == 0);
+  auto g = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + d.str() +
+                            "/s/heldout_000000.png --max-new-tokens 8 --log-level=warn");
+  INFO(g.output);
+  CHECK(g.code == 0);
+  CHECK_FALSE(g.output.empty());
+  auto e = forge::test::run(forge + " eval --checkpoint " + d.str() + "/run --batches 2");
+  CHECK(e.code == 0);
+  CHECK_THAT(e.output, Catch::Contains("image-word accuracy") && Catch::Contains("chance 0.306"));
+  auto missing = forge::test::run(forge + " generate --checkpoint " + d.str() + "/nope --image " + d.str() +
+                                  "/s/heldout_000000.png");
+  CHECK(missing.code == 2);
+  CHECK_THAT(missing.output, Catch::Contains("no forge checkpoint"));
+  auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --model.vocab_size=100" + common);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.output, Catch::Contains("model.vocab_size = 100 is smaller than the tokenizer's 259 ids"));
+}
