@@ -438,17 +438,24 @@ std::string config_reference_markdown(Registry& registry) {
     }
     return s;
   };
+  auto all_keys = [](auto& cfg) {
+    DocWriter w;
+    cfg.visit(w);
+    std::vector<std::string> out;
+    for (const auto& r : w.rows()) out.push_back(r.key);
+    return out;
+  };
   ModelConfig model;
   doc("model", model, "The text decoder (names and defaults as in KempnerForge's ModelConfig).");
   EncoderConfig enc;
   doc("vision_encoder", enc, "Required with [vlm]. `type` picks the encoder plugin; its own keys follow.");
-  out += plugin_rows("encoder", declared_keys(enc), [&](const std::string& n) { return make_encoder_config(registry, n); });
+  out += plugin_rows("encoder", all_keys(enc), [&](const std::string& n) { return make_encoder_config(registry, n); });
   AdapterConfig ad;
   doc("adapter", ad, "Optional with [vlm] (defaults to mlp_2layer). `type` picks the adapter plugin.");
-  out += plugin_rows("adapter", declared_keys(ad), [&](const std::string& n) { return make_adapter_config(registry, n); });
+  out += plugin_rows("adapter", all_keys(ad), [&](const std::string& n) { return make_adapter_config(registry, n); });
   VLMConfig vlm;
   doc("vlm", vlm, "Makes the job a VLM. `arch` picks the arch plugin, which adds its own keys below.");
-  out += plugin_rows("arch", declared_keys(vlm), [&](const std::string& n) { return make_vlm_config(registry, n); });
+  out += plugin_rows("arch", all_keys(vlm), [&](const std::string& n) { return make_vlm_config(registry, n); });
   TrainConfig train;
   doc("train", train, "");
   OptimizerConfig opt;

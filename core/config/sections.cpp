@@ -107,8 +107,9 @@ void EncoderConfig::visit(ConfigVisitor& v) {
           "Encoder plugin (plugins/encoder/<type>): random (deterministic stub), siglip (alias siglip2), clip, "
           "or one you add.");
   v.field("path", path,
-          "Local Hugging Face model folder (config.json + model.safetensors or its index), relative to the config "
-          "file. Empty: the stub (random) or a randomly initialised tower (siglip, clip).");
+          "Local Hugging Face model folder (config.json + model.safetensors or its index); a relative path is "
+          "relative to the working directory. Empty: the stub (random) or a randomly initialised tower (siglip, "
+          "clip).");
   v.field("feature_dim", feature_dim, "Feature width of the tokens; 0 takes the encoder's own.", Bounds::non_negative());
   v.field("num_tokens", num_tokens, "Patch tokens per image; 0 takes the encoder's own.", Bounds::non_negative());
 }

@@ -565,12 +565,20 @@ std::string DocWriter::markdown() const {
                        md_escape(r.rule), md_escape(r.help));
   }
   if (!ignored.empty()) {
-    out += "\nAccepted for compatibility with KempnerForge and ignored (one warning each): ";
-    for (size_t i = 0; i < ignored.size(); ++i) {
-      out += (i ? ", " : "") + fmt::format("`{}`", ignored[i]->key);
-      if (!ignored[i]->help.empty()) out += " (" + ignored[i]->help + ")";
+    // Keys that share a reason are listed together.
+    std::vector<std::pair<std::string, std::vector<std::string>>> by_note;
+    for (const Row* r : ignored) {
+      auto it = std::find_if(by_note.begin(), by_note.end(), [&](const auto& p) { return p.first == r->help; });
+      if (it == by_note.end()) {
+        by_note.push_back({r->help, {}});
+        it = by_note.end() - 1;
+      }
+      it->second.push_back("`" + r->key + "`");
     }
-    out += ".\n";
+    out += "\nAccepted for compatibility with KempnerForge and ignored, with one warning each:";
+    for (const auto& [note, keys] : by_note)
+      out += "\n- " + util::join(keys, ", ") + (note.empty() ? "" : " (" + note + ")");
+    out += "\n";
   }
   return out;
 }

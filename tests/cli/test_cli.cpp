@@ -85,7 +85,7 @@ TEST_CASE("forge validate rejects a bad config with exit 2 and file:line:column"
   CHECK_THAT(missing.output, Catch::Contains("config file not found"));
 }
 
-TEST_CASE("[plugins] paths in the TOML are searched", "[cli][plugins]") {
+TEST_CASE("plugin folders named in the TOML are searched", "[cli][plugins]") {
   TempDir d;
   auto cfg = d.write("c.toml", std::string("[plugins]\npaths = [\"") + FORGE_FIXTURE_PLUGIN_DIR +
                                    "\"]\n[model]\ndim = 32\nn_layers = 1\nn_heads = 4\nvocab_size = 64\nmax_seq_len = "
@@ -116,4 +116,13 @@ TEST_CASE("forge plugins: every built-in plugin loads ok", "[cli][plugins]") {
     CHECK_THAT(r.output, Catch::Contains(p));
   CHECK_THAT(r.output, Catch::Contains("also registered as: siglip2"));
   CHECK_THAT(r.output, Catch::Contains("10 plugin file(s): 10 ok, 0 rejected."));
+}
+
+TEST_CASE("docs/configuration.md is what forge config-reference prints", "[cli][docs]") {
+  auto r = run("env -u FORGE_PLUGIN_PATH " + kForge + " config-reference 2>/dev/null");
+  REQUIRE(r.code == 0);
+  std::ifstream in(FORGE_SOURCE_DIR "/docs/configuration.md");
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO("regenerate it: build/bin/forge config-reference > docs/configuration.md");
+  CHECK(doc == r.output);
 }
