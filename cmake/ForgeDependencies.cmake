@@ -58,6 +58,11 @@ find_package(Boost 1.74 REQUIRED)            # header-only: Boost.DLL
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(ICU REQUIRED COMPONENTS uc i18n) # Unicode regex for HF tokenizer pre-tokenizers
+# Gloo's headers (Debian's libgloo-dev) to compile against c10d's Gloo process
+# group; the implementation is the one inside LibTorch. Every Gloo type in
+# c10d's classes sits behind a pointer, so the header version does not change
+# their layout.
+find_path(GLOO_INCLUDE_DIR gloo/algorithm.h REQUIRED)
 find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)
 find_library(STB_LIBRARY NAMES stb REQUIRED)  # Debian's compiled stb (stb_image, stb_image_write, ...)
 add_library(forge_stb INTERFACE)

@@ -36,7 +36,7 @@ step() { current_step=$1; fail_hint=$2; echo "==> ${current_step}"; }
 apt_packages=(
   cmake ninja-build ccache g++ pkg-config
   libtomlplusplus-dev libfmt-dev libspdlog-dev catch2 libboost-dev
-  nlohmann-json3-dev libcli11-dev libstb-dev libicu-dev
+  nlohmann-json3-dev libcli11-dev libstb-dev libicu-dev libgloo-dev
 )
 step "Debian packages" "check network access to the Debian mirror, or install these by hand: ${apt_packages[*]}"
 missing=()

@@ -65,6 +65,7 @@ Restored restore(const std::string& dir, const std::vector<std::string>& plugin_
 int cmd_train(const ConfigArgs& args) {
   LoadedConfig cfg = load(args);
   TrainSummary s = train(cfg, Registry::global());
+  if (const char* rank = std::getenv("RANK"); rank && std::string(rank) != "0") return kExitOk;  // rank 0 reports
   std::cout << fmt::format("\ntrained steps {}..{} in {}{}{}\n", s.start_step, s.end_step, util::human_duration(s.seconds),
                            s.resumed ? " (resumed)" : "", s.interrupted ? " (stopped early by a signal)" : "");
   if (!s.losses.empty()) std::cout << fmt::format("last loss {:.4f}\n", s.losses.back());

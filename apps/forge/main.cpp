@@ -6,9 +6,11 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "apps/forge/commands.h"
+#include "core/distributed/dist.h"
 #include "core/util/logging.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
@@ -83,6 +85,11 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand(
       "train", "Train a VLM: logs progress, evaluates, writes checkpoints to checkpoint.dir and resumes from them");
   train->add_option("config", cfg.config, "The TOML config (e.g. configs/shapes.toml)")->required();
+  int nproc = 1;
+  train->add_option("--nproc", nproc,
+                    "Data parallelism on this machine: start N ranks (Gloo on CPUs). Launchers that set RANK, "
+                    "WORLD_SIZE, MASTER_ADDR and MASTER_PORT (torchrun, SLURM scripts) need no --nproc")
+      ->check(CLI::PositiveNumber);
   add_plugin_path(train);
 
   forge::app::GenerateArgs gen;
@@ -158,6 +165,18 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_plugins(plugin_paths);
     } else if (validate->parsed()) {
       rc = forge::app::cmd_validate(cfg);
+    } else if (train->parsed() && nproc > 1 && !std::getenv("RANK")) {
+      std::vector<std::string> rank_args{argv[0]};  // the same command, less --nproc
+      for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--nproc") {
+          ++i;
+          continue;
+        }
+        if (forge::util::starts_with(a, "--nproc=")) continue;
+        rank_args.push_back(a);
+      }
+      rc = forge::launch_local_ranks(nproc, rank_args);
     } else if (train->parsed()) {
       rc = forge::app::cmd_train(cfg);
     } else if (generate->parsed()) {

@@ -17,10 +17,12 @@
 #include "core/data/datasets.h"
 #include "core/data/loader.h"
 #include "core/data/shapes.h"
+#include "core/distributed/dist.h"
 #include "core/model/vlm.h"
 #include "core/registry/registry.h"
 #include "core/training/loss.h"
 #include "core/training/optim.h"
+#include "core/util/logging.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
 #include "forge/logging.h"
@@ -88,21 +90,26 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     throw UserError(fmt::format("{}: forge train needs a [vlm] section (with [vision_encoder]); see "
                                 "configs/shapes.toml",
                                 job.source));
-  if (job.distributed.dp_shard > 1)
-    throw UserError(fmt::format("distributed.dp_shard = {}: multi-process data parallelism is started with "
-                                "`forge train --nproc N`",
-                                job.distributed.dp_shard));
-
-  // ---------------------------------------------------------------- device
+  // ---------------------------------------------------------------- device and ranks
   const at::Device device = pick_device(job.train.device);
   if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));
   const bool bf16 = device.is_cuda() && job.train.mixed_precision == "bf16";
-  logger->info("device {} ({}), {} CPU threads", device.str(),
-               bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads());
+  auto dist = Distributed::from_env(job.distributed, device);
+  const bool main_rank = dist->is_main();
+  if (!main_rank) set_log_level("warn");  // rank 0 speaks for the job
+  logger->info("device {} ({}), {} CPU threads{}", device.str(),
+               bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads(),
+               dist->world() > 1 ? fmt::format(", data parallel over {} ranks ({})", dist->world(), dist->backend())
+                                 : std::string());
 
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);
   model->to(device);
+  {  // every rank starts from rank 0's weights
+    std::vector<at::Tensor> ps;
+    for (const auto& [k, p] : nn::unique_named_parameters(*model)) ps.push_back(p);
+    dist->broadcast(ps);
+  }
   const VLMConfig& vlm = *job.vlm;
   const StringListMap patterns = vlm.resolved_module_patterns();
   std::map<std::string, bool> baseline;  // requires_grad as built (e.g. MoT's unused norm is frozen)
@@ -151,6 +158,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   lo.prefetch = job.data.prefetch_factor;
   lo.pin_memory = device.is_cuda() && job.data.pin_memory;
   lo.skip_bad = job.data.bad_rows == "skip";
+  lo.rank = dist->rank();
+  lo.world = dist->world();
   auto train_set = make_dataset(job, "train");
   DataLoader loader(train_set, collator, prep, image_size, lo);
   logger->info("data: {}; {} batches of {} per epoch; tokenizer {}", train_set->describe(), loader.batches_per_epoch(),
@@ -202,6 +211,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
         throw UserError(msg + "; set checkpoint.ignore_freeze_mismatch = true to resume anyway");
       logger->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
     }
+    if (state.world_size != dist->world())
+      logger->warn("{} was saved by {} rank(s) and resumes on {}: the data order continues from the same position "
+                   "but each rank's slice of it changes",
+                   resume_from, state.world_size, dist->world());
     load_checkpoint_weights(resume_from, *model);
     load_checkpoint_trainer(resume_from, *optimizer, groups);
     loader.restore(state.data);
@@ -220,7 +233,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
-  JsonlLog metrics(job.metrics.jsonl ? (fs::path(run_dir) / "metrics.jsonl").string() : "");
+  JsonlLog metrics(job.metrics.jsonl && main_rank ? (fs::path(run_dir) / "metrics.jsonl").string() : "");
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;
@@ -233,6 +246,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     old_term = std::signal(SIGTERM, on_stop_signal);
   }
   auto save = [&]() {
+    if (!main_rank) return;  // one writer; every rank holds the same weights
+    state.world_size = dist->world();
     state.vlm_freeze = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
     state.data = loader.state();
     SaveRequest req{run_dir, &state, model.get(), optimizer.get(), &groups, &job, &registry, job.checkpoint.keep_last_n};
@@ -242,6 +257,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   };
   auto run_eval = [&](const char* when) {
     if (!heldout) return;
+    if (!main_rank) {  // rank 0 evaluates; the others wait for it
+      dist->barrier();
+      return;
+    }
     const auto t = Clock::now();
     EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, bf16);
     set_modes();
@@ -256,6 +275,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     for (const auto& [k, v] : r.by_kind) j["eval/word_accuracy/" + k] = r.kind_accuracy(k);
     metrics.write(j);
     summary.final_eval = r;
+    dist->barrier();
   };
 
   const int64_t max_steps = job.train.max_steps;
@@ -299,10 +319,16 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       loss_sum += lv.loss.item<double>();
       label_tokens += lv.tokens;
     }
-    const double loss = loss_sum / static_cast<double>(accum);
-    std::vector<at::Tensor> with_grad;
+    std::vector<at::Tensor> with_grad, grads;
     for (const auto& p : groups.all())
-      if (p.grad().defined()) with_grad.push_back(p);
+      if (p.grad().defined()) {
+        with_grad.push_back(p);
+        grads.push_back(p.grad());
+      }
+    dist->average(grads);  // data parallel: one all-reduce of every gradient
+    const double loss = dist->sum(loss_sum / static_cast<double>(accum)) / dist->world();
+    label_tokens = static_cast<int64_t>(dist->sum(static_cast<double>(label_tokens)));
+    samples *= dist->world();
     const double grad_norm =
         with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, job.train.grad_clip_norm);
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
@@ -329,7 +355,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       const double ada = model->adapter->forward_flops(model->vision_encoder->num_tokens()) *
                          (any_trainable(*model->adapter) ? 3 : 1);
       const double step_flops = static_cast<double>(samples) * (3 * model->forward_flops_per_sample(text_len) + enc + ada);
-      const double mfu = step_flops / dt / peak;
+      const double mfu = step_flops / dt / (peak * dist->world());
       const double tok_s = static_cast<double>(label_tokens) / dt;
       logger->info("step {}/{} | loss {:.4f} | lr {:.2e} | grad {:.3f} | {} tok/s | MFU {:.2f}% | {:.3f} s/step "
                    "(data wait {:.3f}) | ETA {}",
@@ -345,7 +371,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       save();
       last_saved = state.step;
     }
-    if (g_stop) {
+    if (dist->max(g_stop ? 1.0 : 0.0) > 0) {  // a stop on any rank stops every rank
       logger->warn("stop requested: stopping after step {}", state.step);
       if (last_saved != state.step) {
         save();
@@ -365,6 +391,17 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   }
   if (lo.skip_bad && loader.skipped() > 0) {
     for (const auto& [why, n] : loader.skipped_by_reason()) logger->warn("skipped {} example(s): {}", n, why);
+  }
+  if (dist->world() > 1) {  // the ranks must have trained the same model
+    double worst = 0;
+    for (const auto& [k, p] : nn::unique_named_parameters(*model)) {
+      at::Tensor ref = p.detach().clone();
+      dist->broadcast({ref});
+      worst = std::max(worst, (ref - p.detach()).abs().max().item<double>());
+    }
+    worst = dist->max(worst);
+    logger->info("{} ranks in sync: largest weight difference to rank 0 is {}", dist->world(), worst);
+    if (worst > 0) throw RuntimeError(fmt::format("data-parallel ranks diverged (weight difference {})", worst));
   }
   summary.end_step = state.step;
   summary.seconds = since(wall0);

@@ -459,3 +459,27 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("model.vocab_size = 100 is smaller than the tokenizer's 259 ids"));
 }
+
+TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks in sync and resumes", "[train][dist]") {
+  TempDir d;
+  const std::string forge = FORGE_BIN;
+  const std::string common =
+      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
+      " --vision_encoder.patch_size=8 --train.batch_size=4 --train.threads=1 --data.shapes_heldout_samples=16"
+      " --eval.steps=2 --checkpoint.dir=" + d.str() + "/run";
+  auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=6" + common);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("data parallel over 2 ranks (gloo)"));
+  CHECK_THAT(r.output, Catch::Contains("2 ranks in sync: largest weight difference to rank 0 is 0"));
+  CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).world_size == 2);
+  auto again = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=9" + common);
+  INFO(again.output);
+  CHECK(again.code == 0);
+  CHECK_THAT(again.output, Catch::Contains("resuming from") && Catch::Contains("at step 6"));
+  CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).step == 9);
+  // A world size the config does not allow is refused before any work.
+  auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --distributed.dp_shard=4" + common);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.output, Catch::Contains("dp_shard = 4 but 1 rank(s) were launched"));
+}

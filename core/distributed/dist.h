@@ -1,0 +1,57 @@
+// Data parallelism on LibTorch's c10d: Gloo on CPUs, NCCL on GPUs.
+//
+// Processes are started either by `forge train --nproc N` (one machine) or
+// by any launcher that sets the torchrun variables RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU). Every rank holds the
+// whole model; each trains on its slice of every batch and gradients are
+// averaged with one all-reduce per step. c10d stays behind this interface
+// (its headers are included in dist.cpp only).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config/job.h"
+#include "forge/export.h"
+
+namespace forge {
+
+class FORGE_API Distributed {
+ public:
+  // World size 1 (no process group) unless WORLD_SIZE > 1 is set.
+  static std::unique_ptr<Distributed> from_env(const DistributedConfig& cfg, const at::Device& device);
+  ~Distributed();
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  bool is_main() const { return rank_ == 0; }
+  const std::string& backend() const { return backend_; }
+
+  // Averages the tensors over ranks in place (flattened into one buffer per dtype).
+  void average(const std::vector<at::Tensor>& tensors);
+  // Sums or takes the max of a number over ranks.
+  double sum(double v);
+  double max(double v);
+  // Copies rank 0's tensors to every rank.
+  void broadcast(const std::vector<at::Tensor>& tensors);
+  void barrier();
+
+  struct Impl;
+
+ private:
+  Distributed() = default;
+  int rank_ = 0;
+  int world_ = 1;
+  std::string backend_ = "none";
+  std::unique_ptr<Impl> impl_;
+};
+
+// Starts `forge` again as `nproc` local ranks (the same arguments, less
+// --nproc) with the torchrun variables set, waits for all of them and returns
+// the first non-zero exit code (stopping the others when one fails).
+FORGE_API int launch_local_ranks(int nproc, const std::vector<std::string>& args);
+
+}  // namespace forge
