@@ -64,12 +64,17 @@ int cmd_plugins(const std::vector<std::string>& plugin_paths) {
   return kExitOk;
 }
 
-int cmd_validate(const ConfigArgs& args) {
+LoadedConfig load_job(const ConfigArgs& args) {
   LoadOptions opts;
   opts.overrides = args.overrides;
   opts.plugin_paths = args.plugin_paths;
   LoadedConfig cfg = load_config(args.config, Registry::global(), opts);
   for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+  return cfg;
+}
+
+int cmd_validate(const ConfigArgs& args) {
+  LoadedConfig cfg = load_job(args);
   std::cout << "# forge validate: " << args.config << " (resolved, defaults filled in)\n";
   if (cfg.job.is_vlm()) {
     std::cout << fmt::format(

@@ -26,12 +26,8 @@ std::string group_of(const std::string& name) {
 }  // namespace
 
 int cmd_check_model(const ConfigArgs& args, int64_t batch) {
-  LoadOptions opts;
-  opts.overrides = args.overrides;
-  opts.plugin_paths = args.plugin_paths;
   Registry& reg = Registry::global();
-  LoadedConfig cfg = load_config(args.config, reg, opts);
-  for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+  LoadedConfig cfg = load_job(args);
   const JobConfig& job = cfg.job;
   if (!job.is_vlm()) throw UsageError(args.config + ": check-model needs a [vlm] config");
   VLM model = build_vlm(job, reg);

@@ -28,15 +28,6 @@ namespace forge::app {
 
 namespace {
 
-LoadedConfig load(const ConfigArgs& args) {
-  LoadOptions opts;
-  opts.overrides = args.overrides;
-  opts.plugin_paths = args.plugin_paths;
-  LoadedConfig cfg = load_config(args.config, Registry::global(), opts);
-  for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
-  return cfg;
-}
-
 // A trained model from a checkpoint folder (a run folder or one step_<N>).
 struct Restored {
   std::string step_dir;
@@ -63,7 +54,7 @@ Restored restore(const std::string& dir, const std::vector<std::string>& plugin_
 }  // namespace
 
 int cmd_train(const ConfigArgs& args) {
-  LoadedConfig cfg = load(args);
+  LoadedConfig cfg = load_job(args);
   TrainSummary s = train(cfg, Registry::global());
   if (const char* rank = std::getenv("RANK"); rank && std::string(rank) != "0") return kExitOk;  // rank 0 reports
   std::cout << fmt::format("\ntrained steps {}..{} in {}{}{}\n", s.start_step, s.end_step, util::human_duration(s.seconds),
@@ -150,7 +141,7 @@ int cmd_data_sample(const DataSampleArgs& a) {
   EvalConfig eval;
   JobConfig job;
   if (!a.config.config.empty()) {
-    LoadedConfig cfg = load(a.config);
+    LoadedConfig cfg = load_job(a.config);
     job = cfg.job;
   } else {
     job.data.hf_image_size = 48;
@@ -179,7 +170,7 @@ int cmd_data_sample(const DataSampleArgs& a) {
 }
 
 int cmd_data_check(const ConfigArgs& args) {
-  LoadedConfig cfg = load(args);
+  LoadedConfig cfg = load_job(args);
   JobConfig job = cfg.job;
   job.data.bad_rows = "skip";  // count every bad row instead of stopping at the first
   for (const char* split : {"train", "heldout"}) {

@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace forge {
+struct LoadedConfig;
+}
+
 namespace forge::app {
 
 // Options shared by commands that read a config.
@@ -34,6 +38,10 @@ struct DataSampleArgs {
   std::string split = "train";
   int64_t image_size = 0;
 };
+
+// Loads args.config with its overrides and plugin folders into the process
+// registry, printing the config's warnings.
+LoadedConfig load_job(const ConfigArgs& args);
 
 int cmd_version();
 int cmd_plugins(const std::vector<std::string>& plugin_paths);

@@ -146,26 +146,34 @@ std::vector<std::string> plugin_search_path(const std::vector<std::string>& cli,
   return dirs;
 }
 
+namespace {
+
+// A plugin's config struct, holding the plugin's library, with its selector set.
+template <class Cfg, class Lookup>
+std::shared_ptr<Cfg> plugin_config(Registry& registry, const std::string& kind, const std::string& name,
+                                   Lookup lookup) {
+  std::shared_ptr<Cfg> cfg = lookup(name)->make_config();
+  return registry.hold(kind, name, cfg);
+}
+
+}  // namespace
+
 std::shared_ptr<VLMConfig> make_vlm_config(Registry& registry, const std::string& arch) {
-  auto plugin = registry.arch(arch);
-  std::shared_ptr<VLMConfig> cfg = plugin->make_config();
-  cfg = registry.hold("arch", arch, cfg);
+  auto cfg = plugin_config<VLMConfig>(registry, "arch", arch, [&](const std::string& n) { return registry.arch(n); });
   cfg->arch = arch;
   return cfg;
 }
 
 std::shared_ptr<EncoderConfig> make_encoder_config(Registry& registry, const std::string& type) {
-  auto plugin = registry.encoder(type);
-  std::shared_ptr<EncoderConfig> cfg = plugin->make_config();
-  cfg = registry.hold("encoder", type, cfg);
+  auto cfg = plugin_config<EncoderConfig>(registry, "encoder", type,
+                                          [&](const std::string& n) { return registry.encoder(n); });
   cfg->type = type;
   return cfg;
 }
 
 std::shared_ptr<AdapterConfig> make_adapter_config(Registry& registry, const std::string& type) {
-  auto plugin = registry.adapter(type);
-  std::shared_ptr<AdapterConfig> cfg = plugin->make_config();
-  cfg = registry.hold("adapter", type, cfg);
+  auto cfg = plugin_config<AdapterConfig>(registry, "adapter", type,
+                                          [&](const std::string& n) { return registry.adapter(n); });
   cfg->type = type;
   return cfg;
 }

@@ -2,6 +2,7 @@
 #include "forge/vit.h"
 
 #include <cmath>
+#include <filesystem>
 
 #include <fmt/format.h>
 
@@ -76,3 +77,39 @@ double VitEncoderImpl::flops(int64_t n) const {
 }
 
 }  // namespace forge::nn
+
+namespace forge {
+
+void VitEncoderConfig::visit(ConfigVisitor& v) {
+  EncoderConfig::visit(v);
+  v.field("image_size", image_size,
+          "Image side in pixels. 0: the model's own (config.json; for SigLIP2 sqrt(num_patches) x patch_size), or "
+          "224 for a random init. SigLIP and CLIP accept only their own size; SigLIP2 any multiple of patch_size.",
+          Bounds::non_negative());
+  v.field("patch_size", patch_size, "Random init only: patch side in pixels.", Bounds::positive());
+  v.field("num_layers", num_layers, "Random init only: transformer layers.", Bounds::positive());
+  v.field("num_heads", num_heads, "Random init only: attention heads (must divide feature_dim).", Bounds::positive());
+  v.field("intermediate_size", intermediate_size, "Random init only: MLP width; 0: 4 x feature_dim.",
+          Bounds::non_negative());
+}
+
+nn::VitOptions VitEncoderConfig::random_init(const std::string& plugin, nn::VitOptions o) const {
+  o.hidden = feature_dim > 0 ? feature_dim : 768;
+  o.heads = num_heads;
+  o.layers = num_layers;
+  o.intermediate = intermediate_size > 0 ? intermediate_size : 4 * o.hidden;
+  if (o.hidden % o.heads != 0)
+    throw UserError(fmt::format("{}: num_heads = {} must divide feature_dim = {}", plugin, o.heads, o.hidden));
+  return o;
+}
+
+std::string VitEncoderConfig::model_dir(const std::string& plugin) const {
+  std::string dir = resolved_path();
+  if (!std::filesystem::is_directory(dir))
+    throw UserError(fmt::format("{}: path \"{}\" is not a folder (expected a Hugging Face model folder with "
+                                "config.json and model.safetensors)",
+                                plugin, dir));
+  return dir;
+}
+
+}  // namespace forge

@@ -15,6 +15,7 @@
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
+using forge::test::error_of;
 using forge::test::builtin_registry;
 using forge::test::TempDir;
 
@@ -42,15 +43,6 @@ std::string write_manifest(const TempDir& dir, const std::string& name, int n, u
   }
   for (const auto& l : extra_lines) m << l << "\n";
   return (dir.path() / name).string();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
+using forge::test::error_of;
 using json = nlohmann::json;
 
 namespace {
@@ -18,15 +19,6 @@ namespace {
 std::string fixture(const std::string& rel) { return std::string(FORGE_TEST_DATA_DIR) + "/" + rel; }
 
 json cases_of(const std::string& style) { return json::parse(std::ifstream(fixture(style + "/cases.json"))); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 void parity(const std::string& style) {
   auto tok = make_tokenizer(fixture(style + "/tokenizer.json"));

@@ -10,6 +10,7 @@
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
+using forge::test::error_of;
 using forge::test::builtin_registry;
 using forge::test::TempDir;
 
@@ -41,15 +42,6 @@ double parity(const std::string& type, const std::string& dir, const char* px = 
 
 void copy_dir(const std::string& from, const std::string& to) {
   std::filesystem::copy(from, to, std::filesystem::copy_options::recursive);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
+using forge::test::error_of;
 using forge::test::builtin_registry;
 using forge::test::TempDir;
 
@@ -64,15 +65,6 @@ std::map<std::string, at::Tensor> weights(const std::string& step_dir) {
   std::map<std::string, at::Tensor> out;
   for (const auto& t : f.tensors()) out[t.name] = f.load(t.name);
   return out;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <string>
@@ -76,6 +77,16 @@ inline std::vector<ConfigDiagnostic> config_errors(const std::string& text, cons
     return e.diagnostics();
   }
   return {};
+}
+
+// The message of what `f` throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 // A minimal valid VLM config (tiny dims).

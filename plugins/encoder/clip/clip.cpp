@@ -21,24 +21,7 @@
 
 namespace forge::plugins::encoder::clip {
 
-struct Config final : EncoderConfig {
-  int64_t image_size = 0;
-  int64_t patch_size = 16;
-  int64_t num_layers = 12;
-  int64_t num_heads = 12;
-  int64_t intermediate_size = 0;
-
-  void visit(ConfigVisitor& v) override {
-    EncoderConfig::visit(v);
-    v.field("image_size", image_size,
-            "Image side in pixels; 0: the model's own (config.json), or 224 for a random init.", Bounds::non_negative());
-    v.field("patch_size", patch_size, "Random init only: patch side in pixels.", Bounds::positive());
-    v.field("num_layers", num_layers, "Random init only: transformer layers.", Bounds::positive());
-    v.field("num_heads", num_heads, "Random init only: attention heads (must divide feature_dim).", Bounds::positive());
-    v.field("intermediate_size", intermediate_size, "Random init only: MLP width; 0: 4 x feature_dim.",
-            Bounds::non_negative());
-  }
-};
+using Config = VitEncoderConfig;  // the [vision_encoder] keys of every ViT tower (forge/vit.h)
 
 struct Spec {
   nn::VitOptions vit;
@@ -57,20 +40,11 @@ Spec spec_of(const Config& cfg) {
   s.pre.mean = {0.48145466, 0.4578275, 0.40821073};  // CLIPImageProcessor's constants
   s.pre.std = {0.26862954, 0.26130258, 0.27577711};
   if (cfg.path.empty()) {
-    s.vit.hidden = cfg.feature_dim > 0 ? cfg.feature_dim : 768;
-    s.vit.heads = cfg.num_heads;
-    s.vit.layers = cfg.num_layers;
-    s.vit.intermediate = cfg.intermediate_size > 0 ? cfg.intermediate_size : 4 * s.vit.hidden;
+    s.vit = cfg.random_init("clip", s.vit);
     s.image_size = cfg.image_size > 0 ? cfg.image_size : 224;
     s.patch_size = cfg.patch_size;
-    if (s.vit.hidden % s.vit.heads != 0)
-      throw UserError(fmt::format("clip: num_heads = {} must divide feature_dim = {}", s.vit.heads, s.vit.hidden));
   } else {
-    s.dir = cfg.resolved_path();
-    if (!std::filesystem::is_directory(s.dir))
-      throw UserError(fmt::format("clip: path \"{}\" is not a folder (expected a Hugging Face model folder with "
-                                  "config.json and model.safetensors)",
-                                  s.dir));
+    s.dir = cfg.model_dir("clip");
     hf::ConfigJson root((std::filesystem::path(s.dir) / "config.json").string());
     const std::string type = root.string("model_type", "");
     if (type != "clip" && type != "clip_vision_model")

@@ -27,26 +27,7 @@
 
 namespace forge::plugins::encoder::siglip {
 
-struct Config final : EncoderConfig {
-  int64_t image_size = 0;
-  int64_t patch_size = 16;
-  int64_t num_layers = 12;
-  int64_t num_heads = 12;
-  int64_t intermediate_size = 0;
-
-  void visit(ConfigVisitor& v) override {
-    EncoderConfig::visit(v);
-    v.field("image_size", image_size,
-            "Image side in pixels. 0: the model's own (SigLIP: config.json; SigLIP2: sqrt(num_patches) x patch_size; "
-            "random init: 224). SigLIP2 accepts any multiple of patch_size.",
-            Bounds::non_negative());
-    v.field("patch_size", patch_size, "Random init only: patch side in pixels.", Bounds::positive());
-    v.field("num_layers", num_layers, "Random init only: transformer layers.", Bounds::positive());
-    v.field("num_heads", num_heads, "Random init only: attention heads (must divide feature_dim).", Bounds::positive());
-    v.field("intermediate_size", intermediate_size, "Random init only: MLP width; 0: 4 x feature_dim.",
-            Bounds::non_negative());
-  }
-};
+using Config = VitEncoderConfig;  // the [vision_encoder] keys of every ViT tower (forge/vit.h)
 
 struct Spec {
   bool v2 = false;
@@ -63,20 +44,11 @@ Spec spec_of(const Config& cfg) {
   Spec s;
   s.pre.resize = "bicubic";  // SiglipImageProcessor's resample; mean = std = 0.5
   if (cfg.path.empty()) {
-    s.vit.hidden = cfg.feature_dim > 0 ? cfg.feature_dim : 768;
-    s.vit.heads = cfg.num_heads;
-    s.vit.layers = cfg.num_layers;
-    s.vit.intermediate = cfg.intermediate_size > 0 ? cfg.intermediate_size : 4 * s.vit.hidden;
+    s.vit = cfg.random_init("siglip", s.vit);
     s.image_size = cfg.image_size > 0 ? cfg.image_size : 224;
     s.patch_size = cfg.patch_size;
-    if (s.vit.hidden % s.vit.heads != 0)
-      throw UserError(fmt::format("siglip: num_heads = {} must divide feature_dim = {}", s.vit.heads, s.vit.hidden));
   } else {
-    s.dir = cfg.resolved_path();
-    if (!std::filesystem::is_directory(s.dir))
-      throw UserError(fmt::format("siglip: path \"{}\" is not a folder (expected a Hugging Face model folder with "
-                                  "config.json and model.safetensors)",
-                                  s.dir));
+    s.dir = cfg.model_dir("siglip");
     hf::ConfigJson root((std::filesystem::path(s.dir) / "config.json").string());
     const std::string type = root.string("model_type", "");
     hf::ConfigJson vc = root.has("vision_config") ? root.sub("vision_config") : root;

@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "forge/config.h"
 #include "forge/export.h"
 
 namespace forge::nn {
@@ -79,3 +80,27 @@ class FORGE_API VitEncoderImpl : public torch::nn::Module {
 TORCH_MODULE(VitEncoder);
 
 }  // namespace forge::nn
+
+namespace forge {
+
+// [vision_encoder] keys shared by the ViT towers (siglip, clip). With an empty
+// path they give the shape of a randomly initialised tower; with a path the
+// shape comes from the folder's config.json (image_size may still select a
+// size for towers whose position table can be resized).
+struct FORGE_API VitEncoderConfig : EncoderConfig {
+  int64_t image_size = 0;
+  int64_t patch_size = 16;
+  int64_t num_layers = 12;
+  int64_t num_heads = 12;
+  int64_t intermediate_size = 0;
+
+  void visit(ConfigVisitor& v) override;
+  // A random-init tower: `base` (activation, eps) with width feature_dim
+  // (0: 768), num_heads, num_layers and intermediate_size (0: 4 x width).
+  // UserError naming `plugin` when the heads do not divide the width.
+  nn::VitOptions random_init(const std::string& plugin, nn::VitOptions base) const;
+  // resolved_path(), checked to be a folder (UserError naming `plugin`).
+  std::string model_dir(const std::string& plugin) const;
+};
+
+}  // namespace forge
