@@ -4,6 +4,7 @@
 // the median of a few repetitions after a warm-up.
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -142,6 +143,17 @@ void bench_data() {
   auto t2 = Clock::now();
   for (int i = 0; i < 20; ++i) ByteTokenizer().encode(text);
   std::cout << fmt::format("| byte tokenizer encode | {:.0f} MB/s |\n", 20 * text.size() / 1e6 / secs(t2));
+  // Hugging Face tokenizers, when the test fixtures have been generated.
+  for (const char* style : {"tok_gpt2", "tok_llama3"}) {
+    const std::string path = std::string(FORGE_BUILD_DIR) + "/tests/data/" + style + "/tokenizer.json";
+    if (!std::filesystem::exists(path)) continue;
+    auto tok = make_tokenizer(path);
+    tok->encode(text);
+    auto t3 = Clock::now();
+    for (int i = 0; i < 3; ++i) tok->encode(text);
+    std::cout << fmt::format("| HF tokenizer.json encode ({}, 1 MB of captions) | {:.1f} MB/s |\n", style,
+                             3 * text.size() / 1e6 / secs(t3));
+  }
   std::cout << "\n";
 }
 
