@@ -135,8 +135,8 @@ void MetricsConfig::visit(ConfigVisitor& v) {
   v.field("log_interval", log_interval, "Log every this many steps (and at step 1).", Bounds::positive());
   v.field("jsonl", jsonl, "forge: also append every logged step as one JSON line to <checkpoint.dir>/metrics.jsonl.");
   v.field("peak_tflops", peak_tflops,
-          "forge: peak dense bf16 TFLOP/s per device for MFU; 0 picks from the GPU name (H100/H200 989, A100 312) "
-          "or 1 on a CPU.",
+          "forge: peak dense TFLOP/s per device for MFU; 0 means 989 on a GPU (H100/H200 bf16; set 312 for an "
+          "A100) and 1 on a CPU.",
           Bounds::non_negative());
   for (const char* k : {"enable_wandb", "enable_tensorboard", "wandb_project", "wandb_run_name", "wandb_run_id",
                         "tensorboard_dir"})

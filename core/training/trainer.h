@@ -37,8 +37,8 @@ FORGE_API TrainSummary train(const LoadedConfig& config, Registry& registry, con
 // Ask a running train() to stop after its current step (as a signal does).
 FORGE_API void request_stop();
 
-// FLOP/s one device peaks at for MFU: [metrics] peak_tflops, else by GPU
-// name (H100/H200 989 TFLOP/s bf16, A100 312), else 1 TFLOP/s on a CPU.
+// FLOP/s one device peaks at for MFU: [metrics] peak_tflops, else 989
+// TFLOP/s on a GPU (H100/H200 bf16) and 1 TFLOP/s on a CPU.
 FORGE_API double peak_flops(const MetricsConfig& m, const at::Device& device);
 
 }  // namespace forge
