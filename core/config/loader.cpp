@@ -64,6 +64,20 @@ void apply_override(toml::table& root, const std::string& arg, Diagnostics& diag
   toml::table* t = &root;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     toml::node* n = t->get(parts[i]);
+    if (!n && i == 0 && std::find(kSections.begin(), kSections.end(), parts[0]) == kSections.end() &&
+        std::none_of(kUnimplementedSections.begin(), kUnimplementedSections.end(),
+                     [&](const auto& u) { return u.first == parts[0]; })) {
+      std::string hint = util::did_you_mean(parts[0], kSections);
+      diags.error(nullptr, "",
+                  fmt::format("override '{}': unknown section [{}]{} Sections: {}", arg, parts[0],
+                              hint.empty() ? std::string(".") : fmt::format("; did you mean --{}.{}?", hint,
+                                                                             util::join(std::vector<std::string>(
+                                                                                            parts.begin() + 1,
+                                                                                            parts.end()),
+                                                                                        ".")),
+                              util::join(kSections, ", ")));
+      return;
+    }
     if (!n) {
       t->insert(parts[i], toml::table{});
       n = t->get(parts[i]);

@@ -107,7 +107,8 @@ void TomlReader::field(std::string_view key, int64_t& value, std::string_view, B
   int64_t v = 0;
   if (auto i = n->as_integer()) {
     v = i->get();
-  } else if (auto f = n->as_floating_point(); f && std::isfinite(f->get()) && std::floor(f->get()) == f->get()) {
+  } else if (auto f = n->as_floating_point(); f && std::isfinite(f->get()) && std::floor(f->get()) == f->get() &&
+                                               std::fabs(f->get()) < 9.2e18) {  // within int64_t
     v = static_cast<int64_t>(f->get());
   } else {
     error(key, expected("an integer", *n));
@@ -160,8 +161,9 @@ void TomlReader::field(std::string_view key, std::string& value, std::string_vie
   if (!n) return;
   auto s = n->as_string();
   if (!s) {
-    error(key, expected(choices.empty() ? "a string" : "a string", *n) +
-                   (choices.empty() ? "" : "; accepted values: " + util::quoted_list(choices)));
+    error(key, expected("a string", *n) +
+                   (choices.empty() ? fmt::format("; write it in quotes: {} = \"...\"", key)
+                                    : "; accepted values (in quotes): " + util::quoted_list(choices)));
     return;
   }
   const std::string& v = s->get();

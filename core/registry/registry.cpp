@@ -259,10 +259,20 @@ const PluginRecord& Registry::load_file(const std::string& path, const std::stri
   {
     auto want = util::split(kSdkVersion, '.');
     auto got = util::split(rec->sdk_version, '.');
-    bool compatible = got.size() == 3 && got[0] == want[0] && (want[0] != "0" || got[1] == want[1]);
+    // Same major; while 0.x the same minor, from 1.0 any minor up to the core's (a plugin built against a newer
+    // SDK may call what this core lacks).
+    auto minor_of = [](const std::vector<std::string>& v) {
+      try {
+        return std::stoi(v.at(1));
+      } catch (...) {
+        return -1;
+      }
+    };
+    bool compatible = got.size() == 3 && got[0] == want[0] &&
+                      (want[0] == "0" ? got[1] == want[1] : minor_of(got) >= 0 && minor_of(got) <= minor_of(want));
     if (!compatible)
-      return reject(fmt::format("field sdk_version: expected {}.{}.x, got '{}'; rebuild the plugin against this SDK",
-                                want[0], want[1], rec->sdk_version));
+      return reject(fmt::format("field sdk_version: expected {}.{}.x{}, got '{}'; rebuild the plugin against this SDK",
+                                want[0], want[1], want[0] == "0" ? "" : " or an older minor", rec->sdk_version));
   }
   std::string core_torch = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
   if (major_minor(rec->torch_version) != major_minor(core_torch))
@@ -339,6 +349,8 @@ const PluginRecord& Registry::load_file(const std::string& path, const std::stri
                                     records_[it->second->record]->path, path);
       conflicts_[akey] = msg;
       records_[index]->error = msg;
+      if (auto& first = records_[it->second->record]->error; first.empty()) first = msg;
+      log()->warn("{}", msg);
       continue;
     }
     entries_[akey] = entry;
