@@ -3,6 +3,7 @@
 #include <torch/headeronly/version.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -69,7 +70,9 @@ LoadedConfig load_job(const ConfigArgs& args) {
   opts.overrides = args.overrides;
   opts.plugin_paths = args.plugin_paths;
   LoadedConfig cfg = load_config(args.config, Registry::global(), opts);
-  for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+  const char* rank = std::getenv("RANK");
+  if (!rank || std::string(rank) == "0")  // each rank loads the config; one prints its warnings
+    for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
   return cfg;
 }
 

@@ -31,6 +31,7 @@ int cmd_check_model(const ConfigArgs& args, int64_t batch) {
   const JobConfig& job = cfg.job;
   if (!job.is_vlm()) throw UsageError(args.config + ": check-model needs a [vlm] config");
   VLM model = build_vlm(job, reg);
+  check_freeze_specs(*model, *job.vlm);
   auto patterns = job.vlm->resolved_module_patterns();
   apply_freeze(*model, effective_freeze(0, job.vlm->freeze, job.vlm->freeze_schedule), patterns);
   auto ever = ever_trainable(*model, *job.vlm);

@@ -33,6 +33,7 @@ struct Restored {
   std::string step_dir;
   LoadedConfig cfg;
   VLM model{nullptr};
+  at::Device device{at::kCPU};  // train.device of the checkpoint's config
 };
 
 Restored restore(const std::string& dir, const std::vector<std::string>& plugin_paths) {
@@ -47,6 +48,8 @@ Restored restore(const std::string& dir, const std::vector<std::string>& plugin_
   r.cfg = load_config((fs::path(r.step_dir) / "config.toml").string(), Registry::global(), opts);
   r.model = build_vlm(r.cfg.job, Registry::global());
   load_checkpoint_weights(r.step_dir, *r.model);
+  r.device = pick_device(r.cfg.job.train.device);
+  r.model->to(r.device);
   r.model->eval();
   return r;
 }
@@ -78,6 +81,14 @@ int cmd_train(const ConfigArgs& args) {
 }
 
 int cmd_generate(const GenerateArgs& a) {
+  if (a.temperature != 0.0 && a.temperature < 1e-3)
+    throw UsageError(fmt::format("--temperature {} is too small to sample with; use 0 for greedy decoding or a value "
+                                 ">= 0.001",
+                                 a.temperature));
+  if (!(a.top_p > 0.0 && a.top_p <= 1.0))
+    throw UsageError(fmt::format("--top-p {} must be in (0, 1]; 1 turns nucleus sampling off", a.top_p));
+  if (a.temperature == 0.0 && (a.top_k > 0 || a.top_p < 1.0))
+    log()->warn("--top-k/--top-p only act when sampling; with --temperature 0 decoding is greedy");
   Restored r = restore(a.checkpoint, a.plugin_paths);
   const JobConfig& job = r.cfg.job;
   VLM& model = r.model;
@@ -92,16 +103,23 @@ int cmd_generate(const GenerateArgs& a) {
   ids.resize(static_cast<size_t>(text_start));  // the prompt part only: [BOS] prompt (template prefix)
   at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
   GenerateOptions o;
+  const int64_t room = job.model.max_seq_len - model->residual_image_tokens() - prompt.size(1);
+  if (room <= 0)
+    throw UserError(fmt::format("--prompt is {} tokens; with {} image tokens in the residual stream nothing fits in "
+                                "model.max_seq_len = {}. Shorten the prompt",
+                                prompt.size(1), model->residual_image_tokens(), job.model.max_seq_len));
   o.max_new_tokens = a.max_new_tokens > 0 ? a.max_new_tokens : job.vlm->max_text_len;
-  o.max_new_tokens = std::min<int64_t>(o.max_new_tokens, job.model.max_seq_len - model->residual_image_tokens() -
-                                                             prompt.size(1));
+  if (o.max_new_tokens > room)
+    log()->warn("--max-new-tokens {} capped at {}: model.max_seq_len = {} holds {} image and {} prompt tokens",
+                o.max_new_tokens, room, job.model.max_seq_len, model->residual_image_tokens(), prompt.size(1));
+  o.max_new_tokens = std::min(o.max_new_tokens, room);
   o.temperature = a.temperature;
   o.top_k = a.top_k;
   o.top_p = a.top_p;
   o.eos_id = tokenizer->eos_id();
   o.seed = a.seed;
   const auto t0 = std::chrono::steady_clock::now();
-  at::Tensor out = generate(*model, px, prompt, o);
+  at::Tensor out = generate(*model, px.to(r.device), prompt.to(r.device), o).to(at::kCPU);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<int64_t> gen(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
   std::cout << tokenizer->decode(gen) << std::endl;
@@ -122,8 +140,10 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<s
   lo.batch_size = job.train.batch_size;
   lo.shuffle = false;
   lo.workers = 1;
+  lo.skip_bad = job.data.bad_rows == "skip";
   DataLoader loader(held, collator, r.model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
-  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, at::kCPU, false);
+  const bool bf16 = r.device.is_cuda() && job.train.mixed_precision == "bf16";
+  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, r.device, bf16);
   std::cout << fmt::format("{}: {} batches of {}\nloss {:.4f}\ntoken accuracy {:.4f}\n", r.step_dir, e.batches,
                            lo.batch_size, e.loss, e.token_accuracy);
   if (e.words > 0) {
@@ -137,14 +157,18 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<s
 }
 
 int cmd_data_sample(const DataSampleArgs& a) {
-  DataConfig data;
-  EvalConfig eval;
   JobConfig job;
   if (!a.config.config.empty()) {
-    LoadedConfig cfg = load_job(a.config);
-    job = cfg.job;
+    job = load_job(a.config).job;
   } else {
-    job.data.hf_image_size = 48;
+    // No config: the embedded dataset at 48 px, with any key=value overrides applied to the defaults.
+    LoadOptions opts;
+    opts.overrides = {"--data.hf_image_size=48"};
+    opts.overrides.insert(opts.overrides.end(), a.config.overrides.begin(), a.config.overrides.end());
+    opts.plugin_paths = a.config.plugin_paths;
+    LoadedConfig cfg = load_config_text("", "(no config file)", Registry::global(), opts);
+    for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+    job = cfg.job;
   }
   if (a.image_size > 0) job.data.hf_image_size = a.image_size;
   auto ds = make_dataset(job, a.split == "train" ? "train" : "heldout");

@@ -4,6 +4,7 @@
 // 0 success, 1 runtime failure, 2 usage / config / plugin / input error.
 // User mistakes never print a stack trace.
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -99,11 +100,11 @@ int main(int argc, char** argv) {
   generate->add_option("--prompt", gen.prompt, "Text the caption follows (masked in training as a prompt)");
   generate->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most (default: vlm.max_text_len)")
       ->check(CLI::NonNegativeNumber);
-  generate->add_option("--temperature", gen.temperature, "0 is greedy (the default); > 0 samples")
+  generate->add_option("--temperature", gen.temperature, "0 is greedy (the default); >= 0.001 samples, higher is more random")
       ->check(CLI::NonNegativeNumber);
   generate->add_option("--top-k", gen.top_k, "Sample among the k most likely tokens (0: off)")
       ->check(CLI::NonNegativeNumber);
-  generate->add_option("--top-p", gen.top_p, "Sample from the smallest set of tokens with this much probability")
+  generate->add_option("--top-p", gen.top_p, "Sample from the smallest set of tokens holding this much probability, in (0, 1] (1: off)")
       ->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", gen.seed, "Seed of the sampling");
   generate->add_option("--plugin-path", gen.plugin_paths, "Extra plugin folder (repeatable)");
@@ -204,6 +205,9 @@ int main(int argc, char** argv) {
   } catch (const forge::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     rc = e.exit_code();
+  } catch (const c10::Error& e) {
+    std::cerr << "error: internal failure in LibTorch: " << e.what_without_backtrace() << "\n";
+    rc = forge::kExitRuntime;
   } catch (const std::exception& e) {
     std::cerr << "error: internal failure: " << e.what() << "\n";
     rc = forge::kExitRuntime;

@@ -1,6 +1,7 @@
 #include "core/checkpoint/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -47,7 +48,38 @@ void write_text(const fs::path& p, const std::string& text) {
   if (!out) throw RuntimeError(fmt::format("{}: write failed (disk full?)", p.string()));
 }
 
+// Flushes a file's or folder's data to the disk, so a rename that follows
+// cannot outlive the data it names after a power loss.
+void sync_path(const fs::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw RuntimeError(fmt::format("{}: cannot open to sync it", p.string()));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw RuntimeError(fmt::format("{}: fsync failed (disk full or I/O error?)", p.string()));
+}
+
 }  // namespace
+
+void recover_interrupted_saves(const std::string& run_dir) {
+  const fs::path run(run_dir);
+  static const std::regex re(R"(^\.(step_[0-9]+)\.(tmp|old)-[0-9]+$|^\.latest\.tmp-[0-9]+$)");
+  std::error_code ec;
+  std::vector<fs::path> found;
+  for (const auto& e : fs::directory_iterator(run, ec)) found.push_back(e.path());
+  for (const auto& p : found) {
+    std::smatch m;
+    const std::string base = p.filename().string();
+    if (!std::regex_match(base, m, re)) continue;
+    if (m[2] == "old" && !fs::exists(run / m[1].str(), ec)) {
+      fs::rename(p, run / m[1].str(), ec);
+      if (!ec) {
+        log()->warn("{}: restored {} from an interrupted save", run.string(), m[1].str());
+        continue;
+      }
+    }
+    fs::remove_all(p, ec);
+  }
+}
 
 std::string save_checkpoint(const SaveRequest& r) {
   const fs::path run(r.run_dir);
@@ -57,7 +89,7 @@ std::string save_checkpoint(const SaveRequest& r) {
   std::error_code ec;
   fs::create_directories(run, ec);
   if (ec) throw RuntimeError(fmt::format("{}: cannot create the checkpoint folder: {}", run.string(), ec.message()));
-  fs::remove_all(tmp, ec);
+  recover_interrupted_saves(run.string());
   try {
     fs::create_directories(tmp);
     save_state_dict(*r.model, (tmp / "model.safetensors").string(),
@@ -74,7 +106,11 @@ std::string save_checkpoint(const SaveRequest& r) {
     st["torch_version"] = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
     st["step"] = r.state->step;
     st["tokens_seen"] = r.state->tokens_seen;
-    st["data"] = {{"epoch", r.state->data.epoch}, {"batches_yielded", r.state->data.batches_yielded}};
+    st["data"] = {{"epoch", r.state->data.epoch},
+                  {"batches_yielded", r.state->data.batches_yielded},
+                  {"batch_size", r.state->data.batch_size},
+                  {"world", r.state->data.world},
+                  {"dataset_size", r.state->data.dataset_size}};
     st["vlm_freeze"] = json::array();
     for (const auto& f : r.state->vlm_freeze) st["vlm_freeze"].push_back({{"module", f.module}, {"frozen", f.frozen}});
     st["world_size"] = r.state->world_size;
@@ -93,15 +129,24 @@ std::string save_checkpoint(const SaveRequest& r) {
     write_text(tmp / "train_state.json", st.dump(2) + "\n");
     write_text(tmp / "config.toml", "# resolved config of this checkpoint (forge " FORGE_SDK_VERSION_STRING ")\n" +
                                         to_toml(*r.config) + "\n");
+    for (const auto& e : fs::directory_iterator(tmp)) sync_path(e.path());
+    sync_path(tmp);
     failpoint("checkpoint.before_rename");
     if (fs::exists(final_dir)) {
       const fs::path old = run / fmt::format(".{}.old-{}", name, ::getpid());
       fs::rename(final_dir, old);
-      fs::rename(tmp, final_dir);
+      try {
+        fs::rename(tmp, final_dir);
+      } catch (...) {
+        fs::rename(old, final_dir, ec);  // put the previous copy back
+        throw;
+      }
+      sync_path(run);
       fs::remove_all(old, ec);
     } else {
       fs::rename(tmp, final_dir);
     }
+    sync_path(run);
   } catch (const std::exception& e) {
     fs::remove_all(tmp, ec);
     throw RuntimeError(fmt::format("saving checkpoint {} failed: {}; earlier checkpoints in {} are untouched",
@@ -112,6 +157,7 @@ std::string save_checkpoint(const SaveRequest& r) {
   fs::remove(link_tmp, ec);
   fs::create_directory_symlink(name, link_tmp, ec);
   if (!ec) fs::rename(link_tmp, run / "latest", ec);
+  if (!ec) sync_path(run);
   if (ec) throw RuntimeError(fmt::format("{}: cannot update the latest link: {}", run.string(), ec.message()));
   // Retention: keep the newest keep_last_n (never the one just written).
   if (r.keep_last_n > 0) {
@@ -173,6 +219,9 @@ TrainState read_train_state(const std::string& step_dir) {
     s.tokens_seen = j.at("tokens_seen").get<int64_t>();
     s.data.epoch = j.at("data").at("epoch").get<int64_t>();
     s.data.batches_yielded = j.at("data").at("batches_yielded").get<int64_t>();
+    s.data.batch_size = j["data"].value("batch_size", int64_t{0});
+    s.data.world = j["data"].value("world", int64_t{0});
+    s.data.dataset_size = j["data"].value("dataset_size", int64_t{0});
     for (const auto& f : j.at("vlm_freeze"))
       s.vlm_freeze.push_back(FreezeSpec{f.at("module").get<std::string>(), f.at("frozen").get<bool>()});
     s.world_size = j.value("world_size", 1);

@@ -49,6 +49,12 @@ struct FORGE_API SaveRequest {
 // previous checkpoints are left as they were).
 FORGE_API std::string save_checkpoint(const SaveRequest& req);
 
+// Tidies what a save killed halfway left in a run folder: an unfinished
+// `.step_N.tmp-PID` copy is removed; `.step_N.old-PID` (the previous step_N,
+// moved aside just before its replacement was renamed in) is put back when
+// step_N is missing. save_checkpoint and train() call it first.
+FORGE_API void recover_interrupted_saves(const std::string& run_dir);
+
 // A step folder (holding train_state.json) as is; a run folder resolves to
 // what `latest` points at, else its newest step_<N>. "" when there is none.
 FORGE_API std::string resolve_checkpoint(const std::string& dir);

@@ -146,25 +146,58 @@ Batch DataLoader::next() {
     out = std::move(ready_[g]);
     ready_.erase(g);
   }
-  if (++state_.batches_yielded == batches_per_epoch_) {
+  if (++state_.batches_yielded >= batches_per_epoch_) {
     ++state_.epoch;
     state_.batches_yielded = 0;
   }
   return out;
 }
 
-void DataLoader::restore(const LoaderState& s) {
+LoaderState DataLoader::state() const {
+  LoaderState s = state_;
+  s.batch_size = opt_.batch_size;
+  s.world = opt_.world;
+  s.dataset_size = static_cast<int64_t>(dataset_->size());
+  return s;
+}
+
+std::string DataLoader::restore(const LoaderState& saved) {
+  LoaderState s = saved;
+  std::string note;
+  const auto n = static_cast<int64_t>(dataset_->size());
+  const int64_t old_b = s.batch_size > 0 ? s.batch_size : opt_.batch_size;
+  const int64_t old_w = s.world > 0 ? s.world : opt_.world;
+  if (s.dataset_size > 0 && s.dataset_size != n) {
+    note = fmt::format("the dataset has {} samples where the checkpoint's had {}, so epoch {} has another order; it "
+                       "restarts from its first batch",
+                       n, s.dataset_size, s.epoch);
+    s.batches_yielded = 0;
+  } else if (old_b != opt_.batch_size || old_w != opt_.world) {
+    const int64_t consumed = s.batches_yielded * old_b * old_w;  // samples of the epoch, over all ranks
+    s.batches_yielded = consumed / (opt_.batch_size * opt_.world);
+    note = fmt::format("the checkpoint consumed {} samples of epoch {} in batches of {} x {} rank(s); with batches "
+                       "of {} x {} rank(s) this continues at batch {} ({} samples seen again)",
+                       consumed, s.epoch, old_b, old_w, opt_.batch_size, opt_.world, s.batches_yielded,
+                       consumed - s.batches_yielded * opt_.batch_size * opt_.world);
+  }
+  if (s.batches_yielded >= batches_per_epoch_) {  // past this epoch's end: the next epoch
+    ++s.epoch;
+    s.batches_yielded = 0;
+  }
+  if (s.batches_yielded < 0 || s.epoch < 0) throw FormatError(fmt::format("invalid data position (epoch {}, batch {})",
+                                                                          saved.epoch, saved.batches_yielded));
   stop_workers();
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.clear();
     ready_.clear();
     failed_.clear();
-    state_ = s;
+    state_ = LoaderState{s.epoch, s.batches_yielded};
     next_enqueue_ = s.epoch * batches_per_epoch_ + s.batches_yielded;
     stopping_ = false;
   }
   for (int64_t i = 0; i < opt_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+  return note;
 }
 
 int64_t DataLoader::skipped() const {

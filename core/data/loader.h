@@ -22,7 +22,11 @@ namespace forge {
 
 struct FORGE_API LoaderState {
   int64_t epoch = 0;
-  int64_t batches_yielded = 0;  // in this epoch
+  int64_t batches_yielded = 0;  // in this epoch, by each rank
+  // The geometry the position was recorded with (0: unknown, taken as today's).
+  int64_t batch_size = 0;
+  int64_t world = 0;
+  int64_t dataset_size = 0;
 };
 
 struct FORGE_API LoaderOptions {
@@ -47,9 +51,14 @@ class FORGE_API DataLoader {
 
   // The next batch; after the last batch of an epoch the next epoch starts.
   Batch next();
-  LoaderState state() const { return state_; }
-  // Continue from a saved position (next() then yields the first unseen batch).
-  void restore(const LoaderState& s);
+  LoaderState state() const;
+  // Continue from a saved position: next() yields the first unseen batch.
+  // A position saved with another batch size or world size is converted
+  // through the number of samples consumed (rounding down, so at most one
+  // batch of samples is seen again); one saved on a dataset of another size
+  // restarts its epoch (the epoch's order is not the same). Returns what was
+  // done when it is not an exact continuation, "" otherwise.
+  std::string restore(const LoaderState& s);
   int64_t batches_per_epoch() const { return batches_per_epoch_; }
   const Dataset& dataset() const { return *dataset_; }
   // Examples skipped as bad so far (skip_bad), and the reasons seen.

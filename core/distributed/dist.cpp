@@ -1,12 +1,15 @@
 #include "core/distributed/dist.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <set>
 #include <cstdlib>
 
 #define USE_C10D_GLOO
@@ -167,14 +170,30 @@ int free_port() {
 }
 }  // namespace
 
+namespace {
+volatile sig_atomic_t g_launcher_signal = 0;
+extern "C" void on_launcher_signal(int sig) { g_launcher_signal = sig; }
+}  // namespace
+
+// The ranks run in their own process group, so a Ctrl-C at the terminal
+// reaches only this launcher, which forwards it once to every rank (each then
+// stops cleanly and saves; a second Ctrl-C is forwarded again and ends them).
+// A rank dies with its launcher (PR_SET_PDEATHSIG), so none is orphaned.
 int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
   if (nproc < 1) throw UsageError(fmt::format("--nproc {} must be >= 1", nproc));
   const int port = free_port();
+  const pid_t launcher = ::getpid();
   std::vector<pid_t> pids;
   for (int r = 0; r < nproc; ++r) {
     pid_t pid = ::fork();
-    if (pid < 0) throw RuntimeError("cannot start a rank (fork failed)");
+    if (pid < 0) {
+      for (pid_t p : pids) ::kill(p, SIGTERM);
+      throw RuntimeError("cannot start a rank (fork failed)");
+    }
     if (pid == 0) {
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != launcher) _exit(1);  // the launcher died before prctl took effect
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
@@ -189,20 +208,38 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
     pids.push_back(pid);
   }
   log()->info("started {} local ranks (master 127.0.0.1:{})", nproc, port);
+
+  struct sigaction act {}, old_int{}, old_term{};
+  act.sa_handler = on_launcher_signal;  // no SA_RESTART: waitpid returns EINTR
+  sigemptyset(&act.sa_mask);
+  g_launcher_signal = 0;
+  ::sigaction(SIGINT, &act, &old_int);
+  ::sigaction(SIGTERM, &act, &old_term);
+  std::set<pid_t> live(pids.begin(), pids.end());
   int rc = 0;
-  for (size_t left = pids.size(); left > 0; --left) {
+  while (!live.empty()) {
     int status = 0;
     pid_t done = ::waitpid(-1, &status, 0);
-    if (done < 0) break;
+    if (done < 0) {
+      if (errno != EINTR) break;
+      if (int sig = g_launcher_signal) {
+        g_launcher_signal = 0;
+        log()->warn("launcher got signal {}; passing it to {} rank(s)", sig, live.size());
+        for (pid_t p : live) ::kill(p, sig);
+      }
+      continue;
+    }
+    live.erase(done);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     if (code != 0 && rc == 0) {
       rc = code;
       log()->error("rank {} exited with code {}; stopping the others",
                    std::find(pids.begin(), pids.end(), done) - pids.begin(), code);
-      for (pid_t p : pids)
-        if (p != done) ::kill(p, SIGTERM);
+      for (pid_t p : live) ::kill(p, SIGTERM);
     }
   }
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
   return rc;
 }
 

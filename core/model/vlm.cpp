@@ -154,6 +154,17 @@ bool matches(const std::vector<std::string>& pats, const std::string& name) {
   return false;
 }
 
+UserError unmatched_spec(const FreezeSpec& spec, const torch::OrderedDict<std::string, at::Tensor>& params,
+                         const StringListMap& patterns, const std::string& where) {
+  std::vector<std::string> aliases;
+  for (const auto& [k, v] : patterns) aliases.push_back(k);
+  std::string example =
+      params.is_empty() ? std::string("transformer.layers.0.attention.q_proj.weight") : params.begin()->key();
+  return UserError(fmt::format("{}: module = \"{}\" matches no parameter. Use an alias ({}) or an fnmatch pattern "
+                               "over parameter names such as \"{}\"",
+                               where, spec.module, util::join(aliases, ", "), example));
+}
+
 }  // namespace
 
 std::map<std::string, int64_t> apply_freeze(torch::nn::Module& model, const std::vector<FreezeSpec>& specs,
@@ -172,14 +183,7 @@ std::map<std::string, int64_t> apply_freeze(torch::nn::Module& model, const std:
         n += p.numel();
       }
     }
-    if (matched == 0 && !patterns.count(spec.module)) {
-      std::vector<std::string> aliases;
-      for (const auto& [k, v] : patterns) aliases.push_back(k);
-      std::string example = params.is_empty() ? std::string("transformer.layers.0.attention.q_proj.weight") : params.begin()->key();
-      throw UserError(fmt::format("freeze spec module = \"{}\" matches no parameter. Use an alias ({}) or an fnmatch "
-                                  "pattern over parameter names such as \"{}\"",
-                                  spec.module, util::join(aliases, ", "), example));
-    }
+    if (matched == 0 && !patterns.count(spec.module)) throw unmatched_spec(spec, params, patterns, "freeze spec");
     flipped[spec.module] += n;
   }
   return flipped;
@@ -217,6 +221,23 @@ std::vector<FreezeSpec> canonical_freeze(const std::vector<FreezeSpec>& specs) {
   return out;
 }
 
+void check_freeze_specs(torch::nn::Module& model, const VLMConfig& vlm) {
+  const StringListMap patterns = vlm.resolved_module_patterns();
+  auto params = model.named_parameters(true);
+  auto check = [&](const FreezeSpec& spec, const std::string& where) {
+    if (patterns.count(spec.module)) return;
+    for (const auto& item : params)
+      if (util::fnmatch(spec.module, item.key())) return;
+    throw unmatched_spec(spec, params, patterns, where);
+  };
+  for (size_t i = 0; i < vlm.freeze.size(); ++i) check(vlm.freeze[i], fmt::format("vlm.freeze[{}]", i));
+  for (size_t k = 0; k < vlm.freeze_schedule.size(); ++k) {
+    const auto& st = vlm.freeze_schedule[k];
+    for (size_t i = 0; i < st.specs.size(); ++i)
+      check(st.specs[i], fmt::format("vlm.freeze_schedule[{}] (start_step = {}) specs[{}]", k, st.start_step, i));
+  }
+}
+
 std::set<std::string> ever_trainable(torch::nn::Module& model, const VLMConfig& vlm) {
   const StringListMap patterns = vlm.resolved_module_patterns();
   std::vector<int64_t> steps{0};
@@ -250,7 +271,9 @@ at::Tensor sample_next(const at::Tensor& logits_in, const GenerateOptions& o, at
     auto [sorted, idx] = l.sort(-1, /*descending=*/true);
     at::Tensor probs = sorted.softmax(-1);
     at::Tensor before = probs.cumsum(-1) - probs;  // mass of strictly better tokens
-    sorted = sorted.masked_fill(before >= o.top_p, neg_inf);
+    at::Tensor drop = before >= o.top_p;
+    drop.select(-1, 0).fill_(false);  // the most likely token always stays
+    sorted = sorted.masked_fill(drop, neg_inf);
     l = at::full_like(l, neg_inf).scatter(-1, idx, sorted);
   }
   at::Tensor probs = l.softmax(-1);

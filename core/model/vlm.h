@@ -87,6 +87,10 @@ FORGE_API std::vector<FreezeSpec> effective_freeze(int64_t step, const std::vect
                                                    const std::vector<FreezeStage>& schedule);
 // Sorted and de-duplicated, for checkpoint metadata.
 FORGE_API std::vector<FreezeSpec> canonical_freeze(const std::vector<FreezeSpec>& specs);
+// Checks every spec of vlm.freeze and of every stage of vlm.freeze_schedule
+// against the model's parameter names, so a typo in a late stage is a
+// UserError at start-up rather than hours into a run.
+FORGE_API void check_freeze_specs(torch::nn::Module& model, const VLMConfig& vlm);
 // Names of the parameters trainable at the start or after any stage (D2):
 // the ones the optimizer must hold.
 FORGE_API std::set<std::string> ever_trainable(torch::nn::Module& model, const VLMConfig& vlm);

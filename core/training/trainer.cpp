@@ -1,6 +1,7 @@
 #include "core/training/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
 
@@ -34,7 +35,11 @@ namespace forge {
 namespace {
 
 std::atomic<bool> g_stop{false};
-extern "C" void on_stop_signal(int) { g_stop = true; }
+// The first SIGINT/SIGTERM asks for a clean stop; a second one kills as usual.
+extern "C" void on_stop_signal(int sig) {
+  g_stop = true;
+  std::signal(sig, SIG_DFL);
+}
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -53,11 +58,39 @@ class JsonlLog {
   std::ofstream out_;
 };
 
+}  // namespace
+
 at::Device pick_device(const std::string& want) {
   const bool cuda = torch::cuda::is_available();
   if (want == "cuda" && !cuda) throw UserError("train.device = \"cuda\" but no CUDA device is visible");
-  return (want == "cuda" || (want == "auto" && cuda)) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  if (!(want == "cuda" || (want == "auto" && cuda))) return at::Device(at::kCPU);
+  const char* local = std::getenv("LOCAL_RANK");
+  const int index = local ? std::atoi(local) : 0;
+  if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
+    throw UserError(fmt::format("LOCAL_RANK={} but {} CUDA device(s) are visible", index, torch::cuda::device_count()));
+  at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
+  return device;
 }
+
+namespace {
+
+// Signal handlers for the duration of train(), restored however it ends.
+struct SignalScope {
+  bool active;
+  void (*old_int)(int) = SIG_DFL;
+  void (*old_term)(int) = SIG_DFL;
+  explicit SignalScope(bool on) : active(on) {
+    if (!active) return;
+    old_int = std::signal(SIGINT, on_stop_signal);
+    old_term = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~SignalScope() {
+    if (!active) return;
+    std::signal(SIGINT, old_int);
+    std::signal(SIGTERM, old_term);
+  }
+};
 
 bool any_trainable(const torch::nn::Module& m) {
   for (const auto& p : m.parameters(true))
@@ -113,6 +146,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   std::map<std::string, bool> baseline;  // requires_grad as built (e.g. MoT's unused norm is frozen)
   for (const auto& p : model->named_parameters(true)) baseline[p.key()] = p.value().requires_grad();
   const std::set<std::string> trainable = ever_trainable(*model, vlm);  // D2: before any freeze is applied
+  check_freeze_specs(*model, vlm);  // a typo in a late stage fails now, not hours in
 
   // The freeze state at a step: the built state, then the specs in force (D3:
   // a stage at step 0 applies at step 0; raw patterns work).
@@ -167,6 +201,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     if (auto held = make_dataset(job, "heldout")) {
       LoaderOptions ho = lo;
       ho.shuffle = false;
+      ho.rank = 0;  // rank 0 evaluates the whole held-out set, whatever the world size
+      ho.world = 1;
       ho.workers = std::min<int64_t>(lo.workers, 1);
       heldout = std::make_unique<DataLoader>(held, collator, prep, image_size, ho);
       logger->info("eval: {} batches of {} every {} steps", std::min(job.eval.steps, heldout->batches_per_epoch()),
@@ -181,6 +217,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   // ---------------------------------------------------------------- resume
   const std::string run_dir = job.checkpoint.dir;
   TrainState state;
+  if (main_rank) recover_interrupted_saves(run_dir);
+  dist->barrier();
   std::string resume_from = resolve_checkpoint(run_dir);
   if (resume_from.empty() && job.checkpoint.load_path) {
     resume_from = resolve_checkpoint(*job.checkpoint.load_path);
@@ -209,16 +247,12 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
         throw UserError(msg + "; set checkpoint.ignore_freeze_mismatch = true to resume anyway");
       logger->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
     }
-    if (state.world_size != dist->world())
-      logger->warn("{} was saved by {} rank(s) and resumes on {}: the data order continues from the same position "
-                   "but each rank's slice of it changes",
-                   resume_from, state.world_size, dist->world());
     load_checkpoint_weights(resume_from, *model);
     load_checkpoint_trainer(resume_from, *optimizer, groups);
-    loader.restore(state.data);
+    if (std::string note = loader.restore(state.data); !note.empty()) logger->warn("resume: {}", note);
     summary.resumed = true;
-    logger->info("resuming from {} at step {} (epoch {}, batch {})", resume_from, state.step, state.data.epoch,
-                 state.data.batches_yielded);
+    logger->info("resuming from {} at step {} (epoch {}, batch {})", resume_from, state.step, loader.state().epoch,
+                 loader.state().batches_yielded);
   } else {
     BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
     model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
@@ -231,18 +265,27 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
-  JsonlLog metrics(job.metrics.jsonl && main_rank ? (fs::path(run_dir) / "metrics.jsonl").string() : "");
+  const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
+  if (main_rank && summary.resumed && fs::exists(metrics_path)) {
+    // Rows a crashed run logged after its last checkpoint would be logged again: keep only steps <= the resume step.
+    std::ifstream in(metrics_path);
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      try {
+        if (nlohmann::json::parse(line).value("step", int64_t{0}) <= state.step) kept += line + "\n";
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+    in.close();
+    std::ofstream(metrics_path, std::ios::trunc) << kept;
+  }
+  JsonlLog metrics(job.metrics.jsonl && main_rank ? metrics_path : "");
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;
   for (const auto& st : vlm.freeze_schedule) stage_starts.insert(st.start_step);
-  void (*old_int)(int) = SIG_DFL;
-  void (*old_term)(int) = SIG_DFL;
   g_stop = false;
-  if (options.handle_signals) {
-    old_int = std::signal(SIGINT, on_stop_signal);
-    old_term = std::signal(SIGTERM, on_stop_signal);
-  }
+  SignalScope signals(options.handle_signals);
   auto save = [&]() {
     if (!main_rank) return;  // one writer; every rank holds the same weights
     state.world_size = dist->world();
@@ -329,26 +372,27 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     samples *= dist->world();
     const double grad_norm =
         with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, job.train.grad_clip_norm);
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (!finite) {
       optimizer->zero_grad(true);
-      ++state.step;
-      logger->warn("step {}: loss {} / grad norm {} is not finite; update skipped ({} in a row)", state.step, loss,
-                   grad_norm, nan_streak + 1);
+      logger->warn("step {}: loss {} / grad norm {} is not finite; update skipped ({} in a row)", state.step + 1,
+                   loss, grad_norm, nan_streak + 1);
       if (++nan_streak >= 10)
         throw RuntimeError(fmt::format("loss was NaN/Inf for 10 consecutive steps (last at step {}); lower "
-                                       "optimizer.lr or check the data",
-                                       state.step));
-      continue;
+                                       "optimizer.lr or check the data; the last checkpoint holds the weights from "
+                                       "before",
+                                       state.step + 1));
+    } else {
+      nan_streak = 0;
+      optimizer->step();
+      state.tokens_seen += label_tokens;
+      summary.losses.push_back(loss);
     }
-    nan_streak = 0;
-    optimizer->step();
     ++state.step;
-    state.tokens_seen += label_tokens;
-    summary.losses.push_back(loss);
     const double dt = since(t0);
     ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
 
-    if (state.step == 1 || state.step % job.metrics.log_interval == 0 || state.step == max_steps) {
+    if (finite && (state.step == 1 || state.step % job.metrics.log_interval == 0 || state.step == max_steps)) {
       const double enc = model->vision_encoder->forward_flops() * (model->encoder_frozen() ? 1 : 3);
       const double ada = model->adapter->forward_flops(model->vision_encoder->num_tokens()) *
                          (any_trainable(*model->adapter) ? 3 : 1);
@@ -370,7 +414,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       last_saved = state.step;
     }
     if (dist->max(g_stop ? 1.0 : 0.0) > 0) {  // a stop on any rank stops every rank
-      logger->warn("stop requested: stopping after step {}", state.step);
+      if (main_rank) logger->warn("stop requested: stopping after step {}", state.step);
       if (last_saved != state.step) {
         save();
         last_saved = state.step;
@@ -378,10 +422,6 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       summary.interrupted = true;
       break;
     }
-  }
-  if (options.handle_signals) {
-    std::signal(SIGINT, old_int);
-    std::signal(SIGTERM, old_term);
   }
   if (!summary.interrupted) {
     run_eval("final,");

@@ -34,6 +34,10 @@ struct FORGE_API TrainSummary {
 
 FORGE_API TrainSummary train(const LoadedConfig& config, Registry& registry, const TrainOptions& options = {});
 
+// The device train.device names ("auto": CUDA when visible, else CPU). On
+// CUDA, device LOCAL_RANK (0 when unset) becomes the current device.
+FORGE_API at::Device pick_device(const std::string& want);
+
 // Ask a running train() to stop after its current step (as a signal does).
 FORGE_API void request_stop();
 

@@ -439,6 +439,14 @@ TEST_CASE("freeze specs: aliases, raw patterns, and a pattern that matches nothi
   }
   CHECK_THROWS_WITH(apply_freeze(*m, {FreezeSpec{"trnsformer.*", true}}, pats),
                     Catch::Contains("\"trnsformer.*\" matches no parameter"));
+  // Every stage is checked up front, so a typo in a late stage fails before training starts.
+  cfg.job.vlm->freeze = {FreezeSpec{"vision_encoder", true}};
+  cfg.job.vlm->freeze_schedule = {{0, {FreezeSpec{"adapter", true}}}, {900, {FreezeSpec{"transformer.layrs.*", false}}}};
+  CHECK_THROWS_WITH(check_freeze_specs(*m, *cfg.job.vlm),
+                    Catch::Contains("vlm.freeze_schedule[1] (start_step = 900) specs[0]: module = "
+                                    "\"transformer.layrs.*\" matches no parameter"));
+  cfg.job.vlm->freeze_schedule[1].specs[0].module = "transformer.layers.*";
+  CHECK_NOTHROW(check_freeze_specs(*m, *cfg.job.vlm));
   // effective_freeze: stages overwrite by module, in start order.
   std::vector<FreezeStage> sched{{5, {FreezeSpec{"adapter", true}}}, {0, {FreezeSpec{"vision_encoder", false}}}};
   auto e0 = effective_freeze(0, {FreezeSpec{"vision_encoder", true}}, sched);

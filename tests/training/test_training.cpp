@@ -245,6 +245,23 @@ TEST_CASE("a failed save never overwrites the previous checkpoint", "[train][che
     CHECK_FALSE(util::starts_with(e.path().filename().string(), "."));  // no temporary left behind
   auto after = weights(d.str() + "/step_00000002");
   for (const auto& [k, v] : before) CHECK(at::equal(v, after.at(k)));
+
+  // A save killed between its two renames left step_2 moved aside: the next run puts it back and resumes from it.
+  fs::rename(d.path() / "step_00000002", d.path() / ".step_00000002.old-4242");
+  fs::create_directories(d.path() / ".step_00000004.tmp-4242");
+  auto resumed = run(tiny(d.str(), {"--train.max_steps=4", "--checkpoint.interval=2"}));
+  CHECK(resumed.resumed);
+  CHECK(resumed.start_step == 2);
+  for (const auto& e : fs::directory_iterator(d.path()))
+    CHECK_FALSE(util::starts_with(e.path().filename().string(), "."));
+  // metrics.jsonl logs each step once: the failed run's row for step 4 (after its last checkpoint) was dropped.
+  std::map<int64_t, int> rows;
+  std::ifstream in(d.path() / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) ++rows[j.at("step").get<int64_t>()];
+  }
+  CHECK(rows == std::map<int64_t, int>{{1, 1}, {2, 1}, {4, 1}});
 }
 
 TEST_CASE("a stop request finishes the step, saves, and the run resumes from there", "[train][signal]") {
@@ -398,6 +415,53 @@ TEST_CASE("the loader: same batches with or without threads, exact resume, every
   DataLoader resumed(ds, col, Preprocess{}, 16, o);
   resumed.restore(LoaderState{1, 0});
   CHECK(at::equal(resumed.next().input_ids, next_a.input_ids));
+}
+
+TEST_CASE("the loader resumes across a batch-size or world-size change without skipping samples", "[data][loader]") {
+  auto ds = std::make_shared<ShapesDataset>(48, 7, ShapesDataset::Split::Train, 16);
+  auto col = std::make_shared<Collator>(std::make_shared<ByteTokenizer>(), 64, false);
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.seed = 5;
+  o.workers = 0;
+  o.world = 2;
+  std::map<std::string, int> seen;
+  LoaderState saved;
+  for (int r = 0; r < 2; ++r) {  // two ranks, three batches of 4 each: 24 samples consumed
+    o.rank = r;
+    DataLoader rank(ds, col, Preprocess{}, 16, o);
+    for (int i = 0; i < 3; ++i)
+      for (const auto& src : rank.next().sources) ++seen[src];
+    saved = rank.state();
+  }
+  CHECK(saved.batch_size == 4);
+  CHECK(saved.world == 2);
+  CHECK(saved.dataset_size == 48);
+  // One rank with batches of 8 continues at sample 24: the rest of the epoch is exactly the unseen half.
+  o.rank = 0;
+  o.world = 1;
+  o.batch_size = 8;
+  DataLoader one(ds, col, Preprocess{}, 16, o);
+  std::string note = one.restore(saved);
+  CHECK_THAT(note, Catch::Contains("continues at batch 3"));
+  CHECK(one.state().batches_yielded == 3);
+  for (int i = 0; i < 3; ++i)
+    for (const auto& src : one.next().sources) ++seen[src];
+  CHECK(one.state().epoch == 1);
+  CHECK(seen.size() == 48);
+  for (const auto& [k, v] : seen) CHECK(v == 1);
+  // A dataset of another size has another order: the epoch restarts.
+  auto bigger = std::make_shared<ShapesDataset>(56, 7, ShapesDataset::Split::Train, 16);
+  DataLoader other(bigger, col, Preprocess{}, 16, o);
+  CHECK_THAT(other.restore(saved), Catch::Contains("restarts from its first batch"));
+  CHECK(other.state().epoch == 0);
+  CHECK(other.state().batches_yielded == 0);
+  // An exact continuation says nothing.
+  o.batch_size = 4;
+  o.world = 2;
+  DataLoader same(ds, col, Preprocess{}, 16, o);
+  CHECK(same.restore(saved).empty());
+  CHECK(same.state().batches_yielded == 3);
 }
 
 TEST_CASE("MoT warm start copies a dense decoder into every modality in a fresh run (D4)", "[train][mot]") {
