@@ -17,6 +17,7 @@
 #include "core/checkpoint/state_dict.h"
 #include "core/config/loader.h"
 #include "core/registry/registry.h"
+#include "core/util/files.h"
 #include "forge/error.h"
 #include "forge/logging.h"
 #include "forge/version.h"
@@ -77,7 +78,7 @@ void recover_interrupted_saves(const std::string& run_dir) {
         continue;
       }
     }
-    fs::remove_all(p, ec);
+    util::remove_tree(p.string());
   }
 }
 
@@ -142,13 +143,13 @@ std::string save_checkpoint(const SaveRequest& r) {
         throw;
       }
       sync_path(run);
-      fs::remove_all(old, ec);
+      util::remove_tree(old.string());
     } else {
       fs::rename(tmp, final_dir);
     }
     sync_path(run);
   } catch (const std::exception& e) {
-    fs::remove_all(tmp, ec);
+    util::remove_tree(tmp.string());
     throw RuntimeError(fmt::format("saving checkpoint {} failed: {}; earlier checkpoints in {} are untouched",
                                    final_dir.string(), e.what(), run.string()));
   }
@@ -168,8 +169,11 @@ std::string save_checkpoint(const SaveRequest& r) {
     }
     std::sort(steps.begin(), steps.end());
     const auto keep = static_cast<size_t>(r.keep_last_n);
-    for (size_t i = 0; i + keep < steps.size(); ++i)
-      if (steps[i].second != final_dir) fs::remove_all(steps[i].second, ec);
+    for (size_t i = 0; i + keep < steps.size(); ++i) {
+      std::string why;
+      if (steps[i].second != final_dir && !util::remove_tree(steps[i].second.string(), &why))
+        log()->warn("checkpoint.keep_last_n: cannot remove {}: {}", steps[i].second.string(), why);
+    }
   }
   return final_dir.string();
 }

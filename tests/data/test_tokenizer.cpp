@@ -56,29 +56,7 @@ Offsets offsets_of(const json& j) {
   return out;
 }
 
-// A fresh folder under the system temp dir, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("forge-tok-" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string write(const std::string& name, const std::string& body) const {
-    const auto p = path_ / name;
-    std::filesystem::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << body;
-    return p.string();
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using forge::test::TempDir;
 
 // The message of the forge::FormatError that f throws ("" and a failed check when it throws none).
 std::string format_error_of(const std::function<void()>& f) {

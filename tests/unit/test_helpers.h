@@ -12,6 +12,7 @@
 
 #include "core/config/loader.h"
 #include "core/registry/registry.h"
+#include "core/util/files.h"
 #include "forge/logging.h"
 
 namespace forge::test {
@@ -34,10 +35,7 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() / ("forge-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { util::remove_tree(path_.string()); }
   const std::filesystem::path& path() const { return path_; }
   std::string str() const { return path_.string(); }
   std::string write(const std::string& name, const std::string& text) const {
