@@ -36,6 +36,24 @@ endif()
 find_package(Torch REQUIRED)
 message(STATUS "forge: LibTorch ${FORGE_TORCH_PY_VERSION} from ${FORGE_TORCH_CMAKE_PREFIX}")
 
+# NCCL: c10d's NCCL process group (inside libtorch_cuda.so) is compiled into
+# the core when LibTorch has CUDA and nccl.h is found: first the nvidia-nccl
+# wheel that torch itself loads (site-packages/nvidia/nccl), then the CUDA
+# toolkit. Without it, data parallelism on GPUs falls back to Gloo.
+option(FORGE_WITH_NCCL "Compile c10d's NCCL backend into the core when nccl.h is found" ON)
+if(FORGE_WITH_NCCL)
+  find_library(FORGE_C10_CUDA_LIBRARY c10_cuda PATHS "${TORCH_INSTALL_PREFIX}/lib" NO_DEFAULT_PATH)
+  get_filename_component(_torch_site "${FORGE_TORCH_CMAKE_PREFIX}/../../.." ABSOLUTE)
+  find_path(NCCL_INCLUDE_DIR nccl.h
+            HINTS "${_torch_site}/nvidia/nccl/include" ${CUDAToolkit_INCLUDE_DIRS} ${CUDA_INCLUDE_DIRS})
+  if(FORGE_C10_CUDA_LIBRARY AND NCCL_INCLUDE_DIR)
+    message(STATUS "forge: NCCL backend on (nccl.h in ${NCCL_INCLUDE_DIR})")
+  else()
+    message(STATUS "forge: NCCL backend off (LibTorch without CUDA, or no nccl.h); GPUs use Gloo")
+    set(FORGE_WITH_NCCL OFF)
+  endif()
+endif()
+
 find_package(tomlplusplus REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)

@@ -159,8 +159,8 @@ void DistributedConfig::visit(ConfigVisitor& v) {
   v.field("dp_shard", dp_shard, "Data-parallel ranks; -1 uses the launched world size, else it must equal it.");
   v.require(dp_shard == -1 || dp_shard > 0, "dp_shard", fmt::format("got {}; must be -1 or > 0", dp_shard));
   v.field("backend", backend,
-          "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both). forge runs Gloo; a "
-          "request for NCCL uses Gloo over host memory, with a warning.");
+          "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both): Gloo on CPUs, NCCL on "
+          "GPUs (a build without nccl.h uses Gloo over host memory, with a warning).");
   v.field("nccl_timeout_sec", nccl_timeout_sec, "Timeout of collectives, in seconds.", Bounds::positive());
   v.unimplemented("tp", "tensor parallelism");
   v.unimplemented("pp", "pipeline parallelism");

@@ -12,12 +12,15 @@
 #include <set>
 #include <cstdlib>
 
+#ifndef USE_C10D_GLOO  // LibTorch's CMake target usually defines it already
 #define USE_C10D_GLOO
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <fmt/format.h>
 
+#include "core/distributed/nccl.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
 #include "forge/logging.h"
@@ -27,9 +30,21 @@ namespace forge {
 struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;
+  at::Device device{at::kCPU};  // where collectives run: the GPU for NCCL, host memory for Gloo
+
+  ~Impl() {
+    if (!pg) return;
+    try {
+      pg->shutdown();  // NCCL frees its communicators here, not in a destructor at exit
+    } catch (const std::exception& e) {
+      log()->warn("closing the process group: {}", e.what());
+    }
+  }
 };
 
 Distributed::~Distributed() = default;
+
+bool Distributed::has_nccl() { return detail::nccl_available(); }
 
 namespace {
 
@@ -58,59 +73,72 @@ std::string backend_for(const std::string& spec, const at::Device& device) {
 }  // namespace
 
 std::unique_ptr<Distributed> Distributed::from_env(const DistributedConfig& cfg, const at::Device& device) {
-  std::unique_ptr<Distributed> d(new Distributed());
-  d->world_ = env_int("WORLD_SIZE", 1);
-  d->rank_ = env_int("RANK", 0);
-  if (cfg.dp_shard > 0 && cfg.dp_shard != d->world_)
+  const int world = env_int("WORLD_SIZE", 1);
+  const int rank = env_int("RANK", 0);
+  if (cfg.dp_shard > 0 && cfg.dp_shard != world)
     throw UserError(fmt::format("distributed.dp_shard = {} but {} rank(s) were launched; start forge with "
                                 "`forge train --nproc {}` (or set dp_shard = -1)",
-                                cfg.dp_shard, d->world_, cfg.dp_shard));
-  if (d->world_ <= 1) return d;
-  if (d->rank_ < 0 || d->rank_ >= d->world_)
-    throw UserError(fmt::format("RANK={} is outside WORLD_SIZE={}", d->rank_, d->world_));
+                                cfg.dp_shard, world, cfg.dp_shard));
+  if (world <= 1) return std::unique_ptr<Distributed>(new Distributed());
+  const char* addr = std::getenv("MASTER_ADDR");
+  return connect(cfg, device, rank, world, addr ? addr : "127.0.0.1", env_int("MASTER_PORT", 29500));
+}
+
+std::unique_ptr<Distributed> Distributed::connect(const DistributedConfig& cfg, const at::Device& device, int rank,
+                                                  int world, const std::string& addr, int port) {
+  if (world < 1 || rank < 0 || rank >= world)
+    throw UserError(fmt::format("RANK={} is outside WORLD_SIZE={}", rank, world));
   std::string backend = backend_for(cfg.backend, device);
-  if (backend == "nccl") {
-    // NCCL's c10d backend is not compiled into this build; Gloo averages the
-    // gradients through host memory instead (correct, slower on GPUs).
-    log()->warn("distributed.backend asks for nccl, which this forge build does not include; using gloo over host "
-                "memory");
+  if (backend == "nccl" && !device.is_cuda())
+    throw UserError(fmt::format("distributed.backend = \"{}\" asks for nccl on {}; NCCL needs CUDA devices, use gloo "
+                                "on CPUs (\"cpu:gloo,cuda:nccl\")",
+                                cfg.backend, device.str()));
+  if (backend == "nccl" && !detail::nccl_available()) {
+    log()->warn("distributed.backend asks for nccl, which this forge build does not include (configured without "
+                "nccl.h); using gloo over host memory");
     backend = "gloo";
   }
-  if (backend != "gloo")
-    throw UserError(fmt::format("distributed backend \"{}\" is not known; use gloo", backend));
-  const char* addr = std::getenv("MASTER_ADDR");
-  const int port = env_int("MASTER_PORT", 29500);
-  const auto timeout = std::chrono::seconds(cfg.nccl_timeout_sec);
+  if (backend != "gloo" && backend != "nccl")
+    throw UserError(fmt::format("distributed.backend names \"{}\"; forge knows gloo and nccl", backend));
+  const auto timeout = std::chrono::milliseconds(std::chrono::seconds(cfg.nccl_timeout_sec));
+  std::unique_ptr<Distributed> d(new Distributed());
+  d->world_ = world;
+  d->rank_ = rank;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->device = backend == "nccl" ? device : at::Device(at::kCPU);
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(port);
-  so.isServer = d->rank_ == 0;
-  so.numWorkers = d->world_;
+  so.isServer = rank == 0;
+  so.numWorkers = world;
   so.timeout = timeout;
-  d->impl_ = std::make_unique<Impl>();
   try {
-    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(addr ? addr : "127.0.0.1", so);
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr ? addr : "127.0.0.1"));
-    d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, d->rank_, d->world_, opts);
+    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(addr, so);
+    if (backend == "nccl") {
+      d->impl_->pg = detail::make_nccl_backend(d->impl_->store, rank, world, timeout, device);
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
+      d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, rank, world, opts);
+    }
+  } catch (const forge::Error&) {
+    throw;
   } catch (const std::exception& e) {
-    throw RuntimeError(fmt::format("rank {} of {}: cannot join the process group at {}:{}: {}", d->rank_, d->world_,
-                                   addr ? addr : "127.0.0.1", port, e.what()));
+    throw RuntimeError(fmt::format("rank {} of {}: cannot join the {} process group at {}:{}: {}", rank, world,
+                                   backend, addr, port, e.what()));
   }
   d->backend_ = backend;
   return d;
 }
 
 void Distributed::average(const std::vector<at::Tensor>& tensors) {
-  if (world_ <= 1 || tensors.empty()) return;
+  if (!impl_ || tensors.empty()) return;
   // One flat buffer per dtype keeps it to a single collective for fp32 models.
   std::map<at::ScalarType, std::vector<at::Tensor>> by_type;
   for (const auto& t : tensors) by_type[t.scalar_type()].push_back(t);
   for (auto& [type, ts] : by_type) {
-    std::vector<at::Tensor> flat{at::cat([&] {
-                                      std::vector<at::Tensor> v;
-                                      for (const auto& t : ts) v.push_back(t.detach().reshape(-1).to(at::kCPU));
-                                      return v;
-                                    }())};
+    std::vector<at::Tensor> parts;
+    for (const auto& t : ts) parts.push_back(t.detach().reshape(-1).to(impl_->device));
+    std::vector<at::Tensor> flat{at::cat(parts)};
     impl_->pg->allreduce(flat)->wait();
     flat[0].div_(static_cast<double>(world_));
     int64_t at = 0;
@@ -122,33 +150,30 @@ void Distributed::average(const std::vector<at::Tensor>& tensors) {
   }
 }
 
-double Distributed::sum(double v) {
-  if (world_ <= 1) return v;
-  std::vector<at::Tensor> t{at::full({1}, v, at::kDouble)};
-  impl_->pg->allreduce(t)->wait();
-  return t[0].item<double>();
-}
-
-double Distributed::max(double v) {
-  if (world_ <= 1) return v;
-  std::vector<at::Tensor> t{at::full({1}, v, at::kDouble)};
+double Distributed::reduce(double v, bool take_max) {
+  if (!impl_) return v;
+  std::vector<at::Tensor> t{at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(impl_->device))};
   c10d::AllreduceOptions o;
-  o.reduceOp = c10d::ReduceOp::MAX;
+  o.reduceOp = take_max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
   impl_->pg->allreduce(t, o)->wait();
   return t[0].item<double>();
 }
 
+double Distributed::sum(double v) { return reduce(v, false); }
+
+double Distributed::max(double v) { return reduce(v, true); }
+
 void Distributed::broadcast(const std::vector<at::Tensor>& tensors) {
-  if (world_ <= 1) return;
+  if (!impl_) return;
   for (const auto& t : tensors) {
-    std::vector<at::Tensor> one{t.detach().to(at::kCPU).contiguous()};
+    std::vector<at::Tensor> one{t.detach().to(impl_->device).contiguous()};
     impl_->pg->broadcast(one)->wait();
     t.detach().copy_(one[0]);
   }
 }
 
 void Distributed::barrier() {
-  if (world_ > 1) impl_->pg->barrier()->wait();
+  if (impl_) impl_->pg->barrier()->wait();
 }
 
 // ------------------------------------------------------------ the local launcher

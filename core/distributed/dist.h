@@ -1,4 +1,5 @@
-// Data parallelism on LibTorch's c10d: Gloo on CPUs, NCCL on GPUs.
+// Data parallelism on LibTorch's c10d: Gloo on CPUs, NCCL on GPUs (when the
+// build found nccl.h; else Gloo through host memory, with a warning).
 //
 // Processes are started either by `forge train --nproc N` (one machine) or
 // by any launcher that sets the torchrun variables RANK, WORLD_SIZE,
@@ -23,14 +24,22 @@ class FORGE_API Distributed {
  public:
   // World size 1 (no process group) unless WORLD_SIZE > 1 is set.
   static std::unique_ptr<Distributed> from_env(const DistributedConfig& cfg, const at::Device& device);
+  // Joins (rank 0: hosts) the rendezvous at addr:port and builds the process
+  // group the config names for `device`: NCCL on a CUDA device (when this
+  // build has it), Gloo otherwise. A world of 1 is allowed (tests use it).
+  static std::unique_ptr<Distributed> connect(const DistributedConfig& cfg, const at::Device& device, int rank,
+                                              int world, const std::string& addr, int port);
   ~Distributed();
+  // Whether this build includes c10d's NCCL backend (CUDA and nccl.h found).
+  static bool has_nccl();
 
   int rank() const { return rank_; }
   int world() const { return world_; }
   bool is_main() const { return rank_ == 0; }
   const std::string& backend() const { return backend_; }
 
-  // Averages the tensors over ranks in place (flattened into one buffer per dtype).
+  // Averages the tensors over ranks in place (flattened into one buffer per
+  // dtype; on the GPU for NCCL, through host memory for Gloo).
   void average(const std::vector<at::Tensor>& tensors);
   // Sums or takes the max of a number over ranks.
   double sum(double v);
@@ -43,6 +52,7 @@ class FORGE_API Distributed {
 
  private:
   Distributed() = default;
+  double reduce(double v, bool take_max);
   int rank_ = 0;
   int world_ = 1;
   std::string backend_ = "none";

@@ -5,7 +5,7 @@
 // with trunc(sum of its pixels * 1e6) (negative seeds reinterpreted as
 // unsigned 64-bit), exactly as KempnerForge's stub. It makes shapes and
 // plumbing testable without a real tower; it carries no image content a model
-// could generalise from.
+// could generalise from. The tokens are the same on every device.
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
@@ -28,7 +28,10 @@ class RandomEncoder final : public VisionEncoder {
       throw InvalidArgument(fmt::format("encoder random: expected (B, 3, H, W) pixels, got {} dims", pixels.dim()));
     std::vector<at::Tensor> out;
     out.reserve(pixels.size(0));
-    at::Tensor sums = pixels.detach().flatten(1).sum(1).to(at::kCPU);  // in the input dtype, one sync
+    // Summed on the CPU in the input dtype, as the reference does: a GPU's
+    // reduction order would change the last bits of the sum, hence the seed,
+    // so the same image would get other tokens on another device.
+    at::Tensor sums = pixels.detach().to(at::kCPU).flatten(1).sum(1);
     for (int64_t i = 0; i < pixels.size(0); ++i) {
       const double s = sums[i].item<double>();
       const auto seed = static_cast<int64_t>(std::trunc(s * 1e6));
