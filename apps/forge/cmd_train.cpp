@@ -33,10 +33,12 @@ struct Restored {
   std::string step_dir;
   LoadedConfig cfg;
   VLM model{nullptr};
-  at::Device device{at::kCPU};  // train.device of the checkpoint's config
+  at::Device device{at::kCPU};
 };
 
-Restored restore(const std::string& dir, const std::vector<std::string>& plugin_paths) {
+// Rebuilds a checkpoint's model on `device` ("auto", "cpu" or "cuda"): a
+// checkpoint trained on a GPU runs on a CPU and the reverse.
+Restored restore(const std::string& dir, const std::string& device, const std::vector<std::string>& plugin_paths) {
   Restored r;
   r.step_dir = resolve_checkpoint(dir);
   if (r.step_dir.empty())
@@ -48,7 +50,7 @@ Restored restore(const std::string& dir, const std::vector<std::string>& plugin_
   r.cfg = load_config((fs::path(r.step_dir) / "config.toml").string(), Registry::global(), opts);
   r.model = build_vlm(r.cfg.job, Registry::global());
   load_checkpoint_weights(r.step_dir, *r.model);
-  r.device = pick_device(r.cfg.job.train.device);
+  r.device = pick_device(device);
   r.model->to(r.device);
   r.model->eval();
   return r;
@@ -89,7 +91,7 @@ int cmd_generate(const GenerateArgs& a) {
     throw UsageError(fmt::format("--top-p {} must be in (0, 1]; 1 turns nucleus sampling off", a.top_p));
   if (a.temperature == 0.0 && (a.top_k > 0 || a.top_p < 1.0))
     log()->warn("--top-k/--top-p only act when sampling; with --temperature 0 decoding is greedy");
-  Restored r = restore(a.checkpoint, a.plugin_paths);
+  Restored r = restore(a.checkpoint, a.device, a.plugin_paths);
   const JobConfig& job = r.cfg.job;
   VLM& model = r.model;
   Image img = read_image(a.image);
@@ -128,8 +130,9 @@ int cmd_generate(const GenerateArgs& a) {
   return kExitOk;
 }
 
-int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<std::string>& plugin_paths) {
-  Restored r = restore(checkpoint, plugin_paths);
+int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
+             const std::vector<std::string>& plugin_paths) {
+  Restored r = restore(checkpoint, device, plugin_paths);
   const JobConfig& job = r.cfg.job;
   auto held = make_dataset(job, "heldout");
   if (!held) throw UserError("the checkpoint's config has no held-out data (eval.dataset_path)");

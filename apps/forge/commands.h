@@ -28,6 +28,7 @@ struct GenerateArgs {
   int64_t top_k = 0;
   double top_p = 1.0;
   uint64_t seed = 0;
+  std::string device = "auto";  // where to run, whatever device trained the checkpoint
   std::vector<std::string> plugin_paths;
 };
 
@@ -50,7 +51,8 @@ int cmd_config_reference(const std::vector<std::string>& plugin_paths);
 int cmd_check_model(const ConfigArgs& args, int64_t batch);
 int cmd_train(const ConfigArgs& args);
 int cmd_generate(const GenerateArgs& args);
-int cmd_eval(const std::string& checkpoint, int64_t batches, const std::vector<std::string>& plugin_paths);
+int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
+             const std::vector<std::string>& plugin_paths);
 int cmd_data_sample(const DataSampleArgs& args);
 int cmd_data_check(const ConfigArgs& args);
 

@@ -107,13 +107,17 @@ int main(int argc, char** argv) {
   generate->add_option("--top-p", gen.top_p, "Sample from the smallest set of tokens holding this much probability, in (0, 1] (1: off)")
       ->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", gen.seed, "Seed of the sampling");
+  generate->add_option("--device", gen.device, "auto (CUDA when a GPU is visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   generate->add_option("--plugin-path", gen.plugin_paths, "Extra plugin folder (repeatable)");
 
-  std::string eval_checkpoint;
+  std::string eval_checkpoint, eval_device = "auto";
   int64_t eval_batches = 0;
   auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint on its held-out data (loss, caption accuracy)");
   eval->add_option("--checkpoint", eval_checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
   eval->add_option("--batches", eval_batches, "Batches to evaluate (default: eval.steps)")->check(CLI::PositiveNumber);
+  eval->add_option("--device", eval_device, "auto (CUDA when a GPU is visible), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   add_plugin_path(eval);
 
   auto* data = app.add_subcommand("data", "Look at and check datasets");
@@ -183,7 +187,7 @@ int main(int argc, char** argv) {
     } else if (generate->parsed()) {
       rc = forge::app::cmd_generate(gen);
     } else if (eval->parsed()) {
-      rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, plugin_paths);
+      rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, eval_device, plugin_paths);
     } else if (data_sample->parsed()) {
       sample.config.overrides = overrides;
       sample.config.plugin_paths = plugin_paths;

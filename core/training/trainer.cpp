@@ -62,7 +62,9 @@ class JsonlLog {
 
 at::Device pick_device(const std::string& want) {
   const bool cuda = torch::cuda::is_available();
-  if (want == "cuda" && !cuda) throw UserError("train.device = \"cuda\" but no CUDA device is visible");
+  if (want == "cuda" && !cuda)
+    throw UserError("device \"cuda\" asked for (train.device or --device) but no CUDA device is visible; use \"auto\" "
+                    "or \"cpu\"");
   if (!(want == "cuda" || (want == "auto" && cuda))) return at::Device(at::kCPU);
   const char* local = std::getenv("LOCAL_RANK");
   const int index = local ? std::atoi(local) : 0;

@@ -34,7 +34,8 @@ struct FORGE_API TrainSummary {
 
 FORGE_API TrainSummary train(const LoadedConfig& config, Registry& registry, const TrainOptions& options = {});
 
-// The device train.device names ("auto": CUDA when visible, else CPU). On
+// The device a train.device / --device value names ("auto": CUDA when visible,
+// else CPU; "cuda" without a GPU is a UserError). On
 // CUDA, device LOCAL_RANK (0 when unset) becomes the current device.
 FORGE_API at::Device pick_device(const std::string& want);
 

@@ -5,6 +5,8 @@
 #include <fstream>
 #include <thread>
 
+#include <torch/cuda.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/checkpoint.h"
@@ -26,10 +28,12 @@ using forge::test::TempDir;
 
 namespace {
 
-// configs/shapes.toml made small enough to train in seconds.
+// configs/shapes.toml made small enough to train in seconds, on the CPU
+// (exact reproducibility is a CPU promise; tests/cuda covers the GPU).
 LoadedConfig shapes(const std::string& run_dir, std::vector<std::string> extra = {}) {
   LoadOptions o;
-  o.overrides = {"--model.dim=64",
+  o.overrides = {"--train.device=cpu",
+                 "--model.dim=64",
                  "--model.n_layers=2",
                  "--vision_encoder.feature_dim=64",
                  "--vision_encoder.num_layers=1",
@@ -504,6 +508,29 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   INFO(g.output);
   CHECK(g.code == 0);
   CHECK_FALSE(g.output.empty());
+  // A checkpoint trained on a GPU (train.device = "cuda" in its config) captions wherever it is run.
+  {
+    const std::string cfg = resolve_checkpoint(d.str() + "/run") + "/config.toml";
+    std::ifstream in(cfg);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto at = text.find("device = \"auto\"");
+    REQUIRE(at != std::string::npos);
+    text.replace(at, 15, "device = \"cuda\"");
+    std::ofstream(cfg) << text;
+  }
+  auto anywhere = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + d.str() +
+                                   "/s/heldout_000000.png --max-new-tokens 8 --log-level=warn");
+  INFO(anywhere.output);
+  CHECK(anywhere.code == 0);
+  CHECK(anywhere.output == g.output);
+  auto on_cuda = forge::test::run(forge + " generate --device cuda --checkpoint " + d.str() + "/run --image " +
+                                  d.str() + "/s/heldout_000000.png --max-new-tokens 8 --log-level=warn");
+  if (torch::cuda::is_available()) {
+    CHECK(on_cuda.code == 0);
+  } else {
+    CHECK(on_cuda.code == 2);
+    CHECK_THAT(on_cuda.output, Catch::Contains("no CUDA device is visible"));
+  }
   auto e = forge::test::run(forge + " eval --checkpoint " + d.str() + "/run --batches 2");
   CHECK(e.code == 0);
   CHECK_THAT(e.output, Catch::Contains("image-word accuracy") && Catch::Contains("chance 0.306"));
@@ -522,7 +549,7 @@ TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks 
   const std::string common =
       " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
       " --vision_encoder.patch_size=8 --train.batch_size=4 --train.threads=1 --data.shapes_heldout_samples=16"
-      " --eval.steps=2 --checkpoint.dir=" + d.str() + "/run";
+      " --eval.steps=2 --train.device=cpu --checkpoint.dir=" + d.str() + "/run";
   auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=6" + common);
   INFO(r.output);
   REQUIRE(r.code == 0);
