@@ -78,13 +78,15 @@ fi
 
 # ---------------------------------------------------------------- configure
 if [ "${1:-}" = "--no-build" ]; then exit 0; fi
+configure_log="$build/configure.log"
+mkdir -p "$build"
 step "CMake configure ($build)" "read the CMake error above; to start over, delete $build and rerun"
 if [ ! -f "$build/build.ninja" ] || ! grep -q "FORGE_PYTHON:FILEPATH=$venv/bin/python" "$build/CMakeCache.txt" 2>/dev/null; then
   cmake -S "$root" -B "$build" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release \
-    -DFORGE_PYTHON:FILEPATH="$venv/bin/python" >"$build.configure.log" 2>&1 \
-    || { cat "$build.configure.log" >&2; false; }
-  echo "    configured (log: $build.configure.log)"
+    -DFORGE_PYTHON:FILEPATH="$venv/bin/python" >"$configure_log" 2>&1 \
+    || { cat "$configure_log" >&2; false; }
+  echo "    configured (log: $configure_log)"
 else
   echo "    already configured"
 fi
