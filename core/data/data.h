@@ -74,7 +74,8 @@ struct FORGE_API Batch {
   std::vector<std::vector<std::tuple<int64_t, int64_t, std::string>>> image_words;
   std::vector<std::string> sources;
   int64_t label_tokens = 0;
-  int64_t skipped = 0;  // examples dropped from this batch (bad rows in skip mode)
+  // Examples dropped from this batch (bad rows in skip mode): "file:line: reason" each.
+  std::vector<std::string> skipped;
 };
 
 // Turns examples into a fixed-shape batch: [BOS] prompt text EOS, padded or

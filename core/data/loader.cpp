@@ -65,7 +65,7 @@ Batch DataLoader::build(int64_t epoch, int64_t k) {
   }
   std::vector<Example> examples;
   std::vector<at::Tensor> pixels;
-  int64_t skipped = 0;
+  std::vector<std::string> skipped;
   for (int64_t i : idx) {
     try {
       Example ex = dataset_->get(static_cast<size_t>(i));
@@ -74,18 +74,13 @@ Batch DataLoader::build(int64_t epoch, int64_t k) {
       examples.push_back(std::move(ex));
     } catch (const FormatError& e) {
       if (!opt_.skip_bad) throw;
-      ++skipped;
-      std::string msg = e.what();
-      std::lock_guard<std::mutex> lock(mu_);
-      ++skipped_;
-      ++skip_reasons_[msg.substr(msg.find(": ") == std::string::npos ? 0 : msg.find(": ") + 2)];
-      log()->warn("skipped: {}", msg);
+      skipped.push_back(e.what());  // counted and logged when the batch is used (next()), not when prefetched
     }
   }
   if (examples.empty())
     throw UserError(fmt::format("every example of a batch failed to load (epoch {}, batch {})", epoch, k));
   Batch b = collator_->collate(examples, pixels);
-  b.skipped = skipped;
+  b.skipped = std::move(skipped);
   if (opt_.pin_memory) {
     b.pixel_values = b.pixel_values.pin_memory();
     b.input_ids = b.input_ids.pin_memory();
@@ -146,11 +141,29 @@ Batch DataLoader::next() {
     out = std::move(ready_[g]);
     ready_.erase(g);
   }
+  count_skipped(out);
   if (++state_.batches_yielded >= batches_per_epoch_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (epoch_skipped_ > 0)
+      log()->warn("epoch {} ended: {} of its {} examples were skipped as unreadable (they are met again every "
+                  "epoch; fix or remove them)",
+                  state_.epoch, epoch_skipped_, batches_per_epoch_ * opt_.batch_size);
+    epoch_skipped_ = 0;
     ++state_.epoch;
     state_.batches_yielded = 0;
   }
   return out;
+}
+
+void DataLoader::count_skipped(const Batch& b) {
+  if (b.skipped.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& msg : b.skipped) {
+    ++skipped_;
+    ++epoch_skipped_;
+    ++skip_reasons_[msg.substr(msg.find(": ") == std::string::npos ? 0 : msg.find(": ") + 2)];
+    log()->warn("skipped: {}", msg);
+  }
 }
 
 LoaderState DataLoader::state() const {

@@ -61,13 +61,17 @@ class FORGE_API DataLoader {
   std::string restore(const LoaderState& s);
   int64_t batches_per_epoch() const { return batches_per_epoch_; }
   const Dataset& dataset() const { return *dataset_; }
-  // Examples skipped as bad so far (skip_bad), and the reasons seen.
+  // Examples skipped as bad (skip_bad) in the batches next() has returned so
+  // far (an example is counted each epoch it is met; prefetched batches are
+  // not counted until used), and the reasons seen. Each epoch with skips ends
+  // with a warning that sums them up.
   int64_t skipped() const;
   std::map<std::string, int64_t> skipped_by_reason() const;
 
  private:
   struct Job;
   Batch build(int64_t epoch, int64_t k);
+  void count_skipped(const Batch& b);
   const std::vector<int64_t>& order(int64_t epoch);
   void enqueue_until(int64_t global);
   void worker_loop();
@@ -89,6 +93,7 @@ class FORGE_API DataLoader {
   std::map<int64_t, std::exception_ptr> failed_;
   int64_t next_enqueue_ = 0;                          // global batch number
   int64_t skipped_ = 0;
+  int64_t epoch_skipped_ = 0;
   std::map<std::string, int64_t> skip_reasons_;
   bool stopping_ = false;
   std::vector<std::thread> threads_;

@@ -345,6 +345,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       const auto td = Clock::now();
       Batch batch = loader.next();
       data_wait += since(td);
+      if (options.on_batch) options.on_batch(state.step + 1, batch);
       at::Tensor px = batch.pixel_values.to(device, true), ids = batch.input_ids.to(device, true),
                  labels = batch.labels.to(device, true);
       samples += px.size(0);

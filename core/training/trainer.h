@@ -4,6 +4,7 @@
 // clipping, update, logging, evaluation, checkpoint, stop requests.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,9 +16,13 @@
 namespace forge {
 
 class Registry;
+struct Batch;
 
 struct FORGE_API TrainOptions {
   bool handle_signals = true;  // SIGINT/SIGTERM finish the step, save a checkpoint and stop
+  // Called with every training micro-batch this rank uses, and the step it
+  // belongs to (1-based), before the forward: for tools that watch the data.
+  std::function<void(int64_t step, const Batch& batch)> on_batch;
 };
 
 struct FORGE_API TrainSummary {

@@ -116,6 +116,41 @@ TEST_CASE("every bad-row kind is reported with file:line, counted in skip mode",
   CHECK_THAT(error_of([&] { ds.get(0); }), Catch::StartsWith(m + ":1: undecodable image"));
 }
 
+TEST_CASE("skip mode counts an unreadable image once per epoch it is used, not when prefetched", "[data][jsonl]") {
+  TempDir d;
+  std::ofstream(d.path() / "img_broken.png") << "garbage";
+  // 15 good rows and one broken image: 4 batches of 4 per epoch, the broken row in every epoch.
+  const std::string m = write_manifest(d, "m.jsonl", 15, 3, {"{\"image\": \"img_broken.png\", \"text\": \"x\"}"});
+  auto ds = std::make_shared<JsonlDataset>(m, false);
+  REQUIRE(ds->size() == 16);
+  auto col = std::make_shared<Collator>(std::make_shared<ByteTokenizer>(), 64, false);
+  LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.workers = 2;
+  lo.prefetch = 8;  // the workers run a whole epoch ahead
+  lo.skip_bad = true;
+  DataLoader loader(ds, col, Preprocess{}, 24, lo);
+  int64_t used = 0, seen_in_batches = 0;
+  for (int i = 0; i < 4; ++i) {
+    Batch b = loader.next();
+    used += b.input_ids.size(0);
+    seen_in_batches += static_cast<int64_t>(b.skipped.size());
+  }
+  CHECK(used == 15);
+  CHECK(seen_in_batches == 1);
+  CHECK(loader.skipped() == 1);  // epoch 1 is already built, but not counted
+  for (int i = 0; i < 4; ++i) loader.next();
+  CHECK(loader.skipped() == 2);
+  REQUIRE(loader.skipped_by_reason().size() == 1);
+  CHECK_THAT(loader.skipped_by_reason().begin()->first, Catch::StartsWith("undecodable image"));
+  // Fail mode: the same row stops the loader with file:line.
+  lo.skip_bad = false;
+  DataLoader strict(ds, col, Preprocess{}, 24, lo);
+  std::string err = "(no error)";
+  for (int i = 0; i < 4 && err == "(no error)"; ++i) err = error_of([&] { strict.next(); });
+  CHECK_THAT(err, Catch::StartsWith(m + ":16: undecodable image"));
+}
+
 TEST_CASE("training from a manifest sees every sample once per epoch, and resumes", "[data][jsonl][train]") {
   TempDir d;
   const std::string train_manifest = write_manifest(d, "train.jsonl", 24, 5);
@@ -129,8 +164,13 @@ TEST_CASE("training from a manifest sees every sample once per epoch, and resume
                    "--checkpoint.interval=3", "--data.num_workers=2"};
     return load_config(FORGE_SOURCE_DIR "/configs/shapes.toml", builtin_registry(), o);
   };
+  // Which rows each step of the two runs trained on.
+  std::map<int64_t, std::vector<std::string>> rows_of_step;
   TrainOptions opts;
   opts.handle_signals = false;
+  opts.on_batch = [&](int64_t step, const Batch& b) {
+    for (const auto& src : b.sources) rows_of_step[step].push_back(src);
+  };
   auto first = train(cfg(3), builtin_registry(), opts);
   CHECK(first.end_step == 3);
   auto st = read_train_state(resolve_checkpoint(d.str() + "/run"));
@@ -138,6 +178,18 @@ TEST_CASE("training from a manifest sees every sample once per epoch, and resume
   auto second = train(cfg(9), builtin_registry(), opts);
   CHECK(second.resumed);
   CHECK(second.end_step == 9);
+  // 24 rows in batches of 4: steps 1-6 are epoch 0 (3 before the resume, 3 after) and
+  // use every row exactly once; steps 7-9 start epoch 1 with no row twice.
+  REQUIRE(rows_of_step.size() == 9);
+  std::map<std::string, int> epoch0, epoch1;
+  for (const auto& [step, rows] : rows_of_step) {
+    CHECK(rows.size() == 4);
+    for (const auto& r : rows) ++(step <= 6 ? epoch0 : epoch1)[r];
+  }
+  CHECK(epoch0.size() == 24);
+  for (const auto& [row, n] : epoch0) CHECK(n == 1);
+  CHECK(epoch1.size() == 12);
+  for (const auto& [row, n] : epoch1) CHECK(n == 1);
   REQUIRE(second.final_eval);
   CHECK(second.final_eval->tokens > 0);
 
