@@ -138,9 +138,15 @@ int64_t load_weights(torch::nn::Module& module, const std::string& dir, const st
   for (auto& [name, dst] : targets) {
     const std::string key = prefix + name;
     wanted.insert(key);
-    if (!files.contains(key))
-      throw FormatError(fmt::format("{}: missing weight '{}' (the model built from {}/config.json needs it)", dir,
+    if (!files.contains(key)) {
+      // Name the file that should hold it: the index of a sharded checkpoint, else model.safetensors.
+      const auto folder = std::filesystem::path(dir);
+      const std::string where = std::filesystem::exists(folder / "model.safetensors.index.json")
+                                    ? (folder / "model.safetensors.index.json").string()
+                                    : (folder / "model.safetensors").string();
+      throw FormatError(fmt::format("{}: missing weight '{}' (the model built from {}/config.json needs it)", where,
                                     key, dir));
+    }
     const auto& info = files.info(key);
     const std::string& file = files.file_of(key);
     if (!c10::isFloatingType(info.scalar_type))
