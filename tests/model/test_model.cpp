@@ -150,10 +150,24 @@ TEST_CASE("a fresh cross-attention block and a fresh MoT block are exact identit
     CHECK(at::equal(m->forward(pixels(2, 8, 1), in).logits, m->forward(pixels(2, 8, 2), in).logits));
   }
   SECTION("mot") {
+    // 16 image positions then 7 text positions: both modalities' weights run.
     VLM m = build("mot", "linear");
+    REQUIRE(m->residual_image_tokens() == 16);
+    at::Tensor both = torch::randn({2, 23, 32});
+    auto [cos23, sin23] = rope.rows(torch::arange(23), at::kFloat);
     ModalityContext ctx;
-    DecoderStep step{ctx, nn::AttentionInputs{cos, sin, 0, {}, {}}, nullptr, 0, 7};
-    for (const auto& layer : m->transformer->layer_list()) CHECK(at::equal(layer->forward(h, step, nullptr), h));
+    DecoderStep step{ctx, nn::AttentionInputs{cos23, sin23, 0, {}, {}}, nullptr, 0, 23};
+    for (const auto& layer : m->transformer->layer_list()) CHECK(at::equal(layer->forward(both, step, nullptr), both));
+    // Not vacuous: once the text weights' output projections are non-zero, only the text rows change.
+    {
+      torch::manual_seed(6);
+      for (auto& p : m->named_parameters(true))
+        if (p.key().find(".text.") != std::string::npos && p.key().find("o_proj") != std::string::npos)
+          p.value().add_(torch::randn_like(p.value()) * 0.1);
+    }
+    at::Tensor out = m->transformer->layer_list().front()->forward(both, step, nullptr);
+    CHECK(at::equal(out.narrow(1, 0, 16), both.narrow(1, 0, 16)));
+    CHECK_FALSE(at::equal(out.narrow(1, 16, 7), both.narrow(1, 16, 7)));
   }
 }
 
@@ -269,6 +283,53 @@ TEST_CASE("decoder argument checks", "[model][decoder]") {
   CHECK_THROWS_WITH(d->forward(tok, ModalityContext(), &c2, torch::zeros({1, 4}, torch::kLong)),
                     Catch::Contains("training-only"));
   CHECK_THROWS_WITH(d->make_cache(1, 17, at::kFloat, at::kCPU), Catch::Contains("exceeds model.max_seq_len"));
+}
+
+TEST_CASE("doc_ids: a position attends only within its own document", "[model][decoder]") {
+  ModelConfig mc;
+  mc.dim = 32;
+  mc.n_layers = 2;
+  mc.n_heads = 4;
+  mc.n_kv_heads = 2;
+  mc.vocab_size = 40;
+  mc.max_seq_len = 32;
+  torch::manual_seed(8);
+  Decoder d = build_text_decoder(mc);
+  torch::NoGradGuard g;
+  at::Tensor a = ids(2, 5, 40, 1), b = ids(2, 4, 40, 2);
+  at::Tensor packed = at::cat({a, b}, 1);
+  at::Tensor docs = at::cat({at::zeros({2, 5}, at::kLong), at::ones({2, 4}, at::kLong)}, 1);
+  at::Tensor both = d->forward(packed, ModalityContext(), nullptr, docs);
+  // Each document matches running it alone (an explicit mask instead of SDPA's causal flag, and for
+  // the second RoPE's offset of 5, change only rounding: RoPE is relative).
+  CHECK(at::allclose(both.narrow(1, 0, 5), d->forward(a), 1e-5, 1e-5));
+  CHECK(at::allclose(both.narrow(1, 5, 4), d->forward(b), 1e-5, 1e-5));
+  // Without the mask the second document sees the first one.
+  CHECK_FALSE(at::allclose(d->forward(packed).narrow(1, 5, 4), d->forward(b), 1e-3, 1e-3));
+}
+
+TEST_CASE("init: std init_std, output projections init_std / sqrt(2 n_layers)", "[model][init]") {
+  ModelConfig mc;
+  mc.dim = 256;
+  mc.n_layers = 8;
+  mc.n_heads = 4;
+  mc.n_kv_heads = 4;
+  mc.vocab_size = 512;
+  mc.max_seq_len = 32;
+  mc.init_std = 0.05;
+  torch::manual_seed(9);
+  Decoder d = build_text_decoder(mc);
+  int checked = 0;
+  for (const auto& p : d->named_parameters(true)) {
+    if (p.value().dim() < 2) continue;
+    const bool out = util::ends_with(p.key(), "o_proj.weight") || util::ends_with(p.key(), "down_proj.weight");
+    const double want = out ? 0.05 / std::sqrt(16.0) : 0.05;
+    INFO(p.key());
+    CHECK(p.value().std().item<double>() == Approx(want).epsilon(0.05));
+    CHECK(std::abs(p.value().mean().item<double>()) < want / 10);
+    ++checked;
+  }
+  CHECK(checked == 2 + 8 * 7);  // embedding and head; q, k, v, o, gate, up, down per layer
 }
 
 TEST_CASE("D1: the loss at caption position t uses the logit from position t-1", "[model][d1]") {
