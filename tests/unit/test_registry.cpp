@@ -56,6 +56,11 @@ TEST_CASE("each bad fixture is rejected with its own message", "[plugins]") {
              Catch::Contains("field abi_version: expected 1, got 999"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_torch.so"),
              Catch::Contains("field torch_version") && Catch::Contains("1.13.1"));
+  CHECK_THAT(reason("libforge_adapter_fixture_wrong_sdk.so"),
+             Catch::Contains("field sdk_version: expected 0.1.x, got '9.0.0'") &&
+                 Catch::Contains("rebuild the plugin against this SDK"));
+  CHECK_THAT(reason("libforge_adapter_fixture_wrong_cxxabi.so"),
+             Catch::Contains("field cxx11_abi: expected 1, got 0"));
   CHECK_THAT(reason("libforge_adapter_fixture_misnamed.so"),
              Catch::Contains("file name says adapter/fixture_misnamed") && Catch::Contains("adapter/something_else"));
   CHECK_THAT(reason("libforge_adapter_fixture_missing_entry.so"), Catch::Contains("missing entry symbol forge_plugin_v1"));
