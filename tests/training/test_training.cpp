@@ -543,6 +543,35 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   CHECK_THAT(bad.output, Catch::Contains("model.vocab_size = 100 is smaller than the tokenizer's 259 ids"));
 }
 
+TEST_CASE("a real SIGINT to forge train finishes the step, saves, exits 0, and the run resumes", "[train][signal][cli]") {
+  TempDir d;
+  const std::string forge = FORGE_BIN;
+  const std::string common =
+      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
+      " --vision_encoder.patch_size=8 --train.batch_size=4 --data.shapes_heldout_samples=16 --eval.steps=2"
+      " --metrics.log_interval=1 --train.device=cpu --checkpoint.dir=" + d.str() + "/run";
+  // Start a long run, wait until it has logged step 3, interrupt it as a terminal's Ctrl-C would.
+  const std::string log = d.str() + "/train.log";
+  auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=1000000" +
+                            common + " > " + log + " 2>&1 & pid=$!; for i in $(seq 600); do grep -q 'step 3/' " +
+                            log + " && break; sleep 0.05; done; kill -INT $pid; wait $pid; echo \"rc=$?\"; cat " + log);
+  INFO(r.output);
+  CHECK_THAT(r.output, Catch::Contains("rc=0"));
+  CHECK_THAT(r.output, Catch::Contains("stop requested: stopping after step") &&
+                           Catch::Contains("(stopped early by a signal)"));
+  const std::string ckpt = resolve_checkpoint(d.str() + "/run");
+  REQUIRE_FALSE(ckpt.empty());
+  const int64_t stopped_at = read_train_state(ckpt).step;
+  CHECK(stopped_at >= 3);
+  CHECK(stopped_at < 1000000);
+  auto again = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=" +
+                                std::to_string(stopped_at + 2) + common);
+  INFO(again.output);
+  CHECK(again.code == 0);
+  CHECK_THAT(again.output, Catch::Contains(fmt::format("at step {}", stopped_at)));
+  CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).step == stopped_at + 2);
+}
+
 TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks in sync and resumes", "[train][dist]") {
   TempDir d;
   const std::string forge = FORGE_BIN;
