@@ -206,6 +206,54 @@ TEST_CASE("checkpoints: latest, retention, config, plugins, metrics", "[train][c
   CHECK(lines >= 2);
 }
 
+TEST_CASE("metrics: every logged field, periodic eval, and MFU by the documented formula (D12)", "[train][metrics]") {
+  TempDir d;
+  auto cfg = tiny(d.str(), {"--train.max_steps=4", "--metrics.log_interval=1", "--eval.interval=2",
+                            "--metrics.peak_tflops=1"});
+  run(cfg);
+  std::map<int64_t, nlohmann::json> steps, evals;
+  std::ifstream in(d.path() / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    (j.contains("loss") ? steps : evals)[j.at("step").get<int64_t>()] = j;
+  }
+  REQUIRE(steps.size() == 4);
+  for (const auto& [step, j] : steps)
+    for (const char* k : {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time_s", "data_wait_s",
+                          "text_tokens", "tokens_seen", "epoch"}) {
+      INFO(step << " " << k);
+      CHECK(j.contains(k));
+    }
+  // Evaluated at the interval (step 2) and at the end (step 4).
+  CHECK(evals.size() == 2);
+  CHECK(evals.count(2) == 1);
+  CHECK(evals.count(4) == 1);
+  CHECK(evals.at(2).contains("eval/word_accuracy"));
+
+  // The decoder's FLOPs from its real weight shapes: 2 x S x (layer matrix parameters) for the
+  // matmuls, 4 x H x hd x S^2 x L for scores and values, 2 x D x V x T for the head.
+  VLM m = build_vlm(cfg.job, builtin_registry());
+  const ModelConfig& mc = cfg.job.model;
+  const int64_t T = cfg.job.vlm->max_text_len;
+  const double S = static_cast<double>(m->residual_image_tokens() + T);
+  double layer_params = 0;
+  for (const auto& p : m->transformer->named_parameters(true))
+    if (p.value().dim() == 2 && util::starts_with(p.key(), "layers.")) layer_params += p.value().numel();
+  const double decoder = 2 * S * layer_params +
+                         4.0 * mc.n_heads * mc.head_dim() * S * S * mc.n_layers +
+                         2.0 * mc.dim * mc.vocab_size * T;
+  CHECK(m->forward_flops_per_sample(T) == Approx(decoder).epsilon(1e-12));
+  // Logged MFU = batch x (3 x decoder + 3 x adapter + 3 x encoder, both trained here) / step time / peak.
+  const double per_step = cfg.job.train.batch_size *
+                          (3 * decoder + 3 * m->adapter->forward_flops(m->vision_encoder->num_tokens()) +
+                           3 * m->vision_encoder->forward_flops());
+  CHECK(m->vision_encoder->forward_flops() > 0);
+  for (const auto& [step, j] : steps) {
+    INFO(step);
+    CHECK(j.at("mfu").get<double>() * j.at("step_time_s").get<double>() * 1e12 == Approx(per_step).epsilon(1e-9));
+  }
+}
+
 TEST_CASE("a truncated checkpoint, a wrong header, a bad train_state each name the file", "[train][checkpoint]") {
   TempDir d;
   auto cfg = tiny(d.str(), {"--train.max_steps=2"});
