@@ -237,4 +237,5 @@ TEST_CASE("skip mode trains past bad rows and says how many, fail mode exits 2",
   INFO(check.output);
   CHECK(check.code == 0);
   CHECK_THAT(check.output, Catch::Contains("rows scanned 18, usable 16, bad 2") && Catch::Contains("images/s"));
+  CHECK_THAT(check.output, Catch::Matches(R"([\s\S]*\n +malformed JSON +1\n +missing file +1\n[\s\S]*)"));
 }

@@ -135,6 +135,21 @@ TEST_CASE("overrides apply after the file, in TOML syntax, and are validated the
   auto d2 = config_errors("[model]\ndim = 64\n", malformed);
   REQUIRE(d2.size() == 1);
   CHECK_THAT(d2[0].message, Catch::Contains("--section.key=value"));
+
+  // Nested keys: a table inside a section, merged over the defaults (D3).
+  LoadOptions nested;
+  nested.overrides = {"--vlm.module_patterns.head=[\"output_head.*\"]"};
+  auto cfg2 = load_config_text(tiny_vlm_toml(), "t.toml", builtin_registry(), nested);
+  auto pats = cfg2.job.vlm->resolved_module_patterns();
+  CHECK(pats.at("head") == std::vector<std::string>{"output_head.*"});
+  CHECK(pats.count("vision_encoder") == 1);  // the defaults stay
+
+  // A misspelt section is an error with a suggestion, not a new section.
+  LoadOptions typo;
+  typo.overrides = {"--trian.max_steps=5"};
+  auto d3 = config_errors("[model]\ndim = 64\n", typo);
+  REQUIRE(d3.size() == 1);
+  CHECK_THAT(d3[0].message, Catch::Contains("unknown section [trian]") && Catch::Contains("did you mean --train.max_steps?"));
 }
 
 TEST_CASE("the vlm section dispatches on arch, and an arch override re-dispatches (D11)", "[config][vlm]") {
