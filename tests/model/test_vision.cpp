@@ -83,6 +83,29 @@ TEST_CASE("encoders report their preprocessing (D6)", "[vision]") {
   CHECK(c->num_tokens() == 16);  // 4 x 4 patches, no class token: a square grid for pooling
 }
 
+TEST_CASE("safetensors: F16 and BF16 weights are read and converted to the model's dtype", "[vision][safetensors]") {
+  // Written byte by byte, not by forge's writer: 1.5, -2 and 0.25 in each format, little-endian.
+  TempDir d;
+  const std::string header =
+      R"({"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[6,12]}})";
+  const unsigned char data[12] = {0x00, 0x3E, 0x00, 0xC0, 0x00, 0x34,   // F16:  0x3E00 0xC000 0x3400
+                                  0xC0, 0x3F, 0x00, 0xC0, 0x80, 0x3E};  // BF16: 0x3FC0 0xC000 0x3E80
+  const std::string path = d.str() + "/half.safetensors";
+  {
+    std::ofstream out(path, std::ios::binary);
+    uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << header;
+    out.write(reinterpret_cast<const char*>(data), 12);
+  }
+  safetensors::File f(path);
+  const at::Tensor want = torch::tensor({1.5f, -2.0f, 0.25f});
+  CHECK(f.load("h").scalar_type() == at::kHalf);
+  CHECK(f.load("b").scalar_type() == at::kBFloat16);
+  CHECK(at::equal(f.load("h", at::kFloat), want));
+  CHECK(at::equal(f.load("b", at::kFloat), want));
+}
+
 TEST_CASE("broken weight files give their own clear errors", "[vision][errors]") {
   TempDir tmp;
   const std::string dir = tmp.str() + "/siglip";

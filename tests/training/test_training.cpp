@@ -556,6 +556,17 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   INFO(g.output);
   CHECK(g.code == 0);
   CHECK_FALSE(g.output.empty());
+  // Sampling is seeded; a prompt is accepted; a temperature too small to sample with is refused.
+  const std::string gen = forge + " generate --checkpoint " + d.str() + "/run --image " + d.str() +
+                          "/s/heldout_000000.png --max-new-tokens 8 --log-level=warn";
+  auto s1 = forge::test::run(gen + " --temperature 0.8 --top-k 5 --top-p 0.9 --seed 3");
+  auto s2 = forge::test::run(gen + " --temperature 0.8 --top-k 5 --top-p 0.9 --seed 3");
+  CHECK(s1.code == 0);
+  CHECK(s1.output == s2.output);
+  CHECK(forge::test::run(gen + " --prompt 'two red'").code == 0);
+  auto cold = forge::test::run(gen + " --temperature 0.0001");
+  CHECK(cold.code == 2);
+  CHECK_THAT(cold.output, Catch::Contains("--temperature 0.0001 is too small"));
   // A checkpoint trained on a GPU (train.device = "cuda" in its config) captions wherever it is run.
   {
     const std::string cfg = resolve_checkpoint(d.str() + "/run") + "/config.toml";
@@ -589,6 +600,23 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --model.vocab_size=100" + common);
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("model.vocab_size = 100 is smaller than the tokenizer's 259 ids"));
+}
+
+TEST_CASE("the default recipe, as shipped, learns the image words on a CPU", "[train][recipe]") {
+  // configs/shapes.toml unchanged but for where it writes: the README's main job.
+  TempDir d;
+  LoadOptions o;
+  o.overrides = {"--checkpoint.dir=" + d.str(), "--train.device=cpu", "--train.threads=2"};
+  auto cfg = load_config(FORGE_SOURCE_DIR "/configs/shapes.toml", builtin_registry(), o);
+  auto s = run(cfg);
+  REQUIRE(s.final_eval);
+  INFO("held-out image-word accuracy " << s.final_eval->word_accuracy << ", chance " << s.chance_word_accuracy);
+  CHECK(s.end_step == 1000);
+  CHECK(s.final_eval->word_accuracy > 2 * s.chance_word_accuracy);  // measured: 0.80 against 0.31
+  for (const char* kind : {"colour", "count"}) {
+    INFO(kind);
+    CHECK(s.final_eval->kind_accuracy(kind) > 0.7);
+  }
 }
 
 TEST_CASE("a real SIGINT to forge train finishes the step, saves, exits 0, and the run resumes", "[train][signal][cli]") {
