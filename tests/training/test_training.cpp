@@ -14,6 +14,7 @@
 #include "core/data/datasets.h"
 #include "core/data/loader.h"
 #include "core/data/shapes.h"
+#include "core/distributed/dist.h"
 #include "core/model/vlm.h"
 #include "core/training/loss.h"
 #include "core/training/optim.h"
@@ -646,6 +647,31 @@ TEST_CASE("a real SIGINT to forge train finishes the step, saves, exits 0, and t
   CHECK(again.code == 0);
   CHECK_THAT(again.output, Catch::Contains(fmt::format("at step {}", stopped_at)));
   CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).step == stopped_at + 2);
+}
+
+TEST_CASE("distributed.backend: NCCL on a CPU, unknown names and bad ranks are clear errors", "[train][dist]") {
+  const at::Device cpu(at::kCPU);
+  DistributedConfig nccl;
+  nccl.backend = "nccl";
+  CHECK_THAT(error_of([&] { Distributed::connect(nccl, cpu, 0, 1, "127.0.0.1", 29613); }),
+             Catch::Contains("asks for nccl on cpu; NCCL needs CUDA devices"));
+  DistributedConfig mpi;
+  mpi.backend = "cpu:mpi,cuda:nccl";
+  CHECK_THAT(error_of([&] { Distributed::connect(mpi, cpu, 0, 1, "127.0.0.1", 29613); }),
+             Catch::Contains("names \"mpi\"; forge knows gloo and nccl"));
+  DistributedConfig none;
+  none.backend = "cuda:nccl";
+  CHECK_THAT(error_of([&] { Distributed::connect(none, cpu, 0, 1, "127.0.0.1", 29613); }),
+             Catch::Contains("names no backend for cpu"));
+  CHECK_THAT(error_of([&] { Distributed::connect(DistributedConfig{}, cpu, 2, 2, "127.0.0.1", 29613); }),
+             Catch::Contains("RANK=2 is outside WORLD_SIZE=2"));
+  // The default on a CPU is Gloo, which a world of one can use on its own.
+  auto one = Distributed::connect(DistributedConfig{}, cpu, 0, 1, "127.0.0.1", 29614);
+  CHECK(one->backend() == "gloo");
+  at::Tensor t = at::arange(6, at::kFloat);
+  one->average({t});
+  CHECK(at::equal(t, at::arange(6, at::kFloat)));
+  CHECK(one->sum(4.5) == 4.5);
 }
 
 TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks in sync and resumes", "[train][dist]") {
