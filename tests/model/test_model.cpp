@@ -36,6 +36,18 @@ at::Tensor ids(int64_t b, int64_t t, int64_t vocab = 64, uint64_t seed = 1) {
   return torch::randint(0, vocab, {b, t}, torch::kLong);
 }
 
+// A text-only decoder's config (n_kv_heads 0: as many as n_heads).
+ModelConfig text_model(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, int64_t vocab, int64_t max_seq) {
+  ModelConfig m;
+  m.dim = dim;
+  m.n_layers = layers;
+  m.n_heads = heads;
+  if (kv_heads > 0) m.n_kv_heads = kv_heads;
+  m.vocab_size = vocab;
+  m.max_seq_len = max_seq;
+  return m;
+}
+
 bool has_param(const torch::nn::Module& m, const std::string& name) {
   for (const auto& p : m.named_parameters(true))
     if (p.key() == name) return true;
@@ -260,12 +272,7 @@ TEST_CASE("ModalityContext invariants", "[model][context]") {
 }
 
 TEST_CASE("decoder argument checks", "[model][decoder]") {
-  ModelConfig m;
-  m.dim = 32;
-  m.n_layers = 1;
-  m.n_heads = 4;
-  m.vocab_size = 50;
-  m.max_seq_len = 16;
+  ModelConfig m = text_model(32, 1, 4, 0, 50, 16);
   Decoder d = build_text_decoder(m);
   auto tok = torch::zeros({1, 4}, torch::kLong);
   ModalityContext::Fields f;
@@ -286,13 +293,7 @@ TEST_CASE("decoder argument checks", "[model][decoder]") {
 }
 
 TEST_CASE("doc_ids: a position attends only within its own document", "[model][decoder]") {
-  ModelConfig mc;
-  mc.dim = 32;
-  mc.n_layers = 2;
-  mc.n_heads = 4;
-  mc.n_kv_heads = 2;
-  mc.vocab_size = 40;
-  mc.max_seq_len = 32;
+  ModelConfig mc = text_model(32, 2, 4, 2, 40, 32);
   torch::manual_seed(8);
   Decoder d = build_text_decoder(mc);
   torch::NoGradGuard g;
@@ -309,13 +310,7 @@ TEST_CASE("doc_ids: a position attends only within its own document", "[model][d
 }
 
 TEST_CASE("init: std init_std, output projections init_std / sqrt(2 n_layers)", "[model][init]") {
-  ModelConfig mc;
-  mc.dim = 256;
-  mc.n_layers = 8;
-  mc.n_heads = 4;
-  mc.n_kv_heads = 4;
-  mc.vocab_size = 512;
-  mc.max_seq_len = 32;
+  ModelConfig mc = text_model(256, 8, 4, 4, 512, 32);
   mc.init_std = 0.05;
   torch::manual_seed(9);
   Decoder d = build_text_decoder(mc);
@@ -368,13 +363,7 @@ TEST_CASE("generation with the KV cache equals re-running the whole sequence", "
   GenerateOptions o;
   o.max_new_tokens = 10;
   SECTION("text only") {
-    ModelConfig m;
-    m.dim = 32;
-    m.n_layers = 2;
-    m.n_heads = 4;
-    m.n_kv_heads = 2;
-    m.vocab_size = 40;
-    m.max_seq_len = 32;
+    ModelConfig m = text_model(32, 2, 4, 2, 40, 32);
     m.qk_norm = true;
     torch::manual_seed(3);
     Decoder d = build_text_decoder(m);

@@ -59,6 +59,13 @@ LoadedConfig tiny(const std::string& run_dir, std::vector<std::string> extra = {
   return shapes(run_dir, base);
 }
 
+// The model of tiny() as forge command-line overrides, writing to run_dir.
+std::string tiny_cli(const std::string& run_dir) {
+  return " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
+         " --vision_encoder.patch_size=8 --train.batch_size=4 --data.shapes_heldout_samples=16 --eval.steps=2"
+         " --checkpoint.dir=" + run_dir;
+}
+
 TrainSummary run(const LoadedConfig& cfg) {
   TrainOptions o;
   o.handle_signals = false;
@@ -541,10 +548,7 @@ TEST_CASE("MoT warm start copies a dense decoder into every modality in a fresh 
 TEST_CASE("forge train, generate and eval from the command line", "[train][cli]") {
   TempDir d;
   const std::string forge = FORGE_BIN;
-  const std::string common =
-      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
-      " --vision_encoder.patch_size=8 --train.batch_size=4 --data.shapes_heldout_samples=16 --eval.steps=2"
-      " --checkpoint.dir=" + d.str() + "/run";
+  const std::string common = tiny_cli(d.str() + "/run");
   auto t = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=4" + common);
   INFO(t.output);
   CHECK(t.code == 0);
@@ -623,10 +627,7 @@ TEST_CASE("the default recipe, as shipped, learns the image words on a CPU", "[t
 TEST_CASE("a real SIGINT to forge train finishes the step, saves, exits 0, and the run resumes", "[train][signal][cli]") {
   TempDir d;
   const std::string forge = FORGE_BIN;
-  const std::string common =
-      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
-      " --vision_encoder.patch_size=8 --train.batch_size=4 --data.shapes_heldout_samples=16 --eval.steps=2"
-      " --metrics.log_interval=1 --train.device=cpu --checkpoint.dir=" + d.str() + "/run";
+  const std::string common = tiny_cli(d.str() + "/run") + " --metrics.log_interval=1 --train.device=cpu";
   // Start a long run, wait until it has logged step 3, interrupt it as a terminal's Ctrl-C would.
   const std::string log = d.str() + "/train.log";
   auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=1000000" +
@@ -677,10 +678,7 @@ TEST_CASE("distributed.backend: NCCL on a CPU, unknown names and bad ranks are c
 TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks in sync and resumes", "[train][dist]") {
   TempDir d;
   const std::string forge = FORGE_BIN;
-  const std::string common =
-      " --model.dim=32 --model.n_layers=1 --vision_encoder.feature_dim=32 --vision_encoder.image_size=16"
-      " --vision_encoder.patch_size=8 --train.batch_size=4 --train.threads=1 --data.shapes_heldout_samples=16"
-      " --eval.steps=2 --train.device=cpu --checkpoint.dir=" + d.str() + "/run";
+  const std::string common = tiny_cli(d.str() + "/run") + " --train.threads=1 --train.device=cpu";
   auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=6" + common);
   INFO(r.output);
   REQUIRE(r.code == 0);
