@@ -572,6 +572,9 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   auto cold = forge::test::run(gen + " --temperature 0.0001");
   CHECK(cold.code == 2);
   CHECK_THAT(cold.output, Catch::Contains("--temperature 0.0001 is too small"));
+  auto no_mass = forge::test::run(gen + " --temperature 1 --top-p 0");
+  CHECK(no_mass.code == 2);
+  CHECK_THAT(no_mass.output, Catch::Contains("--top-p 0 must be in (0, 1]"));
   // A checkpoint trained on a GPU (train.device = "cuda" in its config) captions wherever it is run.
   {
     const std::string cfg = resolve_checkpoint(d.str() + "/run") + "/config.toml";
