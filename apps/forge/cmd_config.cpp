@@ -65,14 +65,18 @@ int cmd_plugins(const std::vector<std::string>& plugin_paths) {
   return kExitOk;
 }
 
+void print_warnings(const LoadedConfig& cfg) {
+  const char* rank = std::getenv("RANK");
+  if (!rank || std::string(rank) == "0")  // each rank loads the config; one prints its warnings
+    for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+}
+
 LoadedConfig load_job(const ConfigArgs& args) {
   LoadOptions opts;
   opts.overrides = args.overrides;
   opts.plugin_paths = args.plugin_paths;
   LoadedConfig cfg = load_config(args.config, Registry::global(), opts);
-  const char* rank = std::getenv("RANK");
-  if (!rank || std::string(rank) == "0")  // each rank loads the config; one prints its warnings
-    for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+  print_warnings(cfg);
   return cfg;
 }
 

@@ -170,7 +170,7 @@ int cmd_data_sample(const DataSampleArgs& a) {
     opts.overrides.insert(opts.overrides.end(), a.config.overrides.begin(), a.config.overrides.end());
     opts.plugin_paths = a.config.plugin_paths;
     LoadedConfig cfg = load_config_text("", "(no config file)", Registry::global(), opts);
-    for (const auto& w : cfg.warnings) std::cerr << w.format() << "\n";
+    print_warnings(cfg);
     job = cfg.job;
   }
   if (a.image_size > 0) job.data.hf_image_size = a.image_size;

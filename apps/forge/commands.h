@@ -43,6 +43,8 @@ struct DataSampleArgs {
 // Loads args.config with its overrides and plugin folders into the process
 // registry, printing the config's warnings.
 LoadedConfig load_job(const ConfigArgs& args);
+// The config's warnings on stderr, once per job (by rank 0 when ranks run).
+void print_warnings(const LoadedConfig& cfg);
 
 int cmd_version();
 int cmd_plugins(const std::vector<std::string>& plugin_paths);

@@ -133,8 +133,9 @@ std::string save_checkpoint(const SaveRequest& r) {
     for (const auto& e : fs::directory_iterator(tmp)) sync_path(e.path());
     sync_path(tmp);
     failpoint("checkpoint.before_rename");
+    fs::path old;  // a previous copy of this step, moved aside
     if (fs::exists(final_dir)) {
-      const fs::path old = run / fmt::format(".{}.old-{}", name, ::getpid());
+      old = run / fmt::format(".{}.old-{}", name, ::getpid());
       fs::rename(final_dir, old);
       try {
         fs::rename(tmp, final_dir);
@@ -142,12 +143,11 @@ std::string save_checkpoint(const SaveRequest& r) {
         fs::rename(old, final_dir, ec);  // put the previous copy back
         throw;
       }
-      sync_path(run);
-      util::remove_tree(old.string());
     } else {
       fs::rename(tmp, final_dir);
     }
-    sync_path(run);
+    sync_path(run);  // the rename is on disk before the previous copy goes
+    if (!old.empty()) util::remove_tree(old.string());
   } catch (const std::exception& e) {
     util::remove_tree(tmp.string());
     throw RuntimeError(fmt::format("saving checkpoint {} failed: {}; earlier checkpoints in {} are untouched",
