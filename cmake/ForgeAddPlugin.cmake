@@ -54,6 +54,7 @@ function(forge_add_plugin kind name)
     FORGE_PLUGIN_KIND="${kind}" FORGE_PLUGIN_NAME="${name}" FORGE_PLUGIN_VERSION="${P_VERSION}")
   target_link_libraries(${target} PRIVATE Forge::sdk ${P_LINK_LIBRARIES})
   target_link_options(${target} PRIVATE "LINKER:--version-script=${_FORGE_PLUGIN_MAP}")
+  set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS "${_FORGE_PLUGIN_MAP}")  # a new ABI relinks
   if(NOT P_ALLOW_UNDEFINED)  # ALLOW_UNDEFINED exists only for forge's own loader tests
     target_link_options(${target} PRIVATE "LINKER:--no-undefined")
   endif()

@@ -47,6 +47,10 @@ ConfigVisitor::~ConfigVisitor() = default;
 // ------------------------------------------------------------ [model]
 
 void ModelConfig::visit(ConfigVisitor& v) {
+  v.field("init_from_hf", init_from_hf,
+          "forge: a local Hugging Face causal-LM folder (Llama 1-3.2, Mistral, Qwen2/2.5, Qwen3, SmolLM2). Its "
+          "config.json sets the decoder's shape (a key set here must agree with it), its weights initialise the "
+          "decoder, and its tokenizer.json becomes data.tokenizer_path unless that is set. See docs/pretrained.md.");
   v.field("dim", dim, "Width of the decoder's residual stream; must be divisible by n_heads.", Bounds::positive());
   v.field("n_layers", n_layers, "Number of decoder layers.", Bounds::positive());
   v.field("n_heads", n_heads, "Attention (query) heads.", Bounds::positive());
@@ -74,7 +78,31 @@ void ModelConfig::visit(ConfigVisitor& v) {
   v.field("init_std", init_std,
           "Std of the normal init; output projections (o_proj, down_proj) use init_std / sqrt(2 * n_layers).",
           Bounds::positive());
-  v.unimplemented("model_type", "the VLM decoder is chosen by [vlm] arch");
+  v.field("head_dim", explicit_head_dim,
+          "forge: width of one attention head. Unset: dim / n_heads. Qwen3 sets it explicitly (n_heads * head_dim "
+          "may differ from dim).",
+          Bounds::positive());
+  v.field("qkv_bias", qkv_bias, "forge: biases on q_proj, k_proj and v_proj (Qwen2).");
+  v.field("o_bias", o_bias, "forge: a bias on o_proj.");
+  v.field("mlp_bias", mlp_bias, "forge: biases on the MLP's linears.");
+  v.field("qk_norm_eps", qk_norm_eps, "forge: epsilon of the per-head QK RMSNorm (Qwen3 uses rms_norm_eps).",
+          Bounds::positive());
+  v.field("rope_scaling", rope_scaling,
+          "forge: RoPE frequency scaling. llama3: Llama-3.1's (rope_scaling_factor, rope_low_freq_factor, "
+          "rope_high_freq_factor, rope_original_max_seq_len); linear: positions / rope_scaling_factor.",
+          {"none", "linear", "llama3"});
+  v.field("rope_scaling_factor", rope_scaling_factor, "forge: factor of rope_scaling.", Bounds::positive());
+  v.field("rope_low_freq_factor", rope_low_freq_factor, "forge: llama3 rope_scaling's low_freq_factor.",
+          Bounds::positive());
+  v.field("rope_high_freq_factor", rope_high_freq_factor, "forge: llama3 rope_scaling's high_freq_factor.",
+          Bounds::positive());
+  v.field("rope_original_max_seq_len", rope_original_max_seq_len,
+          "forge: llama3 rope_scaling's original_max_position_embeddings.", Bounds::positive());
+  if (rope_scaling == "llama3")
+    v.require(rope_high_freq_factor > rope_low_freq_factor, "rope_high_freq_factor",
+              fmt::format("rope_high_freq_factor = {} must be greater than rope_low_freq_factor = {}",
+                          rope_high_freq_factor, rope_low_freq_factor));
+  v.unimplemented("model_type", "the VLM decoder is chosen by [vlm] arch; init_from_hf reads a folder's model_type");
   v.unimplemented("sdpa_backend", "LibTorch chooses the attention kernel");
   for (const char* k : {"num_experts", "moe_top_k", "moe_frequency", "moe_router", "moe_shared_experts",
                         "moe_aux_loss_weight", "moe_capacity_factor", "moe_sequence_aux_loss_weight",
@@ -82,9 +110,13 @@ void ModelConfig::visit(ConfigVisitor& v) {
                         "moe_router_z_loss_weight"}) {
     v.unimplemented(k, "mixture-of-experts layers; forge builds dense MLPs");
   }
-  if (n_heads > 0) {
+  if (explicit_head_dim) {
+    v.require(*explicit_head_dim % 2 == 0, "head_dim", fmt::format("head_dim = {} must be even for RoPE", *explicit_head_dim));
+  } else if (n_heads > 0) {
     v.require(dim % n_heads == 0, "dim",
-              fmt::format("dim = {} is not divisible by n_heads = {}; choose dim as a multiple of n_heads", dim, n_heads));
+              fmt::format("dim = {} is not divisible by n_heads = {}; choose dim as a multiple of n_heads (or set "
+                          "head_dim)",
+                          dim, n_heads));
     if (dim % n_heads == 0) {
       v.require((dim / n_heads) % 2 == 0, "dim",
                 fmt::format("head_dim = dim / n_heads = {} must be even for RoPE", dim / n_heads));

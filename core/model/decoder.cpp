@@ -17,16 +17,34 @@ DecoderLayer::~DecoderLayer() = default;
 
 TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& cfg) {
   attention_norm = register_module("attention_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
-  attention = register_module("attention", nn::Attention(nn::AttentionOptions{cfg.dim, cfg.n_heads, cfg.kv_heads(),
-                                                                              cfg.head_dim(), cfg.qk_norm}));
+  attention = register_module("attention", nn::Attention(nn::attention_options(cfg)));
   mlp_norm = register_module("mlp_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
-  mlp = register_module("mlp", nn::Mlp(cfg.dim, cfg.ffn_hidden(), cfg.activation));
+  mlp = register_module("mlp", nn::Mlp(cfg.dim, cfg.ffn_hidden(), cfg.activation, cfg.mlp_bias));
 }
 TransformerBlockImpl::~TransformerBlockImpl() = default;
 
 at::Tensor TransformerBlockImpl::forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) {
   at::Tensor x = h + attention->forward(attention_norm(h), step.attention, kv);
   return x + mlp(mlp_norm(x));
+}
+
+// ------------------------------------------------------------ DenseWeights
+
+DenseWeights::~DenseWeights() = default;
+
+bool DenseWeights::copy_to(const std::string& name, at::Tensor dst, bool required) const {
+  if (!contains(name)) {
+    if (!required) return false;
+    throw FormatError(fmt::format("{}: missing weight (the decoder needs '{}' of shape {})", where(name), name,
+                                  util::shape(dst)));
+  }
+  at::Tensor src = load(name);
+  if (src.sizes() != dst.sizes())
+    throw FormatError(fmt::format("{}: shape {} does not match the decoder's '{}' of shape {}", where(name),
+                                  util::shape(src), name, util::shape(dst)));
+  torch::NoGradGuard guard;
+  dst.copy_(src.to(dst.scalar_type()));
+  return true;
 }
 
 // ------------------------------------------------------------ DecoderHooks defaults
@@ -48,13 +66,43 @@ void DecoderHooks::init_weights(DecoderImpl&) {}
 void DecoderHooks::prepare_fresh_run(DecoderImpl&, const BuildContext&) {}
 double DecoderHooks::extra_forward_flops(int64_t, int64_t) const { return 0.0; }
 
+int64_t DecoderHooks::load_dense(DecoderImpl& decoder, const DenseWeights& w) {
+  int64_t n = 0;
+  const auto& layers = decoder.layer_list();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i]))
+      throw InvalidArgument(fmt::format("decoder layer {} is not a TransformerBlock: its arch must override "
+                                        "DecoderHooks::load_dense to take pretrained dense weights",
+                                        i));
+    for (auto& [name, p] : nn::unique_named_parameters(*layers[i])) n += w.copy_to(fmt::format("layers.{}.{}", i, name), p);
+  }
+  n += w.copy_to("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
+  for (auto& [name, p] : nn::unique_named_parameters(*decoder.norm)) n += w.copy_to("norm." + name, p);
+  if (!decoder.config().tie_embeddings) n += w.copy_to("output_head.proj.weight", decoder.output_head->proj->weight);
+  return n;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> DecoderHooks::dense_text_weights(DecoderImpl& decoder) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  const auto& layers = decoder.layer_list();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i])) return {};
+    for (auto& [name, p] : nn::unique_named_parameters(*layers[i])) out.emplace_back(fmt::format("layers.{}.{}", i, name), p);
+  }
+  out.emplace_back("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
+  for (auto& [name, p] : nn::unique_named_parameters(*decoder.norm)) out.emplace_back("norm." + name, p);
+  if (!decoder.config().tie_embeddings) out.emplace_back("output_head.proj.weight", decoder.output_head->proj->weight);
+  return out;
+}
+
 // ------------------------------------------------------------ Decoder
 
 DecoderImpl::DecoderImpl(const ModelConfig& cfg, std::shared_ptr<DecoderHooks> hooks)
     : cfg_(cfg), hooks_(hooks ? std::move(hooks) : std::make_shared<DecoderHooks>()) {
-  if (cfg.dim <= 0 || cfg.n_heads <= 0 || cfg.dim % cfg.n_heads != 0)
-    throw InvalidArgument(fmt::format("decoder: dim ({}) must be a positive multiple of n_heads ({})", cfg.dim,
-                                      cfg.n_heads));
+  if (cfg.dim <= 0 || cfg.n_heads <= 0 || (!cfg.explicit_head_dim && cfg.dim % cfg.n_heads != 0))
+    throw InvalidArgument(fmt::format("decoder: dim ({}) must be a positive multiple of n_heads ({}) unless head_dim "
+                                      "is set",
+                                      cfg.dim, cfg.n_heads));
   token_embedding = register_module("token_embedding", nn::TokenEmbedding(cfg.vocab_size, cfg.dim));
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> stack;
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
@@ -68,7 +116,7 @@ DecoderImpl::DecoderImpl(const ModelConfig& cfg, std::shared_ptr<DecoderHooks> h
   norm = register_module("norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
   output_head = register_module("output_head", nn::OutputHead(cfg.dim, cfg.vocab_size));
   if (cfg.tie_embeddings) output_head->proj->tie(token_embedding->embedding->weight);
-  rope_ = nn::RotaryEmbedding(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta);
+  rope_ = nn::RotaryEmbedding(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, nn::rope_scaling(cfg));
   init_weights();
 }
 DecoderImpl::~DecoderImpl() = default;
@@ -78,7 +126,10 @@ void DecoderImpl::init_weights() {
   const double std_ = cfg_.init_std;
   const double out_std = cfg_.init_std / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
   for (auto& [name, p] : nn::unique_named_parameters(*this)) {
-    if (p.dim() < 2) continue;  // norms keep ones / zeros
+    if (p.dim() < 2) {  // norms keep ones; biases (norms' and linears') start at zero
+      if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) p.zero_();
+      continue;
+    }
     bool out_proj = name.size() >= 13 && (name.compare(name.size() - 13, 13, "o_proj.weight") == 0 ||
                                           (name.size() >= 16 && name.compare(name.size() - 16, 16, "down_proj.weight") == 0));
     p.normal_(0.0, out_proj ? out_std : std_);

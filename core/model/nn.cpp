@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "forge/config.h"
 #include "forge/error.h"
 
 namespace forge::nn {
@@ -35,12 +36,38 @@ at::Tensor NormImpl::forward(const at::Tensor& x) {
 
 // ------------------------------------------------------------ RoPE
 
-RotaryEmbedding::RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta) : max_seq_len_(max_seq_len) {
+namespace {
+
+// HF's _compute_llama3_parameters: long wavelengths are divided by `factor`,
+// short ones kept, the band between interpolated smoothly (all in fp32).
+at::Tensor llama3_scaled(const at::Tensor& inv_freq, const RopeScaling& s) {
+  const double low_wavelen = static_cast<double>(s.original_max_seq_len) / s.low_freq_factor;
+  const double high_wavelen = static_cast<double>(s.original_max_seq_len) / s.high_freq_factor;
+  at::Tensor wavelen = 2 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq);
+  at::Tensor smooth = (static_cast<double>(s.original_max_seq_len) / wavelen - s.low_freq_factor) /
+                      (s.high_freq_factor - s.low_freq_factor);
+  at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+}  // namespace
+
+RotaryEmbedding::RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta, const RopeScaling& scaling)
+    : max_seq_len_(max_seq_len) {
   if (head_dim % 2 != 0) throw InvalidArgument(fmt::format("RoPE needs an even head_dim, got {}", head_dim));
   auto opts = at::TensorOptions().dtype(at::kFloat);
   at::Tensor exponents = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
                          static_cast<double>(head_dim);
   at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta, at::TensorOptions().dtype(at::kDouble)), exponents.to(at::kDouble)).to(at::kFloat);
+  if (scaling.type == "llama3") {
+    inv_freq = llama3_scaled(inv_freq, scaling);
+  } else if (scaling.type == "linear") {
+    inv_freq = inv_freq / scaling.factor;
+  } else if (scaling.type != "none") {
+    throw InvalidArgument(fmt::format("RoPE scaling \"{}\" is not supported (none, linear, llama3)", scaling.type));
+  }
   at::Tensor t = at::arange(max_seq_len, opts);
   at::Tensor freqs = at::outer(t, inv_freq);
   cos_ = freqs.cos();
@@ -115,21 +142,21 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const a
 
 // ------------------------------------------------------------ Attention
 
-static torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+static torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   if (o.n_heads <= 0 || o.n_kv_heads <= 0 || o.n_heads % o.n_kv_heads != 0)
     throw InvalidArgument(fmt::format("attention: n_kv_heads ({}) must be > 0 and divide n_heads ({})", o.n_kv_heads,
                                       o.n_heads));
-  q_proj = register_module("q_proj", linear(o.dim, o.n_heads * o.head_dim));
-  k_proj = register_module("k_proj", linear(o.dim, o.n_kv_heads * o.head_dim));
-  v_proj = register_module("v_proj", linear(o.dim, o.n_kv_heads * o.head_dim));
-  o_proj = register_module("o_proj", linear(o.n_heads * o.head_dim, o.dim));
+  q_proj = register_module("q_proj", linear(o.dim, o.n_heads * o.head_dim, o.qkv_bias));
+  k_proj = register_module("k_proj", linear(o.dim, o.n_kv_heads * o.head_dim, o.qkv_bias));
+  v_proj = register_module("v_proj", linear(o.dim, o.n_kv_heads * o.head_dim, o.qkv_bias));
+  o_proj = register_module("o_proj", linear(o.n_heads * o.head_dim, o.dim, o.o_bias));
   if (o.qk_norm) {
-    q_norm = register_module("q_norm", Norm(o.head_dim, "rmsnorm", 1e-5));
-    k_norm = register_module("k_norm", Norm(o.head_dim, "rmsnorm", 1e-5));
+    q_norm = register_module("q_norm", Norm(o.head_dim, "rmsnorm", o.qk_norm_eps));
+    k_norm = register_module("k_norm", Norm(o.head_dim, "rmsnorm", o.qk_norm_eps));
   }
 }
 AttentionImpl::~AttentionImpl() = default;
@@ -158,14 +185,14 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in
 
 // ------------------------------------------------------------ MLP
 
-MlpImpl::MlpImpl(int64_t dim, int64_t hidden, std::string act) : activation(std::move(act)) {
+MlpImpl::MlpImpl(int64_t dim, int64_t hidden, std::string act, bool bias) : activation(std::move(act)) {
   if (activation == "silu") {
-    gate_proj = register_module("gate_proj", linear(dim, hidden));
+    gate_proj = register_module("gate_proj", linear(dim, hidden, bias));
   } else if (activation != "gelu" && activation != "relu") {
     throw InvalidArgument(fmt::format("MLP activation must be silu, gelu or relu, got \"{}\"", activation));
   }
-  up_proj = register_module("up_proj", linear(dim, hidden));
-  down_proj = register_module("down_proj", linear(hidden, dim));
+  up_proj = register_module("up_proj", linear(dim, hidden, bias));
+  down_proj = register_module("down_proj", linear(hidden, dim, bias));
 }
 MlpImpl::~MlpImpl() = default;
 
@@ -198,6 +225,29 @@ OutputHeadImpl::~OutputHeadImpl() = default;
 at::Tensor OutputHeadImpl::forward(const at::Tensor& h) { return proj(h); }
 
 // ------------------------------------------------------------ helpers
+
+AttentionOptions attention_options(const ModelConfig& cfg) {
+  AttentionOptions o;
+  o.dim = cfg.dim;
+  o.n_heads = cfg.n_heads;
+  o.n_kv_heads = cfg.kv_heads();
+  o.head_dim = cfg.head_dim();
+  o.qk_norm = cfg.qk_norm;
+  o.qk_norm_eps = cfg.qk_norm_eps;
+  o.qkv_bias = cfg.qkv_bias;
+  o.o_bias = cfg.o_bias;
+  return o;
+}
+
+RopeScaling rope_scaling(const ModelConfig& cfg) {
+  RopeScaling s;
+  s.type = cfg.rope_scaling;
+  s.factor = cfg.rope_scaling_factor;
+  s.low_freq_factor = cfg.rope_low_freq_factor;
+  s.high_freq_factor = cfg.rope_high_freq_factor;
+  s.original_max_seq_len = cfg.rope_original_max_seq_len;
+  return s;
+}
 
 int64_t ffn_hidden_size(int64_t dim, double multiplier, std::optional<int64_t> explicit_hidden) {
   if (explicit_hidden) return *explicit_hidden;

@@ -11,7 +11,7 @@ const std::string kForge = FORGE_BIN;
 TEST_CASE("forge --version prints forge, SDK, ABI, torch and CUDA versions", "[cli]") {
   auto r = run(kForge + " --version");
   CHECK(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("forge 0.1.0") && Catch::Contains("plugin ABI 1") &&
+  CHECK_THAT(r.output, Catch::Contains("forge 0.2.0") && Catch::Contains("plugin ABI 2") &&
                            Catch::Contains("LibTorch 2.11.0") && Catch::Contains("CUDA"));
 }
 
@@ -37,7 +37,7 @@ TEST_CASE("forge plugins lists fixture plugins with their verdicts", "[cli][plug
   auto r = run(kForge + " plugins --plugin-path " FORGE_FIXTURE_PLUGIN_DIR);
   CHECK(r.code == 0);
   CHECK_THAT(r.output, Catch::Contains("fixture_good") && Catch::Contains("1.2.3"));
-  CHECK_THAT(r.output, Catch::Contains("field abi_version: expected 1, got 999"));
+  CHECK_THAT(r.output, Catch::Contains("field abi_version: expected 2, got 999"));
   CHECK_THAT(r.output, Catch::Contains("not a shared library"));
   CHECK_THAT(r.output, Catch::Contains("fixture refuses to register"));
   // The built-in plugins are listed too, after the fixture folder.
@@ -63,7 +63,7 @@ TEST_CASE("forge validate prints the resolved config for a good config", "[cli][
   auto cfg = d.write("good.toml", forge::test::tiny_vlm_toml("cross_attention", "avgpool"));
   auto r = run(kForge + " validate " + cfg + " --model.dim=64 --log-level=warn");
   CHECK(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("[model]\ndim = 64") && Catch::Contains("arch = \"cross_attention\"") &&
+  CHECK_THAT(r.output, Catch::Contains("[model]\ninit_from_hf = \"\"\ndim = 64") && Catch::Contains("arch = \"cross_attention\"") &&
                            Catch::Contains("cross_attention_every_n_layers = 1") && Catch::Contains("[optimizer]"));
   // What validate prints is itself a valid config that resolves the same.
   std::string printed = r.output.substr(r.output.find("[model]"));

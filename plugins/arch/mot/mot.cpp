@@ -81,18 +81,18 @@ class MoTAttentionImpl : public torch::nn::Module {
  public:
   MoTAttentionImpl(const ModelConfig& m, const std::vector<std::string>& order) : heads_(m.n_heads),
       kv_heads_(m.kv_heads()), hd_(m.head_dim()) {
-    auto lin = [](int64_t i, int64_t o) {
+    auto lin = [](int64_t i, int64_t o, bool bias) {
       return std::function<torch::nn::Linear()>(
-          [=] { return torch::nn::Linear(torch::nn::LinearOptions(i, o).bias(false)); });
+          [=] { return torch::nn::Linear(torch::nn::LinearOptions(i, o).bias(bias)); });
     };
     std::vector<torch::nn::Linear> q, k, v, o;
-    register_module("q_proj", dict_of(order, lin(m.dim, heads_ * hd_), q));
-    register_module("k_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_), k));
-    register_module("v_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_), v));
-    register_module("o_proj", dict_of(order, lin(heads_ * hd_, m.dim), o));
+    register_module("q_proj", dict_of(order, lin(m.dim, heads_ * hd_, m.qkv_bias), q));
+    register_module("k_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_, m.qkv_bias), k));
+    register_module("v_proj", dict_of(order, lin(m.dim, kv_heads_ * hd_, m.qkv_bias), v));
+    register_module("o_proj", dict_of(order, lin(heads_ * hd_, m.dim, m.o_bias), o));
     std::vector<nn::Norm> qn, kn;
     if (m.qk_norm) {
-      std::function<nn::Norm()> mk = [&] { return nn::Norm(hd_, "rmsnorm", 1e-5); };
+      std::function<nn::Norm()> mk = [&] { return nn::Norm(hd_, "rmsnorm", m.qk_norm_eps); };
       register_module("q_norm", dict_of(order, mk, qn));
       register_module("k_norm", dict_of(order, mk, kn));
     }
@@ -155,7 +155,7 @@ class BlockImpl : public DecoderLayer {
     std::vector<nn::Norm> an, mn;
     std::vector<nn::Mlp> mlps;
     std::function<nn::Norm()> norm = [&] { return nn::Norm(m.dim, m.norm_type, m.norm_eps); };
-    std::function<nn::Mlp()> mlp = [&] { return nn::Mlp(m.dim, m.ffn_hidden(), m.activation); };
+    std::function<nn::Mlp()> mlp = [&] { return nn::Mlp(m.dim, m.ffn_hidden(), m.activation, m.mlp_bias); };
     register_module("attn_norm", dict_of(order, norm, an));
     attn = register_module("attn", MoTAttention(m, order));
     register_module("mlp_norm", dict_of(order, norm, mn));
@@ -238,52 +238,96 @@ class Hooks final : public DecoderHooks {
     if (!cfg_.warm_start_from_text) return;
     std::string path = cfg_.warm_start_path;
     if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "model.safetensors").string();
-    safetensors::File file(path);
-    auto find = [&](const std::string& key) -> std::string {
-      for (const std::string& k : {"transformer." + key, key})
-        if (file.contains(k)) return k;
-      return "";
-    };
-    torch::NoGradGuard guard;
-    int64_t copied = 0;
-    auto copy = [&](const std::string& src_key, at::Tensor dst) {
-      std::string k = find(src_key);
-      if (k.empty()) return;
-      at::Tensor src = file.load(k);
-      if (src.sizes() != dst.sizes())
-        throw UserError(fmt::format("MoT warm start: {} key '{}' has shape ({}), the MoT target ({})", path, k,
-                                    fmt::join(src.sizes().vec(), ", "), fmt::join(dst.sizes().vec(), ", ")));
-      dst.copy_(src.to(dst.scalar_type()));
-      ++copied;
-    };
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      const std::string L = fmt::format("layers.{}.", i);
-      auto& b = *blocks_[i];
-      for (size_t m = 0; m < 2; ++m) {
-        copy(L + "attention_norm.weight", b.attn_norm_[m]->weight);
-        copy(L + "attention.q_proj.weight", b.attn->q_[m]->weight);
-        copy(L + "attention.k_proj.weight", b.attn->k_[m]->weight);
-        copy(L + "attention.v_proj.weight", b.attn->v_[m]->weight);
-        copy(L + "attention.o_proj.weight", b.attn->o_[m]->weight);
-        if (!b.attn->qn_.empty()) {
-          copy(L + "attention.q_norm.weight", b.attn->qn_[m]->weight);
-          copy(L + "attention.k_norm.weight", b.attn->kn_[m]->weight);
-        }
-        copy(L + "mlp_norm.weight", b.mlp_norm_[m]->weight);
-        if (b.mlp_[m]->gate_proj) copy(L + "mlp.gate_proj.weight", b.mlp_[m]->gate_proj->weight);
-        copy(L + "mlp.up_proj.weight", b.mlp_[m]->up_proj->weight);
-        copy(L + "mlp.down_proj.weight", b.mlp_[m]->down_proj->weight);
-      }
-    }
-    for (size_t m = 0; m < 2; ++m) copy("norm.weight", final_norms_[m]->weight);
-    // forge also brings the embedding and the head, so the warm start is a usable text model.
-    copy("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
-    if (!decoder.config().tie_embeddings) copy("output_head.proj.weight", decoder.output_head->proj->weight);
+    const int64_t copied = copy_dense(decoder, WarmStartFile(path), /*required=*/false);
     if (copied == 0) throw UserError(fmt::format("MoT warm start: no dense decoder weights found in {}", path));
     ctx.logger->info("MoT warm start: copied {} tensors from {}", copied, path);
   }
 
+  // The text copies form the text model (the inverse of D4's warm start).
+  std::vector<std::pair<std::string, at::Tensor>> dense_text_weights(DecoderImpl& decoder) override {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    const size_t m = 1;  // text
+    auto add = [&](const std::string& prefix, torch::nn::Module& mod) {
+      for (auto& [name, p] : nn::unique_named_parameters(mod)) out.emplace_back(prefix + name, p);
+    };
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const std::string L = fmt::format("layers.{}.", i);
+      auto& b = *blocks_[i];
+      add(L + "attention_norm.", *b.attn_norm_[m]);
+      add(L + "attention.q_proj.", *b.attn->q_[m]);
+      add(L + "attention.k_proj.", *b.attn->k_[m]);
+      add(L + "attention.v_proj.", *b.attn->v_[m]);
+      add(L + "attention.o_proj.", *b.attn->o_[m]);
+      if (!b.attn->qn_.empty()) {
+        add(L + "attention.q_norm.", *b.attn->qn_[m]);
+        add(L + "attention.k_norm.", *b.attn->kn_[m]);
+      }
+      add(L + "mlp_norm.", *b.mlp_norm_[m]);
+      add(L + "mlp.", *b.mlp_[m]);
+    }
+    out.emplace_back("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
+    add("norm.", *final_norms_[m]);
+    if (!decoder.config().tie_embeddings) out.emplace_back("output_head.proj.weight", decoder.output_head->proj->weight);
+    return out;
+  }
+
+  // D4: a pretrained dense decoder (init_from_hf) seeds every modality's copy.
+  int64_t load_dense(DecoderImpl& decoder, const DenseWeights& weights) override {
+    return copy_dense(decoder, weights, /*required=*/true);
+  }
+
  private:
+  // A dense checkpoint file, keys with or without the "transformer." prefix.
+  class WarmStartFile final : public DenseWeights {
+   public:
+    explicit WarmStartFile(const std::string& path) : path_(path), file_(path) {}
+    bool contains(const std::string& name) const override { return !key(name).empty(); }
+    at::Tensor load(const std::string& name) const override { return file_.load(key(name)); }
+    std::string where(const std::string& name) const override {
+      std::string k = key(name);
+      return fmt::format("MoT warm start: {}: '{}'", path_, k.empty() ? name : k);
+    }
+
+   private:
+    std::string key(const std::string& name) const {
+      for (const std::string& k : {"transformer." + name, name})
+        if (file_.contains(k)) return k;
+      return "";
+    }
+    std::string path_;
+    safetensors::File file_;
+  };
+
+  // Each dense tensor into both modalities' copies; the embedding and the
+  // head too, so the result is a usable text model.
+  int64_t copy_dense(DecoderImpl& decoder, const DenseWeights& w, bool required) {
+    int64_t copied = 0;
+    auto copy = [&](const std::string& key, at::Tensor dst) { copied += w.copy_to(key, dst, required); };
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const std::string L = fmt::format("layers.{}.", i);
+      auto& b = *blocks_[i];
+      for (size_t m = 0; m < 2; ++m) {
+        for (auto& [name, p] : nn::unique_named_parameters(*b.attn_norm_[m])) copy(L + "attention_norm." + name, p);
+        const std::vector<std::pair<std::string, torch::nn::Linear>> projs{
+            {"q_proj", b.attn->q_[m]}, {"k_proj", b.attn->k_[m]}, {"v_proj", b.attn->v_[m]}, {"o_proj", b.attn->o_[m]}};
+        for (const auto& [proj, lin] : projs)
+          for (auto& [name, p] : nn::unique_named_parameters(*lin)) copy(L + "attention." + proj + "." + name, p);
+        if (!b.attn->qn_.empty()) {
+          copy(L + "attention.q_norm.weight", b.attn->qn_[m]->weight);
+          copy(L + "attention.k_norm.weight", b.attn->kn_[m]->weight);
+        }
+        for (auto& [name, p] : nn::unique_named_parameters(*b.mlp_norm_[m])) copy(L + "mlp_norm." + name, p);
+        for (auto& [name, p] : nn::unique_named_parameters(*b.mlp_[m])) copy(L + "mlp." + name, p);
+      }
+    }
+    for (size_t m = 0; m < 2; ++m)
+      for (auto& [name, p] : nn::unique_named_parameters(*final_norms_[m])) copy("norm." + name, p);
+    if (required) copy("norm.weight", decoder.norm->weight);  // the unused, frozen dense norm keeps its key
+    copy("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);
+    if (!decoder.config().tie_embeddings) copy("output_head.proj.weight", decoder.output_head->proj->weight);
+    return copied;
+  }
+
   ModelConfig model_;
   Config cfg_;
   int64_t n_image_;

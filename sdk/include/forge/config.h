@@ -110,6 +110,9 @@ class FORGE_API ConfigVisitor {
 // The text decoder. Names, defaults and rules follow KempnerForge's
 // ModelConfig (docs/configuration.md).
 struct FORGE_API ModelConfig {
+  // forge: a local Hugging Face causal-LM folder whose config.json gives the
+  // decoder's shape and whose weights initialise it (core/io/hf_llm.h).
+  std::string init_from_hf;
   int64_t dim = 4096;
   int64_t n_layers = 32;
   int64_t n_heads = 32;
@@ -125,10 +128,23 @@ struct FORGE_API ModelConfig {
   bool tie_embeddings = false;
   bool qk_norm = false;
   double init_std = 0.02;
+  // forge: what pretrained families need (Qwen2 q/k/v biases, Qwen3's explicit
+  // head_dim and QK-norm eps, Llama-3.1's RoPE scaling). Defaults are the
+  // reference's decoder.
+  std::optional<int64_t> explicit_head_dim;  // key "head_dim"; unset: dim / n_heads
+  bool qkv_bias = false;                     // biases on q_proj, k_proj, v_proj
+  bool o_bias = false;                       // bias on o_proj
+  bool mlp_bias = false;                     // biases on the MLP's linears
+  double qk_norm_eps = 1e-5;
+  std::string rope_scaling = "none";         // "none" | "llama3" | "linear"
+  double rope_scaling_factor = 1.0;
+  double rope_low_freq_factor = 1.0;         // llama3
+  double rope_high_freq_factor = 4.0;        // llama3
+  int64_t rope_original_max_seq_len = 8192;  // llama3
 
   void visit(ConfigVisitor& v);
 
-  int64_t head_dim() const { return dim / n_heads; }
+  int64_t head_dim() const { return explicit_head_dim.value_or(n_heads > 0 ? dim / n_heads : 0); }
   int64_t kv_heads() const { return n_kv_heads.value_or(n_heads); }
   // ffn_hidden_dim if set, else trunc(4 * dim * 2/3 * ffn_dim_multiplier)
   // rounded up to a multiple of 256 (dim 4096 -> 11008).

@@ -59,6 +59,25 @@ class FORGE_API TransformerBlockImpl : public DecoderLayer {
   nn::Mlp mlp{nullptr};
 };
 
+// Weights of a plain dense decoder under the reference's names, relative to
+// the decoder ("token_embedding.embedding.weight", "layers.0.attention.q_proj.weight",
+// "layers.0.mlp.down_proj.weight", "norm.weight", "output_head.proj.weight"):
+// a pretrained LLM ([model] init_from_hf) or a dense checkpoint (MoT's warm
+// start). An arch copies them into its own layout (DecoderHooks::load_dense).
+class FORGE_API DenseWeights {
+ public:
+  virtual ~DenseWeights();
+  virtual bool contains(const std::string& name) const = 0;
+  // The tensor in fp32 (any stored float dtype is converted).
+  virtual at::Tensor load(const std::string& name) const = 0;
+  // Where `name` comes from, for messages ("<file>: 'model.layers.0.self_attn.q_proj.weight'").
+  virtual std::string where(const std::string& name) const = 0;
+  // Copies `name` into `dst`. A shape mismatch is a FormatError naming the
+  // source, the key and both shapes; an absent name returns false (or, when
+  // `required`, is a FormatError).
+  bool copy_to(const std::string& name, at::Tensor dst, bool required = true) const;
+};
+
 // How an arch shapes the decoder. Every method has a default that gives the
 // plain (text-only / joint-decoder) transformer.
 class FORGE_API DecoderHooks {
@@ -80,6 +99,20 @@ class FORGE_API DecoderHooks {
   virtual void init_weights(DecoderImpl& decoder);
   // Once per fresh training run, before the first step (e.g. a warm start).
   virtual void prepare_fresh_run(DecoderImpl& decoder, const BuildContext& ctx);
+  // Copies pretrained dense-decoder weights into the decoder. Default: every
+  // parameter of every TransformerBlock layer, the token embedding, the final
+  // norm and the output head (unless tied) by its own name, each required;
+  // arch modules the dense model lacks (e.g. cross-attention blocks) keep
+  // their init. An arch whose layers are not TransformerBlocks overrides this
+  // (MoT copies each dense tensor into every modality's copy, D4). Returns the
+  // tensors copied.
+  virtual int64_t load_dense(DecoderImpl& decoder, const DenseWeights& weights);
+  // The inverse, for export as a Hugging Face causal LM: the decoder's text
+  // path as a plain dense decoder, under the names load_dense takes (the
+  // tensors themselves, not copies). Default: the TransformerBlock layers,
+  // embedding, final norm and head (not when tied). MoT gives its text
+  // copies. Empty when the arch's text path is no dense decoder.
+  virtual std::vector<std::pair<std::string, at::Tensor>> dense_text_weights(DecoderImpl& decoder);
   // Extra multiply-add FLOPs per sample in one forward that the dense
   // formula misses (e.g. cross-attention blocks), for MFU.
   virtual double extra_forward_flops(int64_t n_visual, int64_t text_len) const;

@@ -38,13 +38,22 @@ class FORGE_API NormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Norm);
 
+// RoPE frequency scaling of pretrained families (HF's rope_scaling).
+struct RopeScaling {
+  std::string type = "none";  // "none" | "linear" (positions / factor) | "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_seq_len = 8192;
+};
+
 // Rotary position embedding, rotate-half form (not interleaved pairs):
 // out = cat(x1*cos - x2*sin, x2*cos + x1*sin) over the two halves of a head.
 // The tables are not parameters or buffers (they are not saved).
 class FORGE_API RotaryEmbedding {
  public:
   RotaryEmbedding() = default;
-  RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta);
+  RotaryEmbedding(int64_t head_dim, int64_t max_seq_len, double theta, const RopeScaling& scaling = {});
   // cos/sin rows (S, head_dim/2) for `positions` (S,) int64, in `dtype` on positions' device.
   std::pair<at::Tensor, at::Tensor> rows(const at::Tensor& positions, at::ScalarType dtype) const;
   int64_t max_seq_len() const { return max_seq_len_; }
@@ -86,10 +95,15 @@ struct AttentionOptions {
   int64_t n_heads = 0;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
-  bool qk_norm = false;  // per-head RMSNorm on Q and K (eps 1e-5) before RoPE
+  bool qk_norm = false;  // per-head RMSNorm on Q and K before RoPE
+  double qk_norm_eps = 1e-5;
+  bool qkv_bias = false;  // biases on q_proj, k_proj, v_proj (Qwen2)
+  bool o_bias = false;    // bias on o_proj
 };
 
-// Self-attention: q_proj, k_proj, v_proj, o_proj (bias-free) [+ q_norm, k_norm].
+
+// Self-attention: q_proj, k_proj, v_proj, o_proj (bias-free unless the options
+// say otherwise) [+ q_norm, k_norm].
 class FORGE_API AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const AttentionOptions& options);
@@ -108,10 +122,10 @@ class FORGE_API AttentionImpl : public torch::nn::Module {
 TORCH_MODULE(Attention);
 
 // activation "silu": SwiGLU, down(silu(gate(x)) * up(x)); "gelu" (exact erf)
-// or "relu": down(act(up(x))). All bias-free.
+// or "relu": down(act(up(x))). Bias-free unless `bias`.
 class FORGE_API MlpImpl : public torch::nn::Module {
  public:
-  MlpImpl(int64_t dim, int64_t hidden, std::string activation);
+  MlpImpl(int64_t dim, int64_t hidden, std::string activation, bool bias = false);
   ~MlpImpl() override;
   at::Tensor forward(const at::Tensor& x);
 
@@ -150,6 +164,10 @@ class FORGE_API OutputHeadImpl : public torch::nn::Module {
   TiedLinear proj{nullptr};
 };
 TORCH_MODULE(OutputHead);
+
+// The attention options and RoPE scaling a ModelConfig describes.
+FORGE_API AttentionOptions attention_options(const ModelConfig& cfg);
+FORGE_API RopeScaling rope_scaling(const ModelConfig& cfg);
 
 // The reference's hidden-size rule (ModelConfig::ffn_hidden()).
 FORGE_API int64_t ffn_hidden_size(int64_t dim, double multiplier, std::optional<int64_t> explicit_hidden);
