@@ -9,6 +9,7 @@
 #include <torch/cuda.h>
 
 #include "apps/forge/commands.h"
+#include "core/data/job_tokenizer.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/config/loader.h"
 #include "core/data/datasets.h"
@@ -96,7 +97,7 @@ int cmd_generate(const GenerateArgs& a) {
   VLM& model = r.model;
   Image img = read_image(a.image);
   at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
-  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  auto tokenizer = make_tokenizer(job.data);
   Collator collator(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0, job.data.chat_template);
   Example ex;
   ex.prompt = a.prompt;
@@ -136,7 +137,7 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   const JobConfig& job = r.cfg.job;
   auto held = make_dataset(job, "heldout");
   if (!held) throw UserError("the checkpoint's config has no held-out data (eval.dataset_path)");
-  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  auto tokenizer = make_tokenizer(job.data);
   auto collator = std::make_shared<Collator>(tokenizer, job.vlm->max_text_len, r.model->residual_image_tokens() == 0,
                                              job.data.chat_template);
   LoaderOptions lo;

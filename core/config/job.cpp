@@ -82,7 +82,8 @@ void DataConfig::visit(ConfigVisitor& v) {
           {"shapes", "jsonl"});
   v.field("path", path, "forge: the JSONL manifest (type = \"jsonl\"); image paths in it are relative to it.");
   v.field("tokenizer_path", tokenizer_path,
-          "A Hugging Face tokenizer.json (byte-level BPE); empty: forge's byte-level tokenizer (259 ids).");
+          "A Hugging Face tokenizer.json (byte-level BPE, SentencePiece-style BPE with byte fallback, or Unigram); "
+          "empty: the init_from_hf folder's tokenizer.json, else forge's byte-level tokenizer (259 ids).");
   v.field("hf_image_size", hf_image_size,
           "Square image size fed to the encoder. When the encoder fixes its size (siglip, clip) this must match it; "
           "left out, the encoder's size is used.",
@@ -97,6 +98,14 @@ void DataConfig::visit(ConfigVisitor& v) {
   v.field("chat_template", chat_template,
           "forge: a format string with {prompt} and {text} wrapping each sample, e.g. \"User: {prompt}\\nAssistant: "
           "{text}\"; empty: prompt then text.");
+  v.field("bos_token_id", bos_token_id,
+          "forge: BOS id, overriding the tokenizer's. Unset with model.init_from_hf: the folder's "
+          "generation_config.json / config.json, else tokenizer_config.json.",
+          Bounds::non_negative());
+  v.field("eos_token_id", eos_token_id, "forge: EOS id (appended to every caption; generation stops on it); as bos_token_id.",
+          Bounds::non_negative());
+  v.field("pad_token_id", pad_token_id, "forge: PAD id; as bos_token_id (no pad token at all: EOS).",
+          Bounds::non_negative());
   v.field("shapes_train_samples", shapes_train_samples, "forge: size of the embedded dataset's training split.",
           Bounds::positive());
   v.field("shapes_heldout_samples", shapes_heldout_samples, "forge: size of the embedded dataset's held-out split.",

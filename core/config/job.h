@@ -61,6 +61,9 @@ struct FORGE_API DataConfig {
   bool pin_memory = true;
   std::string bad_rows = "fail";
   std::string chat_template;
+  std::optional<int64_t> bos_token_id;  // unset: the tokenizer's (init_from_hf fills them from the folder)
+  std::optional<int64_t> eos_token_id;
+  std::optional<int64_t> pad_token_id;
   int64_t shapes_train_samples = 50000;
   int64_t shapes_heldout_samples = 512;
   int64_t shapes_seed = 1234;

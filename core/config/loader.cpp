@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "core/config/pretrained.h"
 #include "core/config/visitors.h"
 #include "core/registry/registry.h"
 #include "core/util/strings.h"
@@ -250,6 +251,7 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
   read_plain(job.metrics, "metrics");
   read_plain(job.eval, "eval");
   read_plain(job.distributed, "distributed");
+  if (!diags.has_errors()) apply_init_from_hf(root, job, diags);
 
   // Keys that belong to another variant of a dispatched section.
   auto foreign_keys = [&](const std::string& kind, auto make) {

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "core/io/hf_llm.h"
 #include "core/registry/registry.h"
 #include "core/util/strings.h"
 #include "core/util/tensor.h"
@@ -134,6 +135,10 @@ VLM build_vlm(const JobConfig& job, Registry& registry) {
   auto strategy = registry.hold("arch", job.vlm->arch, arch->make_strategy(*job.vlm));
   auto hooks = registry.hold("arch", job.vlm->arch, arch->make_hooks(job.model, *job.vlm, n_visual));
   Decoder decoder(job.model, hooks);
+  if (!job.model.init_from_hf.empty()) {
+    const int64_t n = hf::load_llm_weights(*decoder, job.model.init_from_hf);
+    log()->info("decoder: {} pretrained tensors from {} (init_from_hf)", n, job.model.init_from_hf);
+  }
   return VLM(encoder, adapter, decoder, strategy, job.vlm->max_text_len);
 }
 

@@ -16,6 +16,7 @@
 
 #include "core/checkpoint/checkpoint.h"
 #include "core/data/datasets.h"
+#include "core/data/job_tokenizer.h"
 #include "core/data/loader.h"
 #include "core/data/shapes.h"
 #include "core/distributed/dist.h"
@@ -175,7 +176,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   }
 
   // ---------------------------------------------------------------- data
-  auto tokenizer = make_tokenizer(job.data.tokenizer_path);
+  auto tokenizer = make_tokenizer(job.data);
   if (tokenizer->vocab_size() > job.model.vocab_size)
     throw UserError(fmt::format("model.vocab_size = {} is smaller than the tokenizer's {} ids ({}); set "
                                 "model.vocab_size >= {}",

@@ -1,0 +1,89 @@
+// [model] init_from_hf (core/config/pretrained.h).
+#include "core/config/pretrained.h"
+
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "core/io/hf_llm.h"
+#include "forge/error.h"
+
+namespace fs = std::filesystem;
+
+namespace forge {
+
+namespace {
+
+const toml::node* model_key(const toml::table& root, const std::string& key) {
+  const toml::node* m = root.get("model");
+  if (!m || !m->is_table()) return nullptr;
+  return m->as_table()->get(key);
+}
+
+}  // namespace
+
+void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnostics& diags) {
+  const std::string dir = job.model.init_from_hf;
+  if (dir.empty()) return;
+  const toml::node* at_key = model_key(root, "init_from_hf");
+  const toml::node* anchor = at_key ? at_key : root.get("model");
+  hf::LlmConfig llm;
+  try {
+    llm = hf::read_llm_config(dir, job.model);
+  } catch (const Error& e) {
+    diags.error(anchor, "model.init_from_hf", e.what());
+    return;
+  }
+  bool agree = true;
+  for (const auto& [key, hf_key] : llm.keys) {
+    const toml::node* n = model_key(root, key);
+    if (!n) continue;
+    const std::string mine = hf::model_value(job.model, key), theirs = hf::model_value(llm.model, key);
+    if (mine == theirs) continue;
+    agree = false;
+    diags.error(n, "model." + key,
+                fmt::format("model.{} = {} disagrees with {} in {} ({}: {} = {}); remove model.{} (init_from_hf "
+                            "sets it) or set it to {}",
+                            key, mine, llm.config_path, dir, hf_key, key, theirs, key, theirs));
+  }
+  if (!agree) return;
+  const int64_t max_pos = llm.max_position_embeddings;
+  if (const toml::node* n = model_key(root, "max_seq_len")) {
+    if (job.model.max_seq_len > max_pos)
+      diags.error(n, "model.max_seq_len",
+                  fmt::format("model.max_seq_len = {} exceeds max_position_embeddings = {} in {}; set max_seq_len <= "
+                              "{} (or leave it out)",
+                              job.model.max_seq_len, max_pos, llm.config_path, max_pos));
+    llm.model.max_seq_len = job.model.max_seq_len;
+  } else {
+    llm.model.max_seq_len = max_pos;
+  }
+  if (llm.sliding_window && *llm.sliding_window < llm.model.max_seq_len) {
+    diags.error(anchor, "model.init_from_hf",
+                fmt::format("{}: sliding-window attention is on ({}; window {} < model.max_seq_len {}) and forge's "
+                            "attention is full causal; set model.max_seq_len <= {} so the window never binds",
+                            llm.config_path, llm.sliding_window_key, *llm.sliding_window, llm.model.max_seq_len,
+                            *llm.sliding_window));
+    return;
+  }
+  job.model = llm.model;
+
+  DataConfig& data = job.data;
+  if (data.tokenizer_path.empty()) {
+    const std::string tok = (fs::path(dir) / "tokenizer.json").string();
+    std::error_code ec;
+    if (!fs::exists(tok, ec)) {
+      diags.error(anchor, "model.init_from_hf",
+                  fmt::format("{}: missing; the folder has no tokenizer.json, so set data.tokenizer_path to the "
+                              "tokenizer.json the model was trained with",
+                              tok));
+      return;
+    }
+    data.tokenizer_path = tok;
+  }
+  if (!data.bos_token_id && llm.bos_id) data.bos_token_id = llm.bos_id;
+  if (!data.eos_token_id && llm.eos_id) data.eos_token_id = llm.eos_id;
+  if (!data.pad_token_id && llm.pad_id) data.pad_token_id = llm.pad_id;
+}
+
+}  // namespace forge
