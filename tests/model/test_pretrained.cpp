@@ -182,7 +182,7 @@ TEST_CASE("init_from_hf: explicit [model] keys must agree and max_seq_len may on
   SECTION("max_seq_len beyond max_position_embeddings") {
     auto errs = forge::test::config_errors(base + "max_seq_len = 4096\n");
     REQUIRE(errs.size() == 1);
-    CHECK_THAT(errs[0].message, Catch::Contains("max_position_embeddings = 256"));
+    CHECK_THAT(errs[0].message, Catch::Contains("max_position_embeddings = 1024"));
   }
 }
 
