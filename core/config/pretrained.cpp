@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "core/data/job_tokenizer.h"
 #include "core/io/hf_llm.h"
 #include "forge/error.h"
 
@@ -69,7 +70,8 @@ void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnos
   job.model = llm.model;
 
   DataConfig& data = job.data;
-  if (data.tokenizer_path.empty()) {
+  const bool own_tokenizer = data.tokenizer_path.empty();
+  if (own_tokenizer) {
     const std::string tok = (fs::path(dir) / "tokenizer.json").string();
     std::error_code ec;
     if (!fs::exists(tok, ec)) {
@@ -81,9 +83,28 @@ void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnos
     }
     data.tokenizer_path = tok;
   }
-  if (!data.bos_token_id && llm.bos_id) data.bos_token_id = llm.bos_id;
-  if (!data.eos_token_id && llm.eos_id) data.eos_token_id = llm.eos_id;
-  if (!data.pad_token_id && llm.pad_id) data.pad_token_id = llm.pad_id;
+  // The folder's ids belong to the folder's tokenizer, not to one the config names instead.
+  if (own_tokenizer) {
+    if (!data.bos_token_id && llm.bos_id) data.bos_token_id = llm.bos_id;
+    if (!data.eos_token_id && llm.eos_id) data.eos_token_id = llm.eos_id;
+    if (!data.pad_token_id && llm.pad_id) data.pad_token_id = llm.pad_id;
+  }
+  // The tokenizer must fit the pretrained embedding (checked now, before anything runs).
+  const toml::node* tok_at = own_tokenizer ? anchor : nullptr;
+  if (!own_tokenizer) {
+    const toml::node* d = root.get("data");
+    if (d && d->is_table()) tok_at = d->as_table()->get("tokenizer_path");
+  }
+  try {
+    auto tok = make_tokenizer(data);
+    if (tok->vocab_size() > job.model.vocab_size)
+      diags.error(tok_at, own_tokenizer ? "model.init_from_hf" : "data.tokenizer_path",
+                  fmt::format("{} has {} ids but the embedding of {} has vocab_size = {} rows; use the tokenizer the "
+                              "model was trained with",
+                              data.tokenizer_path, tok->vocab_size(), llm.config_path, job.model.vocab_size));
+  } catch (const Error& e) {
+    diags.error(tok_at, own_tokenizer ? "model.init_from_hf" : "data.tokenizer_path", e.what());
+  }
 }
 
 }  // namespace forge

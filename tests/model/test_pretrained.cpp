@@ -260,6 +260,15 @@ TEST_CASE("init_from_hf: bad folders exit 2 with one message naming the file", "
   }
 }
 
+TEST_CASE("init_from_hf: a tokenizer larger than the pretrained embedding is a config error", "[pretrained][errors]") {
+  auto errs = forge::test::config_errors("[model]\ninit_from_hf = \"" + data("llm_chat") + "\"\n[train]\nseq_len = 64\n"
+                                         "[data]\ntokenizer_path = \"" + data("tok_gpt2/tokenizer.json") + "\"\n");
+  REQUIRE(errs.size() == 1);
+  CHECK(errs[0].line == 6);
+  CHECK_THAT(errs[0].message, Catch::Contains("tok_gpt2/tokenizer.json has 422 ids") &&
+                                  Catch::Contains("vocab_size = 320") && Catch::Contains("llm_chat/config.json"));
+}
+
 TEST_CASE("init_from_hf through the host: a bad folder exits 2 and names it", "[pretrained][cli]") {
   TempDir tmp;
   auto cfg = tmp.write("c.toml", "[model]\ninit_from_hf = \"" + tmp.str() + "/nowhere\"\n");
