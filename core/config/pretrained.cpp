@@ -24,8 +24,10 @@ const toml::node* model_key(const toml::table& root, const std::string& key) {
 }  // namespace
 
 void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnostics& diags) {
-  const std::string dir = job.model.init_from_hf;
-  if (dir.empty()) return;
+  if (job.model.init_from_hf.empty()) return;
+  // Absolute, so the resolved config (stored in every checkpoint) works from any directory.
+  std::error_code abs_ec;
+  const std::string dir = fs::absolute(job.model.init_from_hf, abs_ec).lexically_normal().string();
   const toml::node* at_key = model_key(root, "init_from_hf");
   const toml::node* anchor = at_key ? at_key : root.get("model");
   hf::LlmConfig llm;
@@ -68,6 +70,7 @@ void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnos
     return;
   }
   job.model = llm.model;
+  job.model.init_from_hf = dir;
 
   DataConfig& data = job.data;
   const bool own_tokenizer = data.tokenizer_path.empty();
