@@ -33,10 +33,20 @@ void TrainConfig::visit(ConfigVisitor& v) {
   v.field("threads", threads, "forge: intra-op CPU threads for LibTorch; 0 keeps LibTorch's default.",
           Bounds::non_negative());
   v.unimplemented("compile_model", "torch.compile has no LibTorch equivalent");
-  v.unimplemented("activation_checkpointing", "");
+  v.field("activation_checkpointing", activation_checkpointing,
+          "Recompute decoder layers in backward instead of keeping their activations: full checkpoints every layer "
+          "(with its cross-attention block, for every arch), selective every second layer (forge's choice; "
+          "KempnerForge's selective wraps attention modules only), none keeps all.",
+          {"none", "full", "selective"});
   v.unimplemented("ce_chunk_size", "the loss is computed in one piece");
   v.unimplemented("shutdown_timeout_sec", "");
   v.unimplemented("nccl_health_check_interval", "");
+}
+
+int64_t activation_checkpointing_every(const TrainConfig& train) {
+  if (train.activation_checkpointing == "full") return 1;
+  if (train.activation_checkpointing == "selective") return 2;
+  return 0;
 }
 
 void OptimizerConfig::visit(ConfigVisitor& v) {

@@ -26,9 +26,13 @@ struct FORGE_API TrainConfig {
   double z_loss_weight = 0.0;
   std::string device = "auto";
   int64_t threads = 0;
+  std::string activation_checkpointing = "none";
   void visit(ConfigVisitor& v);
   int64_t effective_data_seed() const { return data_seed.value_or(seed); }
 };
+
+// Decoder layers between activation checkpoints: none 0, full 1, selective 2.
+FORGE_API int64_t activation_checkpointing_every(const TrainConfig& train);
 
 struct FORGE_API OptimizerConfig {
   std::string name = "adamw";

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "core/model/checkpointing.h"
+#include "core/util/strings.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
@@ -137,6 +139,32 @@ void DecoderImpl::init_weights() {
   hooks_->init_weights(*this);
 }
 
+void DecoderImpl::set_activation_checkpointing(int64_t every) {
+  if (every < 0) throw InvalidArgument(fmt::format("activation checkpointing every {} layers: must be >= 0", every));
+  ac_every_ = every;
+}
+
+at::Tensor DecoderImpl::checkpointed_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
+                                           const std::vector<at::Tensor>& shared_weights) {
+  // The recomputation runs after forward returns: it owns copies of what the step refers to.
+  ModalityContext::Fields fields = step.modality.fields();
+  nn::AttentionInputs attention = step.attention;
+  const int64_t start = step.start_pos, length = step.length;
+  std::vector<at::Tensor> weights = shared_weights;
+  for (const auto& p : layer_list_[i]->parameters(true))
+    if (p.requires_grad()) weights.push_back(p);
+  CheckpointedFn fn = [this, i, fields, attention, start, length](const at::Tensor& x,
+                                                                   const std::vector<at::Tensor>& extras) {
+    ModalityContext::Fields f = fields;
+    f.image_features = extras[0];
+    ModalityContext modality(f);
+    DecoderStep s{modality, attention, nullptr, start, length};
+    at::Tensor y = layer_list_[i]->forward(x, s, nullptr);
+    return hooks_->after_layer(static_cast<int64_t>(i), y, s);
+  };
+  return checkpointed(fn, h, {fields.image_features}, weights);
+}
+
 KVCache DecoderImpl::make_cache(int64_t batch, int64_t capacity, at::ScalarType dtype, const at::Device& device) const {
   if (capacity > cfg_.max_seq_len)
     throw InvalidArgument(fmt::format("KV cache of {} positions exceeds model.max_seq_len = {}", capacity,
@@ -197,7 +225,16 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   auto [cos, sin] = rope_.rows(positions, h.scalar_type());
   DecoderStep step{modality, nn::AttentionInputs{cos, sin, start, doc_ids, modality.key_padding_mask()}, cache, start,
                    S};
+  const bool checkpoint = ac_every_ > 0 && is_training() && !cache && at::GradMode::is_enabled();
+  std::vector<at::Tensor> shared_weights;  // trainable tensors outside the layer stack (arch modules)
+  if (checkpoint)
+    for (const auto& p : named_parameters(true))
+      if (p.value().requires_grad() && !util::starts_with(p.key(), "layers.")) shared_weights.push_back(p.value());
   for (size_t i = 0; i < layer_list_.size(); ++i) {
+    if (checkpoint && (static_cast<int64_t>(i) + 1) % ac_every_ == 0) {
+      h = checkpointed_layer(i, h, step, shared_weights);
+      continue;
+    }
     h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
     h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
   }

@@ -139,6 +139,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);
   model->to(device);
+  model->transformer->set_activation_checkpointing(activation_checkpointing_every(job.train));
   {  // every rank starts from rank 0's weights
     std::vector<at::Tensor> ps;
     for (const auto& [k, p] : nn::unique_named_parameters(*model)) ps.push_back(p);

@@ -698,3 +698,17 @@ TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks 
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("dp_shard = 4 but 1 rank(s) were launched"));
 }
+
+TEST_CASE("train.activation_checkpointing full and selective log the losses of none", "[train][ac]") {
+  std::map<std::string, std::vector<double>> losses;
+  for (const std::string mode : {"none", "full", "selective"}) {
+    TempDir d;
+    // Two layers, a trainable tower: checkpointed and plain layers side by side.
+    auto cfg = tiny(d.str(), {"--train.max_steps=4", "--model.n_layers=2", "--metrics.log_interval=1",
+                              "--train.activation_checkpointing=" + mode});
+    losses[mode] = run(cfg).losses;
+  }
+  REQUIRE(losses["none"].size() == 4);
+  CHECK(losses["full"] == losses["none"]);
+  CHECK(losses["selective"] == losses["none"]);
+}

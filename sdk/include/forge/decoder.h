@@ -136,6 +136,13 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   // The core init scheme (spec section 2.6), then hooks->init_weights.
   void init_weights();
 
+  // Activation checkpointing in training: every `every`-th layer (with its
+  // after_layer hook, e.g. a cross-attention block) keeps only its input and
+  // is recomputed in backward. 0: off; 1: every layer ("full"); 2: every
+  // second layer ("selective").
+  void set_activation_checkpointing(int64_t every);
+  int64_t activation_checkpointing() const { return ac_every_; }
+
   const ModelConfig& config() const { return cfg_; }
   DecoderHooks& hooks() { return *hooks_; }
   const DecoderHooks& hooks() const { return *hooks_; }
@@ -147,10 +154,14 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   nn::OutputHead output_head{nullptr};
 
  private:
+  at::Tensor checkpointed_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
+                                const std::vector<at::Tensor>& shared_weights);
+
   ModelConfig cfg_;
   std::shared_ptr<DecoderHooks> hooks_;
   nn::RotaryEmbedding rope_;
   std::vector<std::shared_ptr<DecoderLayer>> layer_list_;
+  int64_t ac_every_ = 0;
 };
 TORCH_MODULE(Decoder);
 
