@@ -1,4 +1,4 @@
-// forge's Hugging Face tokenizer.json reader (core/data/bpe.cpp) against the Python `tokenizers`
+// forge's Hugging Face tokenizer.json reader (core/tokenizer/) against the Python `tokenizers`
 // package: tokenizers trained and cases recorded by tests/fixtures/tokenizer_fixtures.py into
 // FORGE_TEST_DATA_DIR/tok_*/ (tokenizer.json, cases.json).
 #include <catch2/catch.hpp>
@@ -315,7 +315,10 @@ TEST_CASE("HF tokenizer.json: bad files name the file and the key", "[tokenizer]
   SECTION("unsupported model type") {
     auto [p, m] = bad("wp", edited([](json& j) { j["model"]["type"] = "WordPiece"; }));
     CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("model.type") && Catch::Contains("WordPiece") &&
-                      Catch::Contains("BPE"));
+                      Catch::Contains("BPE") && Catch::Contains("Unigram"));
+    auto [p2, m2] = bad("wl", edited([](json& j) { j["model"]["type"] = "WordLevel"; }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("model.type \"WordLevel\" is not supported") &&
+                       Catch::Contains("\"BPE\"") && Catch::Contains("\"Unigram\""));
   }
   SECTION("no model") {
     auto [p, m] = bad("nomodel", edited([](json& j) { j.erase("model"); }));
@@ -323,11 +326,22 @@ TEST_CASE("HF tokenizer.json: bad files name the file and the key", "[tokenizer]
   }
   SECTION("unsupported pre-tokenizer") {
     auto [p, m] = bad(
-        "meta", edited([](json& j) {
-          j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Metaspace"}}, j["pre_tokenizer"]}}};
+        "bert", edited([](json& j) {
+          j["pre_tokenizer"] = {{"type", "Sequence"},
+                                {"pretokenizers", {{{"type", "BertPreTokenizer"}}, j["pre_tokenizer"]}}};
         }));
     CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("pre_tokenizer.pretokenizers[0].type") &&
-                      Catch::Contains("\"Metaspace\" is not supported") && Catch::Contains("ByteLevel, Split"));
+                      Catch::Contains("\"BertPreTokenizer\" is not supported") &&
+                      Catch::Contains("ByteLevel, Split, Digits, Metaspace, WhitespaceSplit"));
+    // Metaspace and ByteLevel are two ways of handling spaces: forge reads one or the other.
+    auto [p2, m2] = bad("meta", edited([](json& j) {
+                          j["pre_tokenizer"] = {{"type", "Sequence"},
+                                                {"pretokenizers",
+                                                 {{{"type", "Metaspace"}, {"replacement", "\u2581"}},
+                                                  j["pre_tokenizer"]}}};
+                        }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("pre_tokenizer.pretokenizers[1]") &&
+                       Catch::Contains("Metaspace"));
   }
   SECTION("no ByteLevel pre-tokenizer") {
     auto [p, m] = bad("nobl", edited([](json& j) {
