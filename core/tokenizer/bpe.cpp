@@ -35,9 +35,7 @@ class Bpe final : public Model {
   const char* name() const override { return "BPE"; }
 
  private:
-  // Ids and byte lengths of the tokens of one word.
-  using Lengths = std::vector<std::pair<int32_t, uint32_t>>;
-  void merge_word(std::string_view word, Lengths* out) const;
+  void merge_word(std::string_view word, WordTokens* out) const;
   int32_t symbol_id(std::string_view s) const {
     auto it = bpe_vocab_.find(s);
     return it == bpe_vocab_.end() ? -1 : it->second;
@@ -59,7 +57,7 @@ class Bpe final : public Model {
   static constexpr size_t kCacheWordBytes = 256;
   struct CacheShard {
     std::mutex mu;
-    StringMap<Lengths> words;
+    StringMap<WordTokens> words;
   };
   mutable std::array<CacheShard, kCacheShards> cache_;
 };
@@ -161,7 +159,7 @@ Bpe::Bpe(const JsonFile& f, const json& model, bool byte_level) : byte_level_(by
 
 // BPE::merge_word and Word::merge_all: the lowest-rank merge goes first, leftmost among equals (a
 // queue entry whose pair has changed since is stale and skipped).
-void Bpe::merge_word(std::string_view word, Lengths* out) const {
+void Bpe::merge_word(std::string_view word, WordTokens* out) const {
   struct Symbol {
     int32_t id;
     int32_t prev, next;
@@ -259,20 +257,15 @@ void Bpe::merge_word(std::string_view word, Lengths* out) const {
       if (const auto* nm = lookup(cur.id, symbols[cur.next].id)) push(nm->first, top.pos, nm->second);
   }
   out->clear();
-  for (const auto& s : symbols)
-    if (s.len > 0) out->emplace_back(s.id, s.len);
+  uint32_t pos = 0;
+  for (const auto& s : symbols) {
+    if (s.len == 0) continue;
+    out->push_back({s.id, pos, pos + s.len});
+    pos += s.len;
+  }
 }
 
 void Bpe::tokenize(std::string_view word, WordTokens* out) const {
-  thread_local Lengths lengths;
-  auto spans = [&] {
-    out->clear();
-    uint32_t pos = 0;
-    for (const auto& [id, len] : lengths) {
-      out->push_back({id, pos, pos + len});
-      pos += len;
-    }
-  };
   if (ignore_merges_) {
     auto it = bpe_vocab_.find(word);
     if (it != bpe_vocab_.end()) {
@@ -281,8 +274,7 @@ void Bpe::tokenize(std::string_view word, WordTokens* out) const {
     }
   }
   if (word.size() >= kCacheWordBytes) {
-    merge_word(word, &lengths);
-    spans();
+    merge_word(word, out);
     return;
   }
   const size_t mix =
@@ -292,16 +284,14 @@ void Bpe::tokenize(std::string_view word, WordTokens* out) const {
     std::lock_guard<std::mutex> lock(shard.mu);
     auto it = shard.words.find(word);
     if (it != shard.words.end()) {
-      lengths = it->second;
-      spans();
+      *out = it->second;
       return;
     }
   }
-  merge_word(word, &lengths);
-  spans();
+  merge_word(word, out);
   std::lock_guard<std::mutex> lock(shard.mu);
   if (shard.words.size() >= kCacheWordsPerShard) shard.words.clear();
-  shard.words.emplace(std::string(word), lengths);
+  shard.words.emplace(std::string(word), *out);
 }
 
 }  // namespace

@@ -287,7 +287,7 @@ std::vector<int64_t> HfTokenizer::encode(const std::string& text, std::vector<st
     }
     pre_tokenizer_.run(si, sc);
     for (const tok::Piece& p : sc.pieces) {
-      const tok::Segment ps = sc.segments[p.seg];
+      const tok::Segment& ps = sc.segments[p.seg];  // no segments are added while pieces are read
       tok::piece_text(ps, p, &sc.word);
       model_->tokenize(sc.word, &tokens);
       for (const auto& t : tokens) {
