@@ -144,7 +144,7 @@ void bench_data() {
   for (int i = 0; i < 20; ++i) ByteTokenizer().encode(text);
   std::cout << fmt::format("| byte tokenizer encode | {:.0f} MB/s |\n", 20 * text.size() / 1e6 / secs(t2));
   // Hugging Face tokenizers, when the test fixtures have been generated.
-  for (const char* style : {"tok_gpt2", "tok_llama3"}) {
+  for (const char* style : {"tok_gpt2", "tok_llama3", "tok_llama2", "tok_mistral", "tok_unigram_bf"}) {
     const std::string path = std::string(FORGE_BUILD_DIR) + "/tests/data/" + style + "/tokenizer.json";
     if (!std::filesystem::exists(path)) continue;
     auto tok = make_tokenizer(path);

@@ -44,8 +44,9 @@ class FORGE_API ByteTokenizer final : public Tokenizer {
 // "" (or "bytes"): the byte-level tokenizer; otherwise a Hugging Face tokenizer.json.
 FORGE_API std::shared_ptr<Tokenizer> make_tokenizer(const std::string& path);
 
-// A Hugging Face tokenizer.json (byte-level BPE: GPT-2 and Llama-3 style).
-// Implemented in core/data/bpe.cpp.
+// A Hugging Face tokenizer.json: byte-level BPE (GPT-2, Llama-3), SentencePiece-style BPE with byte
+// fallback (Llama-2, Mistral, Gemma) or Unigram (T5). Implemented in core/tokenizer/ (tokenizer_json.cpp
+// and one file per component); anything else is a FormatError naming the file and the key.
 FORGE_API std::shared_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);
 
 }  // namespace forge

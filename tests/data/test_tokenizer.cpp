@@ -1,8 +1,9 @@
-// forge's Hugging Face tokenizer.json reader (core/data/bpe.cpp) against the Python `tokenizers`
+// forge's Hugging Face tokenizer.json reader (core/tokenizer/) against the Python `tokenizers`
 // package: tokenizers trained and cases recorded by tests/fixtures/tokenizer_fixtures.py into
 // FORGE_TEST_DATA_DIR/tok_*/ (tokenizer.json, cases.json).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -32,9 +33,11 @@ struct StringMaker<std::pair<size_t, size_t>> {
 
 namespace {
 
-// GPT-2 and Llama-3 styles, and the GPT-2 model under other normalizers / pre-tokenizers.
-const char* const kStyles[] = {"tok_gpt2",        "tok_llama3",        "tok_variant_nfkc",
-                               "tok_variant_nfd", "tok_variant_split", "tok_variant_invert"};
+// GPT-2 and Llama-3 styles, the GPT-2 model under other normalizers / pre-tokenizers, SentencePiece-style
+// BPE with byte fallback (Llama-2, Mistral, Metaspace split), and Unigram without and with byte fallback.
+const char* const kStyles[] = {"tok_gpt2",          "tok_llama3",          "tok_variant_nfkc", "tok_variant_nfd",
+                               "tok_variant_split", "tok_variant_invert",  "tok_llama2",       "tok_mistral",
+                               "tok_metaspace_split", "tok_unigram",       "tok_unigram_bf"};
 
 std::string fixture(const std::string& rel) { return std::string(FORGE_TEST_DATA_DIR) + "/" + rel; }
 
@@ -267,8 +270,115 @@ TEST_CASE("HF tokenizer.json: the hand-written GPT-2 / Llama-3 matchers agree wi
   }
 }
 
+TEST_CASE("HF tokenizer.json: byte fallback, Metaspace and Unigram, piece by piece", "[tokenizer]") {
+  const std::string snow = "\u2603";  // never in the training corpus
+  const std::pair<size_t, size_t> snow_span{1, 4};
+  // Llama-2 style BPE: "a" -> "\u2581a"; the snowman -> its three UTF-8 bytes as <0xNN> tokens, each with the
+  // span of the whole character. Alone, a byte token decodes to U+FFFD (ByteFallback); together, to the character.
+  auto llama = load("tok_llama2");
+  const json l = cases_of("tok_llama2");
+  CHECK_THAT(llama->describe(), Catch::Contains("BPE tokenizer.json"));
+  CHECK(llama->bos_id() == l["added"]["<s>"].get<int64_t>());
+  CHECK(llama->eos_id() == l["added"]["</s>"].get<int64_t>());
+  CHECK(llama->pad_id() == llama->eos_id());
+  Offsets offsets;
+  auto ids = llama->encode("a" + snow, &offsets);
+  REQUIRE(ids.size() == 4);
+  CHECK(offsets == Offsets{{0, 1}, snow_span, snow_span, snow_span});
+  for (size_t i = 1; i < 4; ++i) CHECK(llama->decode({ids[i]}) == "\xEF\xBF\xBD");
+  CHECK(llama->decode({ids[1], ids[2]}) == "\xEF\xBF\xBD\xEF\xBF\xBD");  // an incomplete character: one per byte
+  CHECK(llama->decode(ids) == "a" + snow);
+  CHECK(llama->decode({ids[0]}) == "a");  // "\u2581a" -> " a", then Strip takes the leading space
+  // The same bytes under Mistral's Metaspace (prepend_scheme "first"): no "\u2581" after an added token.
+  auto mistral = load("tok_mistral");
+  const json m = cases_of("tok_mistral");
+  const int64_t s = m["added"]["<s>"].get<int64_t>(), inst = m["added"]["[INST]"].get<int64_t>();
+  CHECK(mistral->encode("a" + snow) == ids);
+  const auto after_special = mistral->encode("<s>y");
+  const auto at_start = mistral->encode("y");
+  REQUIRE(after_special.size() == 2);
+  CHECK(after_special[0] == s);
+  CHECK(at_start.size() == 2);  // "\u2581", "y"
+  CHECK(after_special[1] == at_start.back());
+  CHECK(mistral->encode("[INST]") == std::vector<int64_t>{inst});
+  CHECK(mistral->decode({s, inst}) == "[INST]");  // <s> is special, [INST] is not
+  // Unigram without byte fallback: unknown characters fuse into one <unk> (special: decoded as nothing).
+  auto unigram = load("tok_unigram");
+  const json u = cases_of("tok_unigram");
+  const int64_t unk = u["added"]["<unk>"].get<int64_t>();
+  CHECK_THAT(unigram->describe(), Catch::Contains("Unigram tokenizer.json"));
+  ids = unigram->encode(snow + snow, &offsets);
+  REQUIRE(ids.size() == 2);
+  CHECK(ids[1] == unk);
+  CHECK(offsets[1] == std::make_pair(size_t{0}, size_t{6}));
+  CHECK(unigram->decode(ids).empty());
+  // With byte fallback, the fused unknown text becomes its bytes, each with the span of the whole of it.
+  auto unigram_bf = load("tok_unigram_bf");
+  ids = unigram_bf->encode(snow + snow, &offsets);
+  REQUIRE(ids.size() == 7);
+  for (size_t i = 1; i < 7; ++i) CHECK(offsets[i] == std::make_pair(size_t{0}, size_t{6}));
+  CHECK(ids[1] == ids[4]);
+  CHECK(std::count(ids.begin(), ids.end(), unk) == 0);
+  CHECK(unigram_bf->decode(ids) == snow + snow);
+}
+
+TEST_CASE("HF tokenizer.json: bad SentencePiece-style and Unigram files name the file and the key", "[tokenizer][errors]") {
+  TempDir d;
+  auto bad = [&](const std::string& name, const json& j) {
+    const std::string p = d.write(name + "/tokenizer.json", j.dump());
+    return std::make_pair(p, format_error_of([&] { forge::load_hf_tokenizer(p); }));
+  };
+  auto edited = [](const std::string& style, const std::function<void(json&)>& edit) {
+    json j = read_json(fixture(style + "/tokenizer.json"));
+    edit(j);
+    return j;
+  };
+  SECTION("decoders") {
+    auto [p, m] = bad("ctc", edited("tok_llama2", [](json& j) { j["decoder"]["decoders"][1] = {{"type", "CTC"}}; }));
+    CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("decoder.decoders[1].type") &&
+                      Catch::Contains("\"CTC\" is not supported") &&
+                      Catch::Contains("ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace and Sequence"));
+    auto [p2, m2] = bad("strip", edited("tok_llama2", [](json& j) { j["decoder"]["decoders"][3]["start"] = -1; }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("decoder.decoders[3].start"));
+    // A ByteLevel decoder needs the ByteLevel pre-tokenizer (byte-level BPE).
+    auto [p3, m3] = bad("bl", edited("tok_llama2", [](json& j) { j["decoder"] = {{"type", "ByteLevel"}}; }));
+    CHECK_THAT(m3, Catch::Contains(p3) && Catch::Contains("pre_tokenizer has no ByteLevel step"));
+  }
+  SECTION("normalizers") {
+    auto [p, m] = bad("lower", edited("tok_llama2", [](json& j) {
+                        j["normalizer"]["normalizers"][1] = {{"type", "Lowercase"}};
+                      }));
+    CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("normalizer.normalizers[1].type") &&
+                      Catch::Contains("\"Lowercase\" is not supported") &&
+                      Catch::Contains("NFC, NFD, NFKC, NFKD, Replace, Prepend, Strip and Sequence"));
+    auto [p2, m2] = bad("replace", edited("tok_llama2", [](json& j) {
+                          j["normalizer"]["normalizers"][1]["pattern"] = {{"Regex", "(unclosed"}};
+                        }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("normalizer.normalizers[1].pattern.Regex"));
+  }
+  SECTION("Metaspace") {
+    auto [p, m] = bad("scheme", edited("tok_mistral", [](json& j) { j["pre_tokenizer"]["prepend_scheme"] = "sometimes"; }));
+    CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("pre_tokenizer.prepend_scheme") &&
+                      Catch::Contains("always, first, never"));
+    auto [p2, m2] = bad("rep", edited("tok_mistral", [](json& j) { j["pre_tokenizer"]["replacement"] = "ab"; }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("pre_tokenizer.replacement"));
+  }
+  SECTION("Unigram") {
+    auto [p, m] = bad("unk", edited("tok_unigram", [](json& j) { j["model"]["unk_id"] = 100000; }));
+    CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("model.unk_id") && Catch::Contains("100000"));
+    auto [p2, m2] = bad("piece", edited("tok_unigram", [](json& j) { j["model"]["vocab"][3] = "x"; }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("model.vocab[3]") && Catch::Contains("[piece, score]"));
+    auto [p3, m3] = bad("ublevel", edited("tok_unigram", [](json& j) {
+                          j["pre_tokenizer"] = {{"type", "ByteLevel"}};
+                          j["decoder"] = {{"type", "ByteLevel"}};
+                        }));
+    CHECK_THAT(m3, Catch::Contains(p3) && Catch::Contains("model.type") && Catch::Contains("Unigram") &&
+                       Catch::Contains("ByteLevel"));
+  }
+}
+
 TEST_CASE("HF tokenizer.json: encode is thread-safe", "[tokenizer]") {
-  for (const char* style : {"tok_gpt2", "tok_llama3"}) {
+  for (const char* style : {"tok_gpt2", "tok_llama3", "tok_llama2", "tok_unigram_bf"}) {
     INFO(style);
     auto tok = load(style);
     const json c = cases_of(style);
@@ -315,7 +425,10 @@ TEST_CASE("HF tokenizer.json: bad files name the file and the key", "[tokenizer]
   SECTION("unsupported model type") {
     auto [p, m] = bad("wp", edited([](json& j) { j["model"]["type"] = "WordPiece"; }));
     CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("model.type") && Catch::Contains("WordPiece") &&
-                      Catch::Contains("BPE"));
+                      Catch::Contains("BPE") && Catch::Contains("Unigram"));
+    auto [p2, m2] = bad("wl", edited([](json& j) { j["model"]["type"] = "WordLevel"; }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("model.type \"WordLevel\" is not supported") &&
+                       Catch::Contains("\"BPE\"") && Catch::Contains("\"Unigram\""));
   }
   SECTION("no model") {
     auto [p, m] = bad("nomodel", edited([](json& j) { j.erase("model"); }));
@@ -323,11 +436,22 @@ TEST_CASE("HF tokenizer.json: bad files name the file and the key", "[tokenizer]
   }
   SECTION("unsupported pre-tokenizer") {
     auto [p, m] = bad(
-        "meta", edited([](json& j) {
-          j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Metaspace"}}, j["pre_tokenizer"]}}};
+        "bert", edited([](json& j) {
+          j["pre_tokenizer"] = {{"type", "Sequence"},
+                                {"pretokenizers", {{{"type", "BertPreTokenizer"}}, j["pre_tokenizer"]}}};
         }));
     CHECK_THAT(m, Catch::Contains(p) && Catch::Contains("pre_tokenizer.pretokenizers[0].type") &&
-                      Catch::Contains("\"Metaspace\" is not supported") && Catch::Contains("ByteLevel, Split"));
+                      Catch::Contains("\"BertPreTokenizer\" is not supported") &&
+                      Catch::Contains("ByteLevel, Split, Digits, Metaspace, WhitespaceSplit"));
+    // Metaspace and ByteLevel are two ways of handling spaces: forge reads one or the other.
+    auto [p2, m2] = bad("meta", edited([](json& j) {
+                          j["pre_tokenizer"] = {{"type", "Sequence"},
+                                                {"pretokenizers",
+                                                 {{{"type", "Metaspace"}, {"replacement", "\u2581"}},
+                                                  j["pre_tokenizer"]}}};
+                        }));
+    CHECK_THAT(m2, Catch::Contains(p2) && Catch::Contains("pre_tokenizer.pretokenizers[1]") &&
+                       Catch::Contains("Metaspace"));
   }
   SECTION("no ByteLevel pre-tokenizer") {
     auto [p, m] = bad("nobl", edited([](json& j) {
@@ -457,4 +581,16 @@ TEST_CASE("training with a tokenizer.json, then forge generate prints decoded te
   CHECK(small.code == 2);
   CHECK_THAT(small.output,
              Catch::Contains(fmt::format("model.vocab_size = 300 is smaller than the tokenizer's {} ids", ids)));
+  // A tokenizer.json forge does not read: exit code 2, the file, the key and what forge reads.
+  json wordlevel = read_json(fixture("tok_unigram/tokenizer.json"));
+  wordlevel["model"] = {{"type", "WordLevel"}, {"vocab", {{"a", 0}}}, {"unk_token", "a"}};
+  const std::string wl = d.write("wordlevel/tokenizer.json", wordlevel.dump());
+  std::string with_wl = common;
+  with_wl.replace(with_wl.find(tok), tok.size(), wl);
+  auto refused =
+      forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=1" + with_wl);
+  INFO(refused.output);
+  CHECK(refused.code == 2);
+  CHECK_THAT(refused.output, Catch::Contains(wl) && Catch::Contains("model.type \"WordLevel\" is not supported") &&
+                                 Catch::Contains("\"Unigram\""));
 }
