@@ -45,6 +45,7 @@ int cmd_export(const ExportArgs& a) {
                                                    "manifest.json)",
                            rep.out, rep.files.size());
   for (const auto& f : rep.files) std::cout << "  " << f << "\n";
+  for (const auto& f : rep.facts) std::cout << f << "\n";
   return kExitOk;
 }
 

@@ -356,7 +356,7 @@ void export_llava(const ExportRequest& req, Staging& st, ExportReport& rep) {
                                     "embedding and head grew by one zero row",
                                     img.id));
   st.text("README.md", llava_readme(job, model.visual_tokens(), img, tok_json.has_value(), strategy, layer));
-  rep.notes.push_back(fmt::format("<image> is id {}; {} image tokens; vision_feature_layer {}, strategy \"{}\"",
+  rep.facts.push_back(fmt::format("<image> is id {}; {} image tokens; vision_feature_layer {}, strategy \"{}\"",
                                   img.id, model.visual_tokens(), layer, strategy));
 }
 

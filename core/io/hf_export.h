@@ -41,7 +41,8 @@ struct FORGE_API ExportReport {
   std::string layout;               // "llava" | "parts"
   std::string out;
   std::vector<std::string> files;   // relative to out
-  std::vector<std::string> notes;   // what the user should know (printed by the CLI)
+  std::vector<std::string> notes;   // what the user should know (warnings)
+  std::vector<std::string> facts;   // what was chosen (printed with the summary)
 };
 
 // Writes the export; UserError (exit 2) for what the model or the request

@@ -280,7 +280,7 @@ TEST_CASE("export: MoT with the random encoder is parts: the text copies as the 
   CHECK(lm < 1e-4);
 }
 
-TEST_CASE("export: bad inputs exit 2 with one message; a failed export leaves nothing behind", "[export][cli]") {
+TEST_CASE("export: bad inputs exit 2 with one message, and a failed export leaves nothing behind", "[export][cli]") {
   TempDir d;
   const std::string run_dir = (d.path() / "run").string(), out = (d.path() / "out").string();
 
@@ -298,7 +298,7 @@ TEST_CASE("export: bad inputs exit 2 with one message; a failed export leaves no
   CHECK_THAT(help.output, Catch::Contains("LlavaForConditionalGeneration") && Catch::Contains("--force"));
 
   // A SigLIP tower with the default feature_layer (after post_layernorm) is refused as LLaVA.
-  train(llava_args("siglip", run_dir));
+  train(llava_args("siglip", run_dir) + " --vision_encoder.feature_layer=0");
   auto siglip0 = export_run(run_dir, out);
   CHECK(siglip0.code == 2);
   CHECK_THAT(siglip0.output, Catch::Contains("vision_encoder.feature_layer = -1") && Catch::Contains("--layout parts"));
