@@ -1,8 +1,8 @@
 // forge export: a trained checkpoint as Hugging Face folders (core/io/hf_export.h).
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <iostream>
-
-#include <fmt/format.h>
 
 #include "apps/forge/commands.h"
 #include "core/checkpoint/checkpoint.h"
@@ -18,12 +18,14 @@ namespace fs = std::filesystem;
 namespace forge::app {
 
 int cmd_export(const ExportArgs& a) {
-  if (a.format != "hf") throw UsageError(fmt::format("--format {}: forge exports only \"hf\" (Hugging Face folders)", a.format));
+  if (a.format != "hf")
+    throw UsageError(fmt::format("--format {}: forge exports only \"hf\" (Hugging Face folders)", a.format));
   const std::string step_dir = resolve_checkpoint(a.checkpoint);
   if (step_dir.empty())
-    throw UserError(fmt::format("no forge checkpoint in \"{}\" (expected a run folder with step_<N>/ or latest, or a "
-                                "step folder holding train_state.json)",
-                                a.checkpoint));
+    throw UserError(
+        fmt::format("no forge checkpoint in \"{}\" (expected a run folder with step_<N>/ or latest, or a "
+                    "step folder holding train_state.json)",
+                    a.checkpoint));
   LoadOptions opts;
   opts.plugin_paths = a.plugin_paths;
   LoadedConfig cfg = load_config((fs::path(step_dir) / "config.toml").string(), Registry::global(), opts);

@@ -2,14 +2,13 @@
 // atomic output folder.
 #include "core/io/hf_export.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "core/checkpoint/checkpoint.h"
 #include "core/checkpoint/state_dict.h"
@@ -48,9 +47,10 @@ class Staging {
       if (!fs::is_directory(out_, ec))
         throw UserError(fmt::format("{}: exists and is not a folder; choose another output folder", out_.string()));
       if (!fs::is_empty(out_, ec) && !force)
-        throw UserError(fmt::format("{}: exists and is not empty; pass --force to replace it (the old folder stays "
-                                    "until the new one is complete)",
-                                    out_.string()));
+        throw UserError(
+            fmt::format("{}: exists and is not empty; pass --force to replace it (the old folder stays "
+                        "until the new one is complete)",
+                        out_.string()));
     }
     fs::create_directories(out_.parent_path(), ec);
     if (ec) throw UserError(fmt::format("{}: cannot create it: {}", out_.parent_path().string(), ec.message()));
@@ -158,7 +158,8 @@ Tensors hf_text_weights(VLMImpl& model, std::set<const void*>* taken) {
   Tensors out;
   for (const auto& [name, t] : model.transformer->hooks().dense_text_weights(*model.transformer)) {
     const std::string hf = hf_name_of(name);
-    if (hf.empty()) throw RuntimeError(fmt::format("export: the dense text weight '{}' has no Hugging Face name", name));
+    if (hf.empty())
+      throw RuntimeError(fmt::format("export: the dense text weight '{}' has no Hugging Face name", name));
     out.emplace_back(hf, t.detach().to(at::kCPU, at::kFloat).contiguous());
     if (taken) taken->insert(key_of(t));
   }
@@ -191,17 +192,24 @@ struct ImageToken {
 ImageToken pick_image_token(const json* tok, int64_t tokenizer_vocab, int64_t model_vocab) {
   ImageToken t;
   if (tok) {
+    int64_t existing = -1;
     for (const auto& a : (*tok)["added_tokens"])
-      if (a.value("content", "") == "<image>") t.id = a.value("id", int64_t{-1});
-    if (t.id > 0 && t.id < model_vocab) return t;
+      if (a.value("content", "") == "<image>") existing = a.value("id", int64_t{-1});
+    if (existing >= 0 && existing < model_vocab) {
+      t.id = existing;
+      return t;
+    }
+    if (existing >= 0)
+      throw UserError(fmt::format("the tokenizer's <image> token has id {}, past the model's {} embedding rows; "
+                                  "LLaVA needs the image token inside the embedding",
+                                  existing, model_vocab));
   }
+  if (tokenizer_vocab > model_vocab)
+    throw UserError(fmt::format("the tokenizer has {} ids but the model's embedding only {} rows", tokenizer_vocab,
+                                model_vocab));
   t.added = true;
-  if (tokenizer_vocab < model_vocab) {
-    t.id = tokenizer_vocab;
-  } else {
-    t.id = model_vocab;
-    t.grow = true;
-  }
+  t.id = tokenizer_vocab;  // the first id the tokenizer does not use
+  t.grow = tokenizer_vocab == model_vocab;
   return t;
 }
 
@@ -236,9 +244,10 @@ std::string llava_readme(const JobConfig& job, int64_t n_image, const ImageToken
       FORGE_SDK_VERSION_STRING, job.vlm->arch, job.vision_encoder->type, job.adapter->type, n_image, n_image, img.id,
       n_image, layer, strategy);
   if (img.grow)
-    r += fmt::format("\nThe tokenizer used every id of the embedding, so `<image>` got a new id {}: the embedding\n"
-                     "and the head grew by one zero row (its logit is always 0).\n",
-                     img.id);
+    r += fmt::format(
+        "\nThe tokenizer used every id of the embedding, so `<image>` got a new id {}: the embedding\n"
+        "and the head grew by one zero row (its logit is always 0).\n",
+        img.id);
   if (!has_tokenizer)
     r += fmt::format(
         "\n**No tokenizer is included**: the model was trained with forge's byte-level tokenizer (ids 0-255 are\n"
@@ -269,8 +278,8 @@ void export_llava(const ExportRequest& req, Staging& st, ExportReport& rep) {
   std::optional<json> tok_json;
   if (!tok_path.empty()) tok_json = read_json_file(tok_path);
   const int64_t V = job.model.vocab_size;
-  const ImageToken img = pick_image_token(tok_json ? &*tok_json : nullptr,
-                                          tok_json ? vocab_of(*tok_json) : tok->vocab_size(), V);
+  const ImageToken img =
+      pick_image_token(tok_json ? &*tok_json : nullptr, tok_json ? vocab_of(*tok_json) : tok->vocab_size(), V);
   const int64_t V_out = img.grow ? V + 1 : V;
 
   // Weights under the names transformers 5 writes for LLaVA (save_pretrained's, which it also loads).
@@ -352,12 +361,13 @@ void export_llava(const ExportRequest& req, Staging& st, ExportReport& rep) {
         "equivalent; AutoProcessor cannot load the folder (README.md says how to build input_ids)");
   }
   if (img.grow)
-    rep.notes.push_back(fmt::format("the tokenizer uses every embedding row, so <image> got the new id {}: the "
-                                    "embedding and head grew by one zero row",
-                                    img.id));
+    rep.notes.push_back(
+        fmt::format("the tokenizer uses every embedding row, so <image> got the new id {}: the "
+                    "embedding and head grew by one zero row",
+                    img.id));
   st.text("README.md", llava_readme(job, model.visual_tokens(), img, tok_json.has_value(), strategy, layer));
-  rep.facts.push_back(fmt::format("<image> is id {}; {} image tokens; vision_feature_layer {}, strategy \"{}\"",
-                                  img.id, model.visual_tokens(), layer, strategy));
+  rep.facts.push_back(fmt::format("<image> is id {}; {} image tokens; vision_feature_layer {}, strategy \"{}\"", img.id,
+                                  model.visual_tokens(), layer, strategy));
 }
 
 // ------------------------------------------------------------ parts
@@ -379,9 +389,10 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
   std::set<const void*> taken;
   Tensors text = hf_text_weights(model, &taken);
   if (text.empty())
-    throw UserError(fmt::format("export: the {} arch gives no dense text decoder (DecoderHooks::dense_text_weights is "
-                                "empty), so there is no language model to export",
-                                job.vlm->arch));
+    throw UserError(
+        fmt::format("export: the {} arch gives no dense text decoder (DecoderHooks::dense_text_weights is "
+                    "empty), so there is no language model to export",
+                    job.vlm->arch));
   json tc = text_config(job.model, *tok, job.model.vocab_size);
   st.json_file("language_model/config.json", tc);
   st.json_file("language_model/generation_config.json", generation_config(*tok));
@@ -426,7 +437,7 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
       st.json_file("vision_tower/preprocessor_config.json", read_json_file(pp.string()));
     }
     const int64_t layer = feature_layer(job);
-    std::string output = layer != 0 ? fmt::format("hidden_states[{}]", layer)
+    std::string output = layer != 0         ? fmt::format("hidden_states[{}]", layer)
                          : family == "clip" ? "last_hidden_state (before post_layernorm)"
                                             : "last_hidden_state (after post_layernorm)";
     if (family == "clip") output += " without the class token (position 0)";
@@ -437,9 +448,10 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
                                 {"tensors", tower.size()}};
   } else {
     manifest["vision_tower"] = nullptr;
-    rep.notes.push_back(fmt::format("vision encoder \"{}\" has no Hugging Face model; its weights (if any) are in "
-                                    "forge_extra.safetensors",
-                                    job.vision_encoder->type));
+    rep.notes.push_back(
+        fmt::format("vision encoder \"{}\" has no Hugging Face model; its weights (if any) are in "
+                    "forge_extra.safetensors",
+                    job.vision_encoder->type));
   }
 
   Tensors extra;
@@ -451,18 +463,17 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
     listed[name] = t.sizes().vec();
   }
   st.tensors("forge_extra.safetensors", extra);
-  manifest["forge_extra"] = {
-      {"file", "forge_extra.safetensors"},
-      {"names", "forge's state-dict names (vision_encoder.*, adapter.*, transformer.*)"},
-      {"tensors", listed}};
+  manifest["forge_extra"] = {{"file", "forge_extra.safetensors"},
+                             {"names", "forge's state-dict names (vision_encoder.*, adapter.*, transformer.*)"},
+                             {"tensors", listed}};
   manifest["how_to_load"] = {
-      {"forge", "every tensor of language_model/ maps back with forge's hf_name_of (model.layers.<i>.self_attn.q_proj "
-                "<-> transformer.layers.<i>.attention.q_proj), vision_tower/ is vision_encoder.vision_tower.*, and "
-                "forge_extra.safetensors holds the rest by name"},
+      {"forge",
+       "every tensor of language_model/ maps back with forge's hf_name_of (model.layers.<i>.self_attn.q_proj "
+       "<-> transformer.layers.<i>.attention.q_proj), vision_tower/ is vision_encoder.vision_tower.*, and "
+       "forge_extra.safetensors holds the rest by name"},
       {"python",
-       "AutoModelForCausalLM.from_pretrained('language_model'); " + (family.empty() ? std::string("no tower")
-                                                                                    : tower_class(family) +
-                                                                                          ".from_pretrained('vision_tower')") +
+       "AutoModelForCausalLM.from_pretrained('language_model'); " +
+           (family.empty() ? std::string("no tower") : tower_class(family) + ".from_pretrained('vision_tower')") +
            "; safetensors.torch.load_file('forge_extra.safetensors')"}};
   st.text("forge_config.toml", "# resolved config of the exported checkpoint\n" + to_toml(job) + "\n");
   st.json_file("manifest.json", manifest);
@@ -473,7 +484,8 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
 std::string llava_blocker(const JobConfig& job) {
   if (!job.vlm || !job.vision_encoder || !job.adapter) return "the config has no [vlm]";
   if (job.vlm->arch != "joint_decoder")
-    return fmt::format("vlm.arch = \"{}\" (LLaVA is joint_decoder: image tokens then text in one stream)", job.vlm->arch);
+    return fmt::format("vlm.arch = \"{}\" (LLaVA is joint_decoder: image tokens then text in one stream)",
+                       job.vlm->arch);
   if (job.adapter->type != "mlp_2layer")
     return fmt::format("adapter.type = \"{}\" (LLaVA's projector is mlp_2layer)", job.adapter->type);
   if (job.adapter->hidden_dim != 0 && job.adapter->hidden_dim != job.model.dim)

@@ -13,10 +13,9 @@
 // failed export leaves nothing (and, with force, the previous folder intact).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/config/job.h"
 #include "forge/export.h"
@@ -38,11 +37,11 @@ struct FORGE_API ExportRequest {
 };
 
 struct FORGE_API ExportReport {
-  std::string layout;               // "llava" | "parts"
+  std::string layout;  // "llava" | "parts"
   std::string out;
-  std::vector<std::string> files;   // relative to out
-  std::vector<std::string> notes;   // what the user should know (warnings)
-  std::vector<std::string> facts;   // what was chosen (printed with the summary)
+  std::vector<std::string> files;  // relative to out
+  std::vector<std::string> notes;  // what the user should know (warnings)
+  std::vector<std::string> facts;  // what was chosen (printed with the summary)
 };
 
 // Writes the export; UserError (exit 2) for what the model or the request

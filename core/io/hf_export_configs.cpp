@@ -1,9 +1,9 @@
 // The config.json files of an HF export (core/io/hf_export.h): the causal LM
 // reproducing forge's decoder, the vision tower's, the image processor's.
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <fmt/format.h>
 
 #include "core/data/tokenizer.h"
 #include "core/io/hf_export.h"
@@ -66,14 +66,17 @@ json encoder_fields(EncoderConfig& cfg) {
 }
 
 json text_config(const ModelConfig& m, const Tokenizer& tok, int64_t vocab_size) {
-  if (m.norm_type != "rmsnorm") refuse(fmt::format("model.norm_type = \"{}\" (HF's Llama/Qwen use RMSNorm)", m.norm_type));
+  if (m.norm_type != "rmsnorm")
+    refuse(fmt::format("model.norm_type = \"{}\" (HF's Llama/Qwen use RMSNorm)", m.norm_type));
   if (m.activation != "silu")
-    refuse(fmt::format("model.activation = \"{}\" (HF's Llama/Qwen MLPs are SwiGLU: activation = \"silu\")", m.activation));
+    refuse(fmt::format("model.activation = \"{}\" (HF's Llama/Qwen MLPs are SwiGLU: activation = \"silu\")",
+                       m.activation));
   std::string type = "llama", arch = "LlamaForCausalLM";
   if (m.qk_norm) {
     type = "qwen3";
     arch = "Qwen3ForCausalLM";
-    if (m.qkv_bias != m.o_bias) refuse("Qwen3's attention_bias covers q, k, v and o together; model.qkv_bias != model.o_bias");
+    if (m.qkv_bias != m.o_bias)
+      refuse("Qwen3's attention_bias covers q, k, v and o together; model.qkv_bias != model.o_bias");
     if (m.mlp_bias) refuse("model.mlp_bias = true with qk_norm (Qwen3's MLP has no biases)");
     if (m.qk_norm_eps != m.norm_eps)
       refuse(fmt::format("model.qk_norm_eps = {} differs from model.norm_eps = {} (Qwen3 uses rms_norm_eps for both)",
@@ -148,7 +151,8 @@ json vision_config(EncoderConfig& cfg, int64_t image_size) {
   } else {
     // A tower trained from scratch: the plugin's random-init shape (forge/vit.h's VitEncoderConfig).
     const int64_t hidden = f.value("feature_dim", int64_t{0}) > 0 ? f["feature_dim"].get<int64_t>() : 768;
-    const int64_t inter = f.value("intermediate_size", int64_t{0}) > 0 ? f["intermediate_size"].get<int64_t>() : 4 * hidden;
+    const int64_t inter =
+        f.value("intermediate_size", int64_t{0}) > 0 ? f["intermediate_size"].get<int64_t>() : 4 * hidden;
     v["model_type"] = type + "_vision_model";
     v["hidden_size"] = hidden;
     v["intermediate_size"] = inter;

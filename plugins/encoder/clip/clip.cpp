@@ -31,7 +31,11 @@ struct Config : VitEncoderConfig {
     Bounds at_most_zero;
     at_most_zero.max = 0.0;
     v.field("feature_layer", feature_layer,
-            "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to export as LLaVA (docs/export.md).",
+            "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; "
+            "CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without "
+            "post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's "
+            "choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to "
+            "export as LLaVA (docs/export.md).",
             at_most_zero);
   }
 };
