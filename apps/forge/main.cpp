@@ -138,6 +138,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "llava", "parts"}));
   export_cmd->add_flag("--force", exp.force, "Replace a non-empty output folder (atomically: the old one stays until the new one is complete)");
   add_plugin_path(export_cmd);
+  export_cmd->footer(
+      "Examples:\n"
+      "  forge export --checkpoint runs/llava_stage1 --format hf out/llava            # a LLaVA folder\n"
+      "  forge export --checkpoint runs/tiny_mot --format hf out/mot --layout parts   # the parts of any model\n"
+      "Exit codes: 0 success, 1 runtime failure (I/O), 2 bad input (no checkpoint, an existing folder, a model the "
+      "layout cannot hold).");
 
   auto* data = app.add_subcommand("data", "Look at and check datasets");
   data->require_subcommand(1);
