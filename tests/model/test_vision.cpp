@@ -321,6 +321,10 @@ TEST_CASE("every recipe in configs/ validates (tower paths point at the generate
       std::string rel = text.substr(pos + 18, end - pos - 18);
       cmd += " --vision_encoder.path=" + fixture(rel);
     }
+    // Recipes for pretrained models (models/llm, models/siglip) run on the tiny fixtures.
+    if (text.find("init_from_hf = \"models/") != std::string::npos)
+      cmd += " --model.init_from_hf=" + fixture("llm_chat") + " --vision_encoder.path=" + fixture("siglip") +
+             " --model.max_seq_len=256 --train.seq_len=256";
     auto r = forge::test::run(cmd);
     INFO(cmd << "\n" << r.output);
     CHECK(r.code == 0);
