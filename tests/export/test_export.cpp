@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/checkpoint.h"
+#include "core/data/data.h"
 #include "core/data/tokenizer.h"
 #include "core/io/hf_export.h"
 #include "core/io/hf_llm.h"
@@ -114,6 +115,23 @@ double llava_logit_diff(const std::string& run_dir, const std::string& out, cons
   // A control: one position off (BOS-style layout) is far from forge's logits.
   at::Tensor shifted = hf->load("logits").narrow(1, N - 2, T).narrow(2, 0, V);
   CHECK(max_diff(ours, shifted) > 1e-3);
+  if (hf->contains("processor_pixels")) {
+    // The exported image processor normalises as forge does (an image already at the tower's size).
+    const Preprocess pre = r.model->vision_encoder->preprocess();
+    Image img;
+    img.width = img.height = static_cast<int>(pre.image_size);
+    img.rgb.resize(static_cast<size_t>(img.width) * img.height * 3);
+    for (int y = 0; y < img.height; ++y)
+      for (int x = 0; x < img.width; ++x) {
+        uint8_t* p = img.at(x, y);
+        p[0] = static_cast<uint8_t>((7 * x) % 256);
+        p[1] = static_cast<uint8_t>((11 * y) % 256);
+        p[2] = static_cast<uint8_t>((5 * (x + y)) % 256);
+      }
+    const double px = max_diff(preprocess_image(img, pre, pre.image_size), hf->load("processor_pixels"));
+    WARN("AutoProcessor pixel_values vs forge's preprocessing: max abs difference " << px);
+    CHECK(px < 1e-5);
+  }
   return max_diff(ours, theirs);
 }
 
