@@ -243,6 +243,11 @@ std::string llava_readme(const JobConfig& job, int64_t n_image, const ImageToken
       "`hidden_states[{}]` (vision_feature_select_strategy \"{}\"), as forge's `vision_encoder.feature_layer`.\n",
       FORGE_SDK_VERSION_STRING, job.vlm->arch, job.vision_encoder->type, job.adapter->type, n_image, n_image, img.id,
       n_image, layer, strategy);
+  if (!job.data.chat_template.empty())
+    r += fmt::format(
+        "\nTraining wrapped every sample with `data.chat_template` = `{}`: the text after the image tokens is\n"
+        "that template with `{{prompt}}` filled in, cut just before `{{text}}` (the caption the model writes).\n",
+        job.data.chat_template);
   if (img.grow)
     r += fmt::format(
         "\nThe tokenizer used every id of the embedding, so `<image>` got a new id {}: the embedding\n"
@@ -384,7 +389,11 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
                 {"adapter", job.adapter->type},
                 {"image_tokens", model.visual_tokens()},
                 {"residual_image_tokens", model.residual_image_tokens()},
-                {"forge_config", "forge_config.toml"}};
+                {"forge_config", "forge_config.toml"},
+                {"prompt_layout", model.residual_image_tokens() > 0
+                                      ? "[image tokens][prompt][caption][EOS], no BOS (D1)"
+                                      : "[BOS][prompt][caption][EOS], image through cross-attention (D1)"},
+                {"chat_template", job.data.chat_template}};
 
   std::set<const void*> taken;
   Tensors text = hf_text_weights(model, &taken);
