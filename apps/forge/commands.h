@@ -32,6 +32,15 @@ struct GenerateArgs {
   std::vector<std::string> plugin_paths;
 };
 
+struct ExportArgs {
+  std::string checkpoint;
+  std::string format = "hf";
+  std::string out;
+  std::string layout = "auto";  // auto | llava | parts
+  bool force = false;
+  std::vector<std::string> plugin_paths;
+};
+
 struct DataSampleArgs {
   ConfigArgs config;  // optional
   std::string out;
@@ -55,6 +64,7 @@ int cmd_train(const ConfigArgs& args);
 int cmd_generate(const GenerateArgs& args);
 int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
              const std::vector<std::string>& plugin_paths);
+int cmd_export(const ExportArgs& args);
 int cmd_data_sample(const DataSampleArgs& args);
 int cmd_data_check(const ConfigArgs& args);
 

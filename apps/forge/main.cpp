@@ -120,6 +120,31 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   add_plugin_path(eval);
 
+  forge::app::ExportArgs exp;
+  auto* export_cmd = app.add_subcommand(
+      "export",
+      "Export a checkpoint as Hugging Face folders. joint_decoder + mlp_2layer + a SigLIP/CLIP tower becomes one "
+      "folder that transformers' LlavaForConditionalGeneration and AutoProcessor load (a SigLIP tower needs "
+      "vision_encoder.feature_layer < 0); any other model becomes parts: language_model/ (AutoModelForCausalLM), "
+      "vision_tower/ (SiglipVisionModel/CLIPVisionModel), forge_extra.safetensors and manifest.json. "
+      "Written atomically: a failed export leaves nothing behind. See docs/export.md");
+  export_cmd->add_option("--checkpoint", exp.checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
+  export_cmd->add_option("--format", exp.format, "Output format; only hf (Hugging Face folders)")
+      ->required()
+      ->check(CLI::IsMember({"hf"}));
+  export_cmd->add_option("out", exp.out, "The folder to create (must not exist or be empty, unless --force)")->required();
+  export_cmd->add_option("--layout", exp.layout,
+                         "auto (LLaVA when the model is one, else parts), llava (fail when it is not), or parts")
+      ->check(CLI::IsMember({"auto", "llava", "parts"}));
+  export_cmd->add_flag("--force", exp.force, "Replace a non-empty output folder (atomically: the old one stays until the new one is complete)");
+  add_plugin_path(export_cmd);
+  export_cmd->footer(
+      "Examples:\n"
+      "  forge export --checkpoint runs/llava_stage1 --format hf out/llava            # a LLaVA folder\n"
+      "  forge export --checkpoint runs/tiny_mot --format hf out/mot --layout parts   # the parts of any model\n"
+      "Exit codes: 0 success, 1 runtime failure (I/O), 2 bad input (no checkpoint, an existing folder, a model the "
+      "layout cannot hold).");
+
   auto* data = app.add_subcommand("data", "Look at and check datasets");
   data->require_subcommand(1);
   forge::app::DataSampleArgs sample;
@@ -188,6 +213,9 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_generate(gen);
     } else if (eval->parsed()) {
       rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, eval_device, plugin_paths);
+    } else if (export_cmd->parsed()) {
+      exp.plugin_paths = plugin_paths;
+      rc = forge::app::cmd_export(exp);
     } else if (data_sample->parsed()) {
       sample.config.overrides = overrides;
       sample.config.plugin_paths = plugin_paths;

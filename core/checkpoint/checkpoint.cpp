@@ -49,15 +49,7 @@ void write_text(const fs::path& p, const std::string& text) {
   if (!out) throw RuntimeError(fmt::format("{}: write failed (disk full?)", p.string()));
 }
 
-// Flushes a file's or folder's data to the disk, so a rename that follows
-// cannot outlive the data it names after a power loss.
-void sync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw RuntimeError(fmt::format("{}: cannot open to sync it", p.string()));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw RuntimeError(fmt::format("{}: fsync failed (disk full or I/O error?)", p.string()));
-}
+void sync_path(const fs::path& p) { util::sync_path(p.string()); }
 
 }  // namespace
 

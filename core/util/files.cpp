@@ -1,11 +1,17 @@
 #include "core/util/files.h"
 
+#include <fcntl.h>
 #include <ftw.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
 
 namespace forge::util {
 
@@ -30,6 +36,14 @@ bool remove_tree(const std::string& path, std::string* error) {
   t_error = nullptr;
   if (rc != 0 && error && error->empty()) *error = path + ": " + std::strerror(errno);
   return rc == 0;
+}
+
+void sync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw RuntimeError(fmt::format("{}: cannot open to sync it", path));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw RuntimeError(fmt::format("{}: fsync failed (disk full or I/O error?)", path));
 }
 
 }  // namespace forge::util

@@ -20,4 +20,9 @@ namespace forge::util {
 // NEEDED list (docs/abi.md, "Process-wide symbol order"). nftw() is libc's.
 FORGE_API bool remove_tree(const std::string& path, std::string* error = nullptr);
 
+// Flushes a file's or folder's data to the disk (fsync), so a rename that
+// follows cannot outlive the data it names after a power loss. RuntimeError
+// naming the path when it cannot.
+FORGE_API void sync_path(const std::string& path);
+
 }  // namespace forge::util

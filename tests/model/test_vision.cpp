@@ -4,6 +4,8 @@
 
 #include <fstream>
 
+#include <fmt/format.h>
+
 #include "core/checkpoint/state_dict.h"
 #include "core/model/vlm.h"
 #include "core/training/loss.h"
@@ -70,6 +72,36 @@ TEST_CASE("CLIP parity with HF transformers (class token removed)", "[vision][pa
     INFO(dir << ": max abs error " << err);
     CHECK(err < 1e-4);
   }
+}
+
+TEST_CASE("feature_layer = k gives HF's hidden_states[k] (LLaVA's vision_feature_layer)", "[vision][parity]") {
+  auto& reg = builtin_registry();
+  for (const char* type : {"siglip", "clip"}) {
+    safetensors::File io(fixture(std::string(type) + "/io.safetensors"));
+    for (int k : {-1, -2, -3}) {
+      std::string toml = fmt::format("[vision_encoder]\ntype = \"{}\"\npath = \"{}\"\nfeature_layer = {}\n", type,
+                                     fixture(type), k);
+      auto cfg = load_config_text(toml, "test.toml", reg);
+      BuildContext ctx{named_logger("test"), 0};
+      auto enc = reg.hold("encoder", type, reg.encoder(type)->create(*cfg.job.vision_encoder, ctx));
+      torch::NoGradGuard g;
+      at::Tensor got = enc->forward(io.load("pixels"));
+      at::Tensor want = io.load(fmt::format("hidden_m{}", -k));
+      REQUIRE(got.sizes() == want.sizes());
+      double err = (got - want).abs().max().item<double>();
+      INFO(type << " feature_layer " << k << ": max abs error " << err);
+      CHECK(err < 1e-4);
+    }
+  }
+  // The fixtures have 2 layers: -3 is the embeddings, -4 does not exist; positive values are refused by the reader.
+  std::string bad = "[vision_encoder]\ntype = \"clip\"\npath = \"" + fixture("clip") + "\"\nfeature_layer = -4\n";
+  auto cfg = load_config_text(bad, "test.toml", reg);
+  BuildContext ctx{named_logger("test"), 0};
+  std::string err = error_of([&] { reg.encoder("clip")->create(*cfg.job.vision_encoder, ctx); });
+  CHECK_THAT(err, Catch::Contains("feature_layer = -4 is out of range") && Catch::Contains("-1 .. -3"));
+  auto diags = forge::test::config_errors("[vision_encoder]\ntype = \"siglip\"\nfeature_layer = 1\n");
+  REQUIRE(diags.size() == 1);
+  CHECK_THAT(diags[0].format(), Catch::Contains("feature_layer"));
 }
 
 TEST_CASE("encoders report their preprocessing (D6)", "[vision]") {
@@ -289,6 +321,10 @@ TEST_CASE("every recipe in configs/ validates (tower paths point at the generate
       std::string rel = text.substr(pos + 18, end - pos - 18);
       cmd += " --vision_encoder.path=" + fixture(rel);
     }
+    // Recipes for pretrained models (models/llm, models/siglip) run on the tiny fixtures.
+    if (text.find("init_from_hf = \"models/") != std::string::npos)
+      cmd += " --model.init_from_hf=" + fixture("llm_chat") + " --vision_encoder.path=" + fixture("siglip") +
+             " --model.max_seq_len=256 --train.seq_len=256";
     auto r = forge::test::run(cmd);
     INFO(cmd << "\n" << r.output);
     CHECK(r.code == 0);

@@ -7,7 +7,9 @@
 // output is the encoder's last hidden state with the class token removed, so
 // the N patch tokens form a square grid that pooling adapters can use; it is
 // taken before post_layernorm (which HF applies to the pooled class token
-// only; its weights are kept for key compatibility). Preprocessing defaults to
+// only; its weights are kept for key compatibility). feature_layer = k < 0
+// takes HF's hidden_states[k] instead (LLaVA's vision_feature_layer; -1 is the
+// default). Preprocessing defaults to
 // CLIP's own mean/std (D6), or preprocessor_config.json when present.
 // With an empty path, a randomly initialised, trainable CLIP tower.
 // State-dict keys: vision_encoder.vision_tower.<HF vision-model keys>.
@@ -21,13 +23,47 @@
 
 namespace forge::plugins::encoder::clip {
 
-using Config = VitEncoderConfig;  // the [vision_encoder] keys of every ViT tower (forge/vit.h)
+// The [vision_encoder] keys of every ViT tower (forge/vit.h), plus feature_layer.
+struct Config : VitEncoderConfig {
+  int64_t feature_layer = 0;
+  void visit(ConfigVisitor& v) override {
+    VitEncoderConfig::visit(v);
+    Bounds at_most_zero;
+    at_most_zero.max = 0.0;
+    v.field("feature_layer", feature_layer,
+            "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; "
+            "CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without "
+            "post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's "
+            "choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to "
+            "export as LLaVA (docs/export.md).",
+            at_most_zero);
+  }
+};
+
+// The layers to run for `feature_layer` over a tower of `layers` layers
+// (0: all of them); a UserError naming the range when it is out of it.
+int64_t layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers) {
+  if (feature_layer == 0) return layers;
+  if (feature_layer < -(layers + 1))
+    throw UserError(fmt::format("{}: vision_encoder.feature_layer = {} is out of range: the tower has {} layers, so "
+                                "hidden_states[k] exists for k in -1 .. -{} (-{}: the embeddings), or 0 for the default",
+                                plugin, feature_layer, layers, layers + 1, layers + 1));
+  return layers + 1 + feature_layer;
+}
+
+// Runs the first `n` layers of `encoder`.
+at::Tensor run_layers(nn::VitEncoder& encoder, at::Tensor x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x = static_cast<nn::VitLayerImpl*>(encoder->layers->ptr(i).get())->forward(x);
+  return x;
+}
 
 struct Spec {
   nn::VitOptions vit;
   int64_t image_size = 224, patch_size = 16;
   Preprocess pre;
   std::string dir;
+  int64_t feature_layer = 0;  // 0 or k < 0: hidden_states[k] (0 = -1)
+  int64_t run = 0;            // layers to run
   int64_t grid() const { return image_size / patch_size; }
   int64_t tokens() const { return grid() * grid(); }
 };
@@ -78,6 +114,8 @@ Spec spec_of(const Config& cfg) {
                                 "is removed); leave it at 0",
                                 cfg.num_tokens, s.image_size, s.patch_size, s.tokens()));
   s.pre.image_size = s.image_size;
+  s.feature_layer = cfg.feature_layer;
+  s.run = layers_to_run("clip", cfg.feature_layer, s.vit.layers);
   return s;
 }
 
@@ -106,18 +144,21 @@ TORCH_MODULE(Embeddings);
 
 class TowerImpl : public torch::nn::Module {
  public:
-  explicit TowerImpl(const Spec& s) {
+  explicit TowerImpl(const Spec& s) : run_(s.run) {
     auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.vit.hidden}).eps(s.vit.eps)); };
     embeddings = register_module("embeddings", Embeddings(s));
     pre_layrnorm = register_module("pre_layrnorm", ln());
     encoder = register_module("encoder", nn::VitEncoder(s.vit));
     register_module("post_layernorm", ln());  // applied by HF to the pooled class token only
   }
-  // (B, 1 + N, D): the encoder's last hidden state, class token first.
-  at::Tensor forward(const at::Tensor& px) { return encoder(pre_layrnorm(embeddings(px))); }
+  // (B, 1 + N, D): hidden_states[feature_layer] (the last one by default), class token first.
+  at::Tensor forward(const at::Tensor& px) { return run_layers(encoder, pre_layrnorm(embeddings(px)), run_); }
   Embeddings embeddings{nullptr};
   torch::nn::LayerNorm pre_layrnorm{nullptr};
   nn::VitEncoder encoder{nullptr};
+
+ private:
+  int64_t run_ = 0;
 };
 TORCH_MODULE(Tower);
 
@@ -136,7 +177,8 @@ class ClipEncoder final : public VisionEncoder {
   Preprocess preprocess() const override { return spec_.pre; }
   double forward_flops() const override {
     const double N = spec_.tokens(), D = spec_.vit.hidden, p = spec_.patch_size;
-    return vision_tower->encoder->flops(spec_.tokens() + 1) + 2 * N * 3 * p * p * D;
+    const double used = static_cast<double>(spec_.run) / static_cast<double>(spec_.vit.layers);
+    return vision_tower->encoder->flops(spec_.tokens() + 1) * used + 2 * N * 3 * p * p * D;
   }
   Tower vision_tower{nullptr};
 

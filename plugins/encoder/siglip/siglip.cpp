@@ -12,7 +12,8 @@
 //    position table resized (bilinear, antialiased) to the image's patch grid,
 //    so any image_size that is a multiple of patch_size works.
 // Output: last_hidden_state after post_layernorm, (B, patches, hidden); no
-// CLS. The attention-pooling head's weights are loaded and kept (so state
+// CLS. With feature_layer = k < 0: HF's hidden_states[k] (no post_layernorm),
+// as LLaVA's vision_feature_layer. The attention-pooling head's weights are loaded and kept (so state
 // dicts match KempnerForge's) but not run, as in the reference.
 // With an empty path, a randomly initialised, trainable SigLIP of the shape
 // the keys below describe.
@@ -27,7 +28,39 @@
 
 namespace forge::plugins::encoder::siglip {
 
-using Config = VitEncoderConfig;  // the [vision_encoder] keys of every ViT tower (forge/vit.h)
+// The [vision_encoder] keys of every ViT tower (forge/vit.h), plus feature_layer.
+struct Config : VitEncoderConfig {
+  int64_t feature_layer = 0;
+  void visit(ConfigVisitor& v) override {
+    VitEncoderConfig::visit(v);
+    Bounds at_most_zero;
+    at_most_zero.max = 0.0;
+    v.field("feature_layer", feature_layer,
+            "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; "
+            "CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without "
+            "post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's "
+            "choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to "
+            "export as LLaVA (docs/export.md).",
+            at_most_zero);
+  }
+};
+
+// The layers to run for `feature_layer` over a tower of `layers` layers
+// (0: all of them); a UserError naming the range when it is out of it.
+int64_t layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers) {
+  if (feature_layer == 0) return layers;
+  if (feature_layer < -(layers + 1))
+    throw UserError(fmt::format("{}: vision_encoder.feature_layer = {} is out of range: the tower has {} layers, so "
+                                "hidden_states[k] exists for k in -1 .. -{} (-{}: the embeddings), or 0 for the default",
+                                plugin, feature_layer, layers, layers + 1, layers + 1));
+  return layers + 1 + feature_layer;
+}
+
+// Runs the first `n` layers of `encoder`.
+at::Tensor run_layers(nn::VitEncoder& encoder, at::Tensor x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x = static_cast<nn::VitLayerImpl*>(encoder->layers->ptr(i).get())->forward(x);
+  return x;
+}
 
 struct Spec {
   bool v2 = false;
@@ -36,6 +69,8 @@ struct Spec {
   int64_t image_size = 224, patch_size = 16, table = 0;  // table: SigLIP2 position entries
   Preprocess pre;
   std::string dir;  // "" for random init
+  int64_t feature_layer = 0;  // 0: post_layernorm(last layer); k < 0: hidden_states[k]
+  int64_t run = 0;            // layers to run
   int64_t grid() const { return image_size / patch_size; }
   int64_t tokens() const { return grid() * grid(); }
 };
@@ -95,6 +130,8 @@ Spec spec_of(const Config& cfg) {
     throw UserError(fmt::format("siglip: num_tokens = {} disagrees with ({} / {})^2 = {} patches; leave it at 0",
                                 cfg.num_tokens, s.image_size, s.patch_size, s.tokens()));
   s.pre.image_size = s.image_size;
+  s.feature_layer = cfg.feature_layer;
+  s.run = layers_to_run("siglip", cfg.feature_layer, s.vit.layers);
   return s;
 }
 
@@ -158,17 +195,24 @@ TORCH_MODULE(Head);
 
 class TowerImpl : public torch::nn::Module {
  public:
-  explicit TowerImpl(const Spec& s) {
+  explicit TowerImpl(const Spec& s) : spec_(s) {
     embeddings = register_module("embeddings", Embeddings(s));
     encoder = register_module("encoder", nn::VitEncoder(s.vit));
     post_layernorm = register_module(
         "post_layernorm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.vit.hidden}).eps(s.vit.eps)));
     if (s.use_head) register_module("head", Head(s.vit));
   }
-  at::Tensor forward(const at::Tensor& px) { return post_layernorm(encoder(embeddings(px))); }
+  // feature_layer 0: last_hidden_state (after post_layernorm); k < 0: hidden_states[k], the layers after it skipped.
+  at::Tensor forward(const at::Tensor& px) {
+    at::Tensor h = run_layers(encoder, embeddings(px), spec_.run);
+    return spec_.feature_layer == 0 ? post_layernorm(h) : h;
+  }
   Embeddings embeddings{nullptr};
   nn::VitEncoder encoder{nullptr};
   torch::nn::LayerNorm post_layernorm{nullptr};
+
+ private:
+  Spec spec_;
 };
 TORCH_MODULE(Tower);
 
@@ -186,7 +230,8 @@ class SiglipEncoder final : public VisionEncoder {
   Preprocess preprocess() const override { return spec_.pre; }
   double forward_flops() const override {
     const double N = spec_.tokens(), D = spec_.vit.hidden, p = spec_.patch_size;
-    return vision_tower->encoder->flops(spec_.tokens()) + 2 * N * 3 * p * p * D;
+    const double used = static_cast<double>(spec_.run) / static_cast<double>(spec_.vit.layers);
+    return vision_tower->encoder->flops(spec_.tokens()) * used + 2 * N * 3 * p * p * D;
   }
   Tower vision_tower{nullptr};
 
