@@ -261,8 +261,8 @@ std::string llava_readme(const JobConfig& job, int64_t n_image, const ImageToken
         "and preprocess images as preprocessor_config.json says.\n",
         n_image, img.id);
   r += "\nImage preprocessing (preprocessor_config.json) is forge's: resize to the tower's size with the same\n"
-       "filter, scale to [0, 1], normalise with the tower's mean and std. PIL's resampling and forge's differ\n"
-       "slightly, so pixel values agree to within resampling error, not bit for bit.\n";
+       "filter, scale to [0, 1], normalise with the tower's mean and std. An image already at that size gives\n"
+       "forge's pixel values exactly; a resized one differs by the resampling of PIL versus forge's only.\n";
   return r;
 }
 
