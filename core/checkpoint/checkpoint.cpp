@@ -74,24 +74,71 @@ void recover_interrupted_saves(const std::string& run_dir) {
   }
 }
 
+namespace {
+
+// The model's and the optimizer's tensors, whole, one at a time (gathered
+// from the ranks' shards when the run is sharded).
+struct SaveTensors {
+  std::vector<safetensors::PendingTensor> model, trainer;
+  bool model_done = false, trainer_done = false;
+
+  explicit SaveTensors(const SaveRequest& r) {
+    const ShardView* shards = r.shards;
+    auto whole = [shards](const std::string& param, const at::Tensor& t) {
+      if (!shards || !shards->is_sharded(param) || t.dim() == 0)
+        return safetensors::PendingTensor{param, t.scalar_type(), t.sizes().vec(), [t] { return t; }};
+      return safetensors::PendingTensor{param, t.scalar_type(), shards->full_shape(param),
+                                        [shards, param, t] { return shards->gather(param, t); }};
+    };
+    for (const auto& [name, t] : state_dict(*r.model)) model.push_back(whole(name, t));
+    if (r.optimizer) {
+      for (const auto& [key, t] : optimizer_state(*r.optimizer, *r.groups)) {
+        const std::string param = key.substr(0, key.rfind('.'));
+        auto p = whole(param, t);
+        p.name = key;
+        trainer.push_back(std::move(p));
+      }
+    }
+    at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+    trainer.push_back({"rng.cpu", rng.scalar_type(), rng.sizes().vec(), [rng] { return rng; }});
+  }
+  // What a rank that does not write does: take part in every gather.
+  void drain() {
+    if (!model_done)
+      for (const auto& t : model) t.produce();
+    if (!trainer_done)
+      for (const auto& t : trainer) t.produce();
+    model_done = trainer_done = true;
+  }
+};
+
+}  // namespace
+
 std::string save_checkpoint(const SaveRequest& r) {
+  SaveTensors tensors(r);
+  if (!r.writer) {
+    tensors.drain();
+    return "";
+  }
   const fs::path run(r.run_dir);
   const std::string name = step_name(r.state->step);
   const fs::path final_dir = run / name;
   const fs::path tmp = run / fmt::format(".{}.tmp-{}", name, ::getpid());
   std::error_code ec;
   fs::create_directories(run, ec);
-  if (ec) throw RuntimeError(fmt::format("{}: cannot create the checkpoint folder: {}", run.string(), ec.message()));
+  if (ec) {
+    tensors.drain();
+    throw RuntimeError(fmt::format("{}: cannot create the checkpoint folder: {}", run.string(), ec.message()));
+  }
   recover_interrupted_saves(run.string());
   try {
     fs::create_directories(tmp);
-    save_state_dict(*r.model, (tmp / "model.safetensors").string(),
-                    {{"format", "pt"}, {"producer", "forge " FORGE_SDK_VERSION_STRING}});
+    tensors.model_done = true;
+    safetensors::save_streamed((tmp / "model.safetensors").string(), tensors.model,
+                               {{"format", "pt"}, {"producer", "forge " FORGE_SDK_VERSION_STRING}});
     failpoint("checkpoint.after_model");
-    std::vector<std::pair<std::string, at::Tensor>> trainer;
-    if (r.optimizer) trainer = optimizer_state(*r.optimizer, *r.groups);
-    trainer.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
-    safetensors::save((tmp / "trainer.safetensors").string(), trainer);
+    tensors.trainer_done = true;
+    safetensors::save_streamed((tmp / "trainer.safetensors").string(), tensors.trainer);
 
     json st;
     st["schema"] = kCheckpointSchema;
@@ -141,6 +188,7 @@ std::string save_checkpoint(const SaveRequest& r) {
     sync_path(run);  // the rename is on disk before the previous copy goes
     if (!old.empty()) util::remove_tree(old.string());
   } catch (const std::exception& e) {
+    tensors.drain();  // the other ranks still wait on the gathers
     util::remove_tree(tmp.string());
     throw RuntimeError(fmt::format("saving checkpoint {} failed: {}; earlier checkpoints in {} are untouched",
                                    final_dir.string(), e.what(), run.string()));
@@ -232,9 +280,10 @@ void load_checkpoint_weights(const std::string& step_dir, torch::nn::Module& mod
   load_state_dict(model, TensorSource::from_file(f), /*strict=*/true);
 }
 
-void load_checkpoint_trainer(const std::string& step_dir, torch::optim::AdamW& opt, const ParamGroups& groups) {
+void load_checkpoint_trainer(const std::string& step_dir, torch::optim::AdamW& opt, const ParamGroups& groups,
+                             const ShardView* shards) {
   safetensors::File f((fs::path(step_dir) / "trainer.safetensors").string());
-  load_optimizer_state(opt, groups, f);
+  load_optimizer_state(opt, groups, f, shards);
   if (f.contains("rng.cpu")) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the default generator
     gen.set_state(f.load("rng.cpu"));

@@ -17,6 +17,7 @@
 #include <torch/nn/module.h>
 #include <torch/optim/adamw.h>
 
+#include "core/checkpoint/shard_view.h"
 #include "core/config/job.h"
 #include "core/data/loader.h"
 #include "core/training/optim.h"
@@ -43,10 +44,16 @@ struct FORGE_API SaveRequest {
   const JobConfig* config = nullptr;
   const Registry* registry = nullptr;        // for the plugin list
   int64_t keep_last_n = 3;
+  // A sharded run: every rank calls save_checkpoint with the same request;
+  // whole tensors are gathered one at a time (a collective per tensor) and
+  // only the `writer` rank writes, so no rank ever holds the whole model.
+  const ShardView* shards = nullptr;
+  bool writer = true;
 };
 
-// Writes step_<N> and returns its path; RuntimeError when it cannot (the
-// previous checkpoints are left as they were).
+// Writes step_<N> and returns its path ("" on a rank that is not the
+// writer); RuntimeError when it cannot (the previous checkpoints are left as
+// they were).
 FORGE_API std::string save_checkpoint(const SaveRequest& req);
 
 // Tidies what a save killed halfway left in a run folder: an unfinished
@@ -64,7 +71,9 @@ FORGE_API TrainState read_train_state(const std::string& step_dir);
 // Loads model.safetensors into `model`, strictly (FormatError naming the file).
 FORGE_API void load_checkpoint_weights(const std::string& step_dir, torch::nn::Module& model);
 // Restores AdamW moments and the RNG state from trainer.safetensors.
-FORGE_API void load_checkpoint_trainer(const std::string& step_dir, torch::optim::AdamW& opt, const ParamGroups& groups);
+// With `shards`, each rank keeps its part of the sharded parameters' moments.
+FORGE_API void load_checkpoint_trainer(const std::string& step_dir, torch::optim::AdamW& opt, const ParamGroups& groups,
+                                       const ShardView* shards = nullptr);
 
 // Throws RuntimeError when the environment variable FORGE_FAILPOINT names
 // `point` (used by tests to exercise failure paths).

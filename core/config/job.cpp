@@ -175,8 +175,14 @@ void EvalConfig::visit(ConfigVisitor& v) {
 }
 
 void DistributedConfig::visit(ConfigVisitor& v) {
-  v.field("dp_shard", dp_shard, "Data-parallel ranks; -1 uses the launched world size, else it must equal it.");
+  v.field("dp_shard", dp_shard,
+          "Ranks that split the model, its gradients and AdamW state between them (fully sharded data parallel); "
+          "-1: the launched world size divided by dp_replicate; 1: every rank holds the whole model (replicated).");
   v.require(dp_shard == -1 || dp_shard > 0, "dp_shard", fmt::format("got {}; must be -1 or > 0", dp_shard));
+  v.field("dp_replicate", dp_replicate,
+          "Replica groups; dp_replicate × dp_shard must equal the launched world size. Sharding within groups "
+          "that replicate (hybrid, both > 1) is not built yet.",
+          Bounds::positive());
   v.field("backend", backend,
           "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both): Gloo on CPUs, NCCL on "
           "GPUs (a build without nccl.h uses Gloo over host memory, with a warning).");
@@ -185,7 +191,6 @@ void DistributedConfig::visit(ConfigVisitor& v) {
   v.unimplemented("pp", "pipeline parallelism");
   v.unimplemented("ep", "expert parallelism");
   v.unimplemented("cp", "context parallelism");
-  v.unimplemented("dp_replicate", "forge's data parallelism replicates every rank");
   v.unimplemented("pp_schedule", "pipeline parallelism");
 }
 

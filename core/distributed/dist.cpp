@@ -72,13 +72,28 @@ std::string backend_for(const std::string& spec, const at::Device& device) {
 
 }  // namespace
 
+int64_t resolved_dp_shard(const DistributedConfig& cfg, int64_t world) {
+  if (cfg.dp_replicate < 1)
+    throw UserError(fmt::format("distributed.dp_replicate = {}: must be >= 1", cfg.dp_replicate));
+  if (cfg.dp_shard == -1) {
+    if (world % cfg.dp_replicate != 0)
+      throw UserError(fmt::format("distributed.dp_replicate = {} does not divide the {} launched rank(s); choose a "
+                                  "divisor of {} or launch a multiple of {}",
+                                  cfg.dp_replicate, world, world, cfg.dp_replicate));
+    return world / cfg.dp_replicate;
+  }
+  if (cfg.dp_shard * cfg.dp_replicate != world)
+    throw UserError(fmt::format("distributed.dp_shard = {} × dp_replicate = {} is {} rank(s), but {} were launched; "
+                                "start forge with `forge train --nproc {}` or set dp_shard = -1",
+                                cfg.dp_shard, cfg.dp_replicate, cfg.dp_shard * cfg.dp_replicate, world,
+                                cfg.dp_shard * cfg.dp_replicate));
+  return cfg.dp_shard;
+}
+
 std::unique_ptr<Distributed> Distributed::from_env(const DistributedConfig& cfg, const at::Device& device) {
   const int world = env_int("WORLD_SIZE", 1);
   const int rank = env_int("RANK", 0);
-  if (cfg.dp_shard > 0 && cfg.dp_shard != world)
-    throw UserError(fmt::format("distributed.dp_shard = {} but {} rank(s) were launched; start forge with "
-                                "`forge train --nproc {}` (or set dp_shard = -1)",
-                                cfg.dp_shard, world, cfg.dp_shard));
+  resolved_dp_shard(cfg, world);  // a layout the world cannot honour fails before any connection
   if (world <= 1) return std::unique_ptr<Distributed>(new Distributed());
   const char* addr = std::getenv("MASTER_ADDR");
   return connect(cfg, device, rank, world, addr ? addr : "127.0.0.1", env_int("MASTER_PORT", 29500));
@@ -148,6 +163,54 @@ void Distributed::average(const std::vector<at::Tensor>& tensors) {
       at += n;
     }
   }
+}
+
+namespace {
+// A collective's tensor where the backend wants it (host memory for Gloo), and back.
+struct OnBackend {
+  at::Tensor t;
+  const at::Tensor& user;
+  OnBackend(const at::Tensor& u, const at::Device& d) : t(u.device() == d ? u : u.to(d)), user(u) {}
+  void copy_back() {
+    if (!t.is_same(user)) user.copy_(t);
+  }
+};
+}  // namespace
+
+void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) {
+  if (out.numel() != in.numel() * world_)
+    throw InvalidArgument(fmt::format("all_gather: {} elements out for {} in over {} ranks", out.numel(), in.numel(),
+                                      world_));
+  if (!impl_) {
+    out.copy_(in.reshape(out.sizes()));
+    return;
+  }
+  OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
+  impl_->pg->_allgather_base(o.t, i.t)->wait();
+  o.copy_back();
+}
+
+void Distributed::reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in) {
+  if (in.numel() != out.numel() * world_)
+    throw InvalidArgument(fmt::format("reduce_scatter: {} elements in for {} out over {} ranks", in.numel(),
+                                      out.numel(), world_));
+  if (!impl_) {
+    out.copy_(in.reshape(out.sizes()));
+    return;
+  }
+  OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
+  c10d::ReduceScatterOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  impl_->pg->_reduce_scatter_base(o.t, i.t, opts)->wait();
+  o.copy_back();
+}
+
+void Distributed::all_reduce_sum(const at::Tensor& t) {
+  if (!impl_) return;
+  OnBackend b(t, impl_->device);
+  std::vector<at::Tensor> one{b.t};
+  impl_->pg->allreduce(one)->wait();
+  b.copy_back();
 }
 
 double Distributed::reduce(double v, bool take_max) {

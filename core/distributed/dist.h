@@ -3,10 +3,10 @@
 //
 // Processes are started either by `forge train --nproc N` (one machine) or
 // by any launcher that sets the torchrun variables RANK, WORLD_SIZE,
-// MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU). Every rank holds the
-// whole model; each trains on its slice of every batch and gradients are
-// averaged with one all-reduce per step. c10d stays behind this interface
-// (its headers are included in dist.cpp only).
+// MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU). Each rank trains on
+// its slice of every batch; core/distributed/data_parallel.h decides whether
+// ranks replicate or shard the model. c10d stays behind this interface (its
+// headers are included in dist.cpp only).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -44,6 +44,13 @@ class FORGE_API Distributed {
   // Sums or takes the max of a number over ranks.
   double sum(double v);
   double max(double v);
+  // out (world * n elements) = every rank's `in` (n elements), in rank order.
+  void all_gather(const at::Tensor& out, const at::Tensor& in);
+  // out (n elements) = this rank's n-element slice of the sum over ranks of
+  // `in` (world * n elements).
+  void reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in);
+  // Sums a tensor over ranks in place.
+  void all_reduce_sum(const at::Tensor& t);
   // Copies rank 0's tensors to every rank.
   void broadcast(const std::vector<at::Tensor>& tensors);
   void barrier();
@@ -58,6 +65,10 @@ class FORGE_API Distributed {
   std::string backend_ = "none";
   std::unique_ptr<Impl> impl_;
 };
+
+// dp_shard after resolving -1 against the world size and dp_replicate; a
+// layout the world cannot honour is a UserError that names the numbers.
+FORGE_API int64_t resolved_dp_shard(const DistributedConfig& cfg, int64_t world);
 
 // Starts `forge` again as `nproc` local ranks (the same arguments, less
 // --nproc) with the torchrun variables set, waits for all of them and returns

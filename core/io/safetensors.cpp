@@ -234,41 +234,64 @@ const std::string& ModelFiles::file_of(const std::string& name) const {
 
 void save(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
           const std::map<std::string, std::string>& metadata) {
+  std::vector<PendingTensor> pending;
+  for (const auto& [name, t] : tensors)
+    pending.push_back({name, t.scalar_type(), t.sizes().vec(), [t = t] { return t; }});
+  save_streamed(path, pending, metadata);
+}
+
+void save_streamed(const std::string& path, const std::vector<PendingTensor>& tensors,
+                   const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<at::Tensor> cpu;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    if (header.contains(name)) throw InvalidArgument(fmt::format("safetensors save: tensor '{}' given twice", name));
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
-    header[name] = {{"dtype", dtype_name(c.scalar_type())},
-                    {"shape", c.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+  for (const auto& t : tensors) {
+    if (header.contains(t.name)) throw InvalidArgument(fmt::format("safetensors save: tensor '{}' given twice", t.name));
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    const uint64_t bytes = static_cast<uint64_t>(numel) * c10::elementSize(t.dtype);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    cpu.push_back(c);
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8 != 0) h.push_back(' ');
   const std::string tmp = path + ".tmp";
+  std::string failure;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw RuntimeError(fmt::format("{}: cannot write: {}", tmp, std::strerror(errno)));
+    if (!out) failure = fmt::format("{}: cannot write: {}", tmp, std::strerror(errno));
     uint64_t n = h.size();
     char len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-    out.write(len, 8);
-    out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    for (const auto& c : cpu)
+    if (failure.empty()) {
+      out.write(len, 8);
+      out.write(h.data(), static_cast<std::streamsize>(h.size()));
+    }
+    for (const auto& t : tensors) {
+      at::Tensor c = t.produce().detach();  // always: it may be a collective
+      if (c.scalar_type() != t.dtype || c.sizes() != at::IntArrayRef(t.shape)) {
+        out.close();
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw InvalidArgument(fmt::format("safetensors save: '{}' was declared {} {} but is {} {}", t.name,
+                                          dtype_name(t.dtype), fmt::join(t.shape, "x"), dtype_name(c.scalar_type()),
+                                          fmt::join(c.sizes().vec(), "x")));
+      }
+      if (!failure.empty()) continue;
+      c = c.to(at::kCPU).contiguous();
       out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw RuntimeError(fmt::format("{}: write failed (disk full?)", tmp));
+      if (!out) failure = fmt::format("{}: write failed (disk full?)", tmp);
+    }
+    if (failure.empty()) {
+      out.flush();
+      if (!out) failure = fmt::format("{}: write failed (disk full?)", tmp);
     }
   }
   std::error_code ec;
+  if (!failure.empty()) {
+    fs::remove(tmp, ec);
+    throw RuntimeError(failure);
+  }
   fs::rename(tmp, path, ec);
   if (ec) {
     fs::remove(tmp, ec);

@@ -1,6 +1,8 @@
-// Activation checkpointing (core/model/checkpointing.h): a custom autograd
-// node whose backward re-runs the block with grad mode on and differentiates
-// the recomputed graph.
+// Blocks run with recomputation and/or sharded parameters
+// (core/model/checkpointing.h): a custom autograd node stands for the whole
+// block. Its backward either re-runs the block with grad mode on
+// (recompute) or differentiates the block's own graph kept from the forward,
+// with the block's parameters gathered for as long as that takes.
 #include "core/model/checkpointing.h"
 
 #include <torch/csrc/autograd/autograd.h>
@@ -11,26 +13,54 @@
 
 namespace forge {
 
+ParamUnit::~ParamUnit() = default;
+
 namespace {
 
 using torch::autograd::variable_list;
 
-class CheckpointBackward final : public torch::autograd::Node {
- public:
-  CheckpointBackward(CheckpointedFn fn, at::Tensor x, std::vector<at::Tensor> extras, std::vector<at::Tensor> weights,
-                     at::Tensor rng_state)
-      : fn_(std::move(fn)), x_(std::move(x)), extras_(std::move(extras)), weights_(std::move(weights)),
-        rng_state_(std::move(rng_state)) {}
+// Fresh leaves for a block's inputs, so the block's graph ends at them.
+at::Tensor leaf_of(const at::Tensor& t) { return t.defined() ? t.detach().requires_grad_(t.requires_grad()) : t; }
 
-  std::string name() const override { return "forge::CheckpointBackward"; }
+// Holds a unit gathered for the lifetime of a scope.
+struct Gathered {
+  ParamUnit* unit;
+  explicit Gathered(ParamUnit* u) : unit(u) {
+    if (unit) unit->gather();
+  }
+  ~Gathered() {
+    if (unit) unit->release();
+  }
+};
+
+class BlockBackward final : public torch::autograd::Node {
+ public:
+  BlockBackward(CheckpointedFn fn, BlockPolicy policy, std::vector<at::Tensor> weights)
+      : fn_(std::move(fn)), policy_(policy), weights_(std::move(weights)) {}
+
+  std::string name() const override { return "forge::BlockBackward"; }
+
+  // recompute: the block's inputs and the RNG state of its forward.
+  void save_inputs(const at::Tensor& x, const std::vector<at::Tensor>& extras, at::Tensor rng_state) {
+    x_ = x;
+    extras_ = extras;
+    rng_state_ = std::move(rng_state);
+  }
+  // no recompute: the block's graph, from its input leaves to its output.
+  void save_graph(at::Tensor y, at::Tensor x_leaf, std::vector<at::Tensor> extra_leaves) {
+    y_ = std::move(y);
+    x_ = std::move(x_leaf);
+    extras_ = std::move(extra_leaves);
+  }
 
   variable_list apply(variable_list&& grads) override {
-    // Fresh leaves for the saved inputs, so the recomputed graph ends at them.
-    at::Tensor x = x_.detach().requires_grad_(x_.requires_grad());
-    std::vector<at::Tensor> extras;
-    for (const auto& e : extras_) extras.push_back(e.defined() ? e.detach().requires_grad_(e.requires_grad()) : e);
-    at::Tensor y;
-    {
+    Gathered gathered(policy_.unit);
+    at::Tensor x = x_, y = y_;
+    std::vector<at::Tensor> extras = extras_;
+    if (policy_.recompute) {
+      x = leaf_of(x_);
+      extras.clear();
+      for (const auto& e : extras_) extras.push_back(leaf_of(e));
       // Same random draws as the forward; the caller's RNG state is put back afterwards.
       auto gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
@@ -40,11 +70,14 @@ class CheckpointBackward final : public torch::autograd::Node {
       y = fn_(x, extras);
       gen.set_state(resume);
     }
-    // Differentiate w.r.t. every input in the order of this node's edges.
+    // Differentiate w.r.t. every input in the order of this node's edges, then the unit's parameters.
     variable_list inputs{x};
     for (const auto& e : extras) inputs.push_back(e);
     for (const auto& w : weights_) inputs.push_back(w);
-    variable_list wanted, out(inputs.size());
+    const size_t n_edges = inputs.size();
+    if (policy_.unit)
+      for (const auto& p : policy_.unit->params()) inputs.push_back(p);
+    variable_list wanted, all(inputs.size());
     std::vector<size_t> where;
     for (size_t i = 0; i < inputs.size(); ++i) {
       if (inputs[i].defined() && inputs[i].requires_grad()) {
@@ -55,10 +88,13 @@ class CheckpointBackward final : public torch::autograd::Node {
     if (!wanted.empty() && y.requires_grad()) {
       variable_list g = torch::autograd::grad({y}, wanted, {grads[0]}, /*retain_graph=*/false,
                                               /*create_graph=*/false, /*allow_unused=*/true);
-      for (size_t k = 0; k < where.size(); ++k) out[where[k]] = g[k];
+      for (size_t k = 0; k < where.size(); ++k) all[where[k]] = g[k];
     }
+    if (policy_.unit) policy_.unit->reduce_grads(variable_list(all.begin() + static_cast<std::ptrdiff_t>(n_edges),
+                                                               all.end()));
     release();
-    return out;
+    all.resize(n_edges);
+    return all;
   }
 
   void release_variables() override { release(); }
@@ -66,31 +102,52 @@ class CheckpointBackward final : public torch::autograd::Node {
  private:
   void release() {
     x_.reset();
+    y_.reset();
     extras_.clear();
   }
   CheckpointedFn fn_;
-  at::Tensor x_;
-  std::vector<at::Tensor> extras_;
+  BlockPolicy policy_;
   std::vector<at::Tensor> weights_;
+  at::Tensor x_, y_;
+  std::vector<at::Tensor> extras_;
   at::Tensor rng_state_;
 };
 
+bool any_requires_grad(const std::vector<at::Tensor>& ts) {
+  for (const auto& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
 }  // namespace
 
-at::Tensor checkpointed(const CheckpointedFn& fn, const at::Tensor& x, const std::vector<at::Tensor>& extras,
-                        const std::vector<at::Tensor>& weights) {
-  bool needs = x.requires_grad();
-  for (const auto& e : extras) needs = needs || (e.defined() && e.requires_grad());
-  for (const auto& w : weights) needs = needs || w.requires_grad();
-  if (!torch::autograd::GradMode::is_enabled() || !needs) return fn(x, extras);
-
-  at::Tensor rng_state = at::detail::getDefaultCPUGenerator().get_state();
+at::Tensor run_block(const CheckpointedFn& fn, const at::Tensor& x, const std::vector<at::Tensor>& extras,
+                     const std::vector<at::Tensor>& weights, const BlockPolicy& policy) {
+  const bool needs = x.requires_grad() || any_requires_grad(extras) || any_requires_grad(weights) ||
+                     (policy.unit && any_requires_grad(policy.unit->params()));
+  if (!torch::autograd::GradMode::is_enabled() || !needs || (!policy.recompute && !policy.unit)) {
+    Gathered gathered(policy.unit);
+    return fn(x, extras);
+  }
+  auto node = std::make_shared<BlockBackward>(fn, policy, weights);
   at::Tensor y;
   {
-    torch::NoGradGuard no_grad;
-    y = fn(x, extras);
+    Gathered gathered(policy.unit);
+    if (policy.recompute) {
+      at::Tensor rng_state = at::detail::getDefaultCPUGenerator().get_state();
+      torch::NoGradGuard no_grad;
+      y = fn(x, extras);
+      node->save_inputs(x, extras, rng_state);
+    } else {
+      // The block's own graph, cut off from the caller's at fresh input leaves.
+      at::Tensor x_leaf = leaf_of(x);
+      std::vector<at::Tensor> extra_leaves;
+      for (const auto& e : extras) extra_leaves.push_back(leaf_of(e));
+      at::Tensor inner = fn(x_leaf, extra_leaves);
+      y = inner.detach();
+      node->save_graph(inner, x_leaf, extra_leaves);
+    }
   }
-  auto node = std::make_shared<CheckpointBackward>(fn, x, extras, weights, rng_state);
   torch::autograd::edge_list edges = torch::autograd::collect_next_edges(x);
   for (const auto& e : extras) {
     auto more = torch::autograd::collect_next_edges(e);
@@ -103,6 +160,11 @@ at::Tensor checkpointed(const CheckpointedFn& fn, const at::Tensor& x, const std
   node->set_next_edges(std::move(edges));
   torch::autograd::set_history(y, node);
   return y;
+}
+
+at::Tensor checkpointed(const CheckpointedFn& fn, const at::Tensor& x, const std::vector<at::Tensor>& extras,
+                        const std::vector<at::Tensor>& weights) {
+  return run_block(fn, x, extras, weights, BlockPolicy{true, nullptr});
 }
 
 }  // namespace forge

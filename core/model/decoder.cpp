@@ -144,15 +144,23 @@ void DecoderImpl::set_activation_checkpointing(int64_t every) {
   ac_every_ = every;
 }
 
-at::Tensor DecoderImpl::checkpointed_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
-                                           const std::vector<at::Tensor>& shared_weights) {
-  // The recomputation runs after forward returns: it owns copies of what the step refers to.
+void DecoderImpl::set_layer_units(std::vector<std::shared_ptr<ParamUnit>> units) {
+  if (!units.empty() && units.size() != layer_list_.size())
+    throw InvalidArgument(fmt::format("decoder: {} parameter units for {} layers", units.size(), layer_list_.size()));
+  layer_units_ = std::move(units);
+}
+
+at::Tensor DecoderImpl::block_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
+                                    const std::vector<at::Tensor>& shared_weights, bool recompute) {
+  // A recomputation runs after forward returns: it owns copies of what the step refers to.
   ModalityContext::Fields fields = step.modality.fields();
   nn::AttentionInputs attention = step.attention;
   const int64_t start = step.start_pos, length = step.length;
+  ParamUnit* unit = layer_units_.empty() ? nullptr : layer_units_[i].get();
   std::vector<at::Tensor> weights = shared_weights;
-  for (const auto& p : layer_list_[i]->parameters(true))
-    if (p.requires_grad()) weights.push_back(p);
+  if (!unit)
+    for (const auto& p : layer_list_[i]->parameters(true))
+      if (p.requires_grad()) weights.push_back(p);
   CheckpointedFn fn = [this, i, fields, attention, start, length](const at::Tensor& x,
                                                                    const std::vector<at::Tensor>& extras) {
     ModalityContext::Fields f = fields;
@@ -162,7 +170,7 @@ at::Tensor DecoderImpl::checkpointed_layer(size_t i, const at::Tensor& h, const 
     at::Tensor y = layer_list_[i]->forward(x, s, nullptr);
     return hooks_->after_layer(static_cast<int64_t>(i), y, s);
   };
-  return checkpointed(fn, h, {fields.image_features}, weights);
+  return run_block(fn, h, {fields.image_features}, weights, BlockPolicy{recompute, unit});
 }
 
 KVCache DecoderImpl::make_cache(int64_t batch, int64_t capacity, at::ScalarType dtype, const at::Device& device) const {
@@ -226,13 +234,18 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   DecoderStep step{modality, nn::AttentionInputs{cos, sin, start, doc_ids, modality.key_padding_mask()}, cache, start,
                    S};
   const bool checkpoint = ac_every_ > 0 && is_training() && !cache && at::GradMode::is_enabled();
+  const bool sharded = !layer_units_.empty();
+  if (sharded && cache)
+    throw InvalidArgument("decoder: a KV cache (generation) needs whole parameters; load the checkpoint without "
+                          "sharding (forge generate does)");
   std::vector<at::Tensor> shared_weights;  // trainable tensors outside the layer stack (arch modules)
-  if (checkpoint)
+  if (checkpoint || sharded)
     for (const auto& p : named_parameters(true))
       if (p.value().requires_grad() && !util::starts_with(p.key(), "layers.")) shared_weights.push_back(p.value());
   for (size_t i = 0; i < layer_list_.size(); ++i) {
-    if (checkpoint && (static_cast<int64_t>(i) + 1) % ac_every_ == 0) {
-      h = checkpointed_layer(i, h, step, shared_weights);
+    const bool recompute = checkpoint && (static_cast<int64_t>(i) + 1) % ac_every_ == 0;
+    if (recompute || sharded) {
+      h = block_layer(i, h, step, shared_weights, recompute);
       continue;
     }
     h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);

@@ -106,7 +106,8 @@ std::vector<std::pair<std::string, at::Tensor>> optimizer_state(torch::optim::Ad
   return out;
 }
 
-int64_t load_optimizer_state(torch::optim::AdamW& opt, const ParamGroups& groups, const safetensors::File& file) {
+int64_t load_optimizer_state(torch::optim::AdamW& opt, const ParamGroups& groups, const safetensors::File& file,
+                             const ShardView* shards) {
   auto& state = opt.state();
   int64_t n = 0;
   auto restore = [&](const std::vector<std::pair<std::string, at::Tensor>>& params) {
@@ -117,9 +118,15 @@ int64_t load_optimizer_state(torch::optim::AdamW& opt, const ParamGroups& groups
           throw FormatError(fmt::format("{}: has '{}.exp_avg' but not '{}{}'", file.path(), name, name, part));
       at::Tensor m = file.load(name + ".exp_avg", p.scalar_type());
       at::Tensor v = file.load(name + ".exp_avg_sq", p.scalar_type());
-      if (m.sizes() != p.sizes() || v.sizes() != p.sizes())
+      const bool sharded = shards && shards->is_sharded(name);
+      const std::vector<int64_t> whole = sharded ? shards->full_shape(name) : p.sizes().vec();
+      if (m.sizes() != at::IntArrayRef(whole) || v.sizes() != at::IntArrayRef(whole))
         throw FormatError(fmt::format("{}: optimizer state '{}.exp_avg' has shape {} but the parameter has {}",
-                                      file.path(), name, util::shape(m), util::shape(p)));
+                                      file.path(), name, util::shape(m), util::shape(at::IntArrayRef(whole))));
+      if (sharded) {
+        m = shards->local(name, m);
+        v = shards->local(name, v);
+      }
       auto s = std::make_unique<torch::optim::AdamWParamState>();
       s->step(file.load(name + ".step").item<int64_t>());
       s->exp_avg(m.to(p.device()));

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/checkpoint/shard_view.h"
 #include "core/config/job.h"
 #include "forge/export.h"
 #include "forge/safetensors.h"
@@ -41,8 +42,10 @@ FORGE_API double lr_factor(const SchedulerConfig& s, int64_t step, int64_t max_s
 FORGE_API std::vector<std::pair<std::string, at::Tensor>> optimizer_state(torch::optim::AdamW& opt,
                                                                           const ParamGroups& groups);
 // Restores what optimizer_state wrote; FormatError names the file and key on
-// a mismatch. Returns the number of parameters restored.
+// a mismatch. With `shards`, the file holds whole moments and each rank keeps
+// its part of those of sharded parameters. Returns the number of parameters
+// restored.
 FORGE_API int64_t load_optimizer_state(torch::optim::AdamW& opt, const ParamGroups& groups,
-                                       const safetensors::File& file);
+                                       const safetensors::File& file, const ShardView* shards = nullptr);
 
 }  // namespace forge

@@ -3,7 +3,6 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
-#include <torch/nn/utils/clip_grad.h>
 
 #include <atomic>
 #include <chrono>
@@ -19,6 +18,7 @@
 #include "core/data/job_tokenizer.h"
 #include "core/data/loader.h"
 #include "core/data/shapes.h"
+#include "core/distributed/data_parallel.h"
 #include "core/distributed/dist.h"
 #include "core/model/vlm.h"
 #include "core/registry/registry.h"
@@ -107,6 +107,27 @@ std::string describe_freeze(const std::vector<FreezeSpec>& specs) {
   return util::join(parts, ", ");
 }
 
+// The freeze state a checkpoint was saved with must be this config's at that step.
+void check_resume_freeze(const std::string& resume_from, const TrainState& state, const VLMConfig& vlm,
+                         bool ignore_mismatch) {
+  auto expected = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
+  std::set<std::string> shared_modules;
+  for (const auto& e : expected)
+    for (const auto& s : state.vlm_freeze)
+      if (e.module == s.module) shared_modules.insert(e.module);
+  auto restrict = [&](const std::vector<FreezeSpec>& v) {
+    std::vector<FreezeSpec> out;
+    for (const auto& f : v)
+      if (shared_modules.count(f.module)) out.push_back(f);
+    return out;
+  };
+  if (restrict(expected) == restrict(state.vlm_freeze)) return;
+  std::string msg = fmt::format("{} was saved with freeze state [{}] at step {}, but this config gives [{}]",
+                                resume_from, describe_freeze(state.vlm_freeze), state.step, describe_freeze(expected));
+  if (!ignore_mismatch) throw UserError(msg + "; set checkpoint.ignore_freeze_mismatch = true to resume anyway");
+  log()->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
+}
+
 }  // namespace
 
 void request_stop() { g_stop = true; }
@@ -129,12 +150,12 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));
   const bool bf16 = device.is_cuda() && job.train.mixed_precision == "bf16";
   auto dist = Distributed::from_env(job.distributed, device);
+  DataParallel dp(job.distributed, *dist);
   const bool main_rank = dist->is_main();
   if (!main_rank) set_log_level("warn");  // rank 0 speaks for the job
   logger->info("device {} ({}), {} CPU threads{}", device.str(),
                bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads(),
-               dist->world() > 1 ? fmt::format(", data parallel over {} ranks ({})", dist->world(), dist->backend())
-                                 : std::string());
+               dist->world() > 1 ? ", " + dp.describe() : std::string());
 
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);
@@ -165,15 +186,40 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     if (model->encoder_frozen()) model->vision_encoder->eval();  // a frozen tower also runs without dropout
   };
 
+  // ---------------------------------------------------------------- resume: weights
+  const std::string run_dir = job.checkpoint.dir;
+  TrainState state;
+  if (main_rank) recover_interrupted_saves(run_dir);
+  dist->barrier();
+  std::string resume_from = resolve_checkpoint(run_dir);
+  if (resume_from.empty() && job.checkpoint.load_path) {
+    resume_from = resolve_checkpoint(*job.checkpoint.load_path);
+    if (resume_from.empty())
+      throw UserError(fmt::format("checkpoint.load_path = \"{}\" holds no forge checkpoint", *job.checkpoint.load_path));
+  }
+  if (!resume_from.empty()) {
+    state = read_train_state(resume_from);
+    check_resume_freeze(resume_from, state, vlm, job.checkpoint.ignore_freeze_mismatch);
+    load_checkpoint_weights(resume_from, *model);
+  } else {
+    BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
+    model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
+  }
+  dp.attach(*model);  // sharded: from here on each rank holds only its part of the weights
+
   // ---------------------------------------------------------------- optimizer
-  ParamGroups groups = make_param_groups(*model, trainable, job.optimizer.decay_embeddings);
+  const ParamGroups whole_groups = make_param_groups(*model, trainable, job.optimizer.decay_embeddings);
+  const ParamGroups groups = dp.optimizer_groups(whole_groups);  // the shards when sharded
   auto optimizer = make_adamw(groups, job.optimizer);
   {
     double total = 0, decayed = 0;
     for (const auto& [k, p] : nn::unique_named_parameters(*model)) total += static_cast<double>(p.numel());
-    for (const auto& [k, p] : groups.decay) decayed += static_cast<double>(p.numel());
-    logger->info("model: {} parameters, {} optimised at some step ({} with weight decay)", util::human_count(total),
-                 util::human_count(static_cast<double>(groups.numel())), util::human_count(decayed));
+    for (const auto& [k, p] : whole_groups.decay) decayed += static_cast<double>(p.numel());
+    logger->info("model: {} parameters, {} optimised at some step ({} with weight decay){}", util::human_count(total),
+                 util::human_count(static_cast<double>(whole_groups.numel())), util::human_count(decayed),
+                 dp.sharded() ? fmt::format("; this rank holds {} of them", util::human_count(static_cast<double>(
+                                                                             dp.fsdp()->local_numel())))
+                              : std::string());
   }
 
   // ---------------------------------------------------------------- data
@@ -218,48 +264,13 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   TrainSummary summary;
   if (job.data.type == "shapes") summary.chance_word_accuracy = ShapesDataset::chance_accuracy();
 
-  // ---------------------------------------------------------------- resume
-  const std::string run_dir = job.checkpoint.dir;
-  TrainState state;
-  if (main_rank) recover_interrupted_saves(run_dir);
-  dist->barrier();
-  std::string resume_from = resolve_checkpoint(run_dir);
-  if (resume_from.empty() && job.checkpoint.load_path) {
-    resume_from = resolve_checkpoint(*job.checkpoint.load_path);
-    if (resume_from.empty())
-      throw UserError(fmt::format("checkpoint.load_path = \"{}\" holds no forge checkpoint", *job.checkpoint.load_path));
-  }
+  // ---------------------------------------------------------------- resume: optimizer and data position
   if (!resume_from.empty()) {
-    state = read_train_state(resume_from);
-    // The freeze state the checkpoint was saved with must be this config's at that step.
-    auto expected = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
-    std::set<std::string> shared_modules;
-    for (const auto& e : expected)
-      for (const auto& s : state.vlm_freeze)
-        if (e.module == s.module) shared_modules.insert(e.module);
-    auto restrict = [&](const std::vector<FreezeSpec>& v) {
-      std::vector<FreezeSpec> out;
-      for (const auto& f : v)
-        if (shared_modules.count(f.module)) out.push_back(f);
-      return out;
-    };
-    if (restrict(expected) != restrict(state.vlm_freeze)) {
-      std::string msg = fmt::format("{} was saved with freeze state [{}] at step {}, but this config gives [{}]",
-                                    resume_from, describe_freeze(state.vlm_freeze), state.step,
-                                    describe_freeze(expected));
-      if (!job.checkpoint.ignore_freeze_mismatch)
-        throw UserError(msg + "; set checkpoint.ignore_freeze_mismatch = true to resume anyway");
-      logger->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
-    }
-    load_checkpoint_weights(resume_from, *model);
-    load_checkpoint_trainer(resume_from, *optimizer, groups);
+    load_checkpoint_trainer(resume_from, *optimizer, groups, dp.shard_view());
     if (std::string note = loader.restore(state.data); !note.empty()) logger->warn("resume: {}", note);
     summary.resumed = true;
     logger->info("resuming from {} at step {} (epoch {}, batch {})", resume_from, state.step, loader.state().epoch,
                  loader.state().batches_yielded);
-  } else {
-    BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
-    model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
   }
   summary.start_step = state.step;
   auto freeze_now = apply_freeze_at(state.step);
@@ -291,24 +302,32 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   g_stop = false;
   SignalScope signals(options.handle_signals);
   auto save = [&]() {
-    if (!main_rank) return;  // one writer; every rank holds the same weights
+    // One writer. Replicated ranks hold the same weights; sharded ones all take part in gathering them.
+    if (!main_rank && !dp.sharded()) return;
     state.world_size = dist->world();
     state.vlm_freeze = canonical_freeze(effective_freeze(state.step, vlm.freeze, vlm.freeze_schedule));
     state.data = loader.state();
-    SaveRequest req{run_dir, &state, model.get(), optimizer.get(), &groups, &job, &registry, job.checkpoint.keep_last_n};
+    SaveRequest req{run_dir, &state, model.get(), optimizer.get(), &groups, &job, &registry, job.checkpoint.keep_last_n,
+                    dp.shard_view(), main_rank};
     const auto t = Clock::now();
     summary.last_checkpoint = save_checkpoint(req);
-    logger->info("checkpoint {} ({:.1f}s)", summary.last_checkpoint, since(t));
+    if (main_rank) logger->info("checkpoint {} ({:.1f}s)", summary.last_checkpoint, since(t));
   };
   auto run_eval = [&](const char* when) {
     if (!heldout) return;
-    if (!main_rank) {  // rank 0 evaluates; the others wait for it
+    if (!main_rank && !dp.every_rank_evaluates()) {  // rank 0 evaluates; the others wait for it
       dist->barrier();
       return;
     }
     const auto t = Clock::now();
+    dp.begin_eval();
     EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, bf16);
+    dp.end_eval();
     set_modes();
+    if (!main_rank) {  // a sharded model: every rank evaluated the same batches; rank 0 reports
+      dist->barrier();
+      return;
+    }
     std::string kinds;
     for (const auto& [k, v] : r.by_kind) kinds += fmt::format(" {} {:.3f}", k, r.kind_accuracy(k));
     logger->info("eval {} step {}: loss {:.4f} | token acc {:.3f} | image-word acc {:.3f}{}{} | {:.1f}s", when,
@@ -339,6 +358,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     const double lr = job.optimizer.lr * lr_factor(job.scheduler, state.step, max_steps);
     set_lr(*optimizer, lr);
     optimizer->zero_grad(/*set_to_none=*/true);
+    dp.begin_step();
 
     const auto t0 = Clock::now();
     double data_wait = 0, loss_sum = 0;
@@ -365,18 +385,11 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       loss_sum += lv.loss.item<double>();
       label_tokens += lv.tokens;
     }
-    std::vector<at::Tensor> with_grad, grads;
-    for (const auto& p : groups.all())
-      if (p.grad().defined()) {
-        with_grad.push_back(p);
-        grads.push_back(p.grad());
-      }
-    dist->average(grads);  // data parallel: one all-reduce of every gradient
+    dp.finish_gradients(groups);  // every rank's gradients averaged
     const double loss = dist->sum(loss_sum / static_cast<double>(accum)) / dist->world();
     label_tokens = static_cast<int64_t>(dist->sum(static_cast<double>(label_tokens)));
     samples *= dist->world();
-    const double grad_norm =
-        with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, job.train.grad_clip_norm);
+    const double grad_norm = dp.clip_grad_norm(groups, job.train.grad_clip_norm);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (!finite) {
       optimizer->zero_grad(true);
@@ -435,7 +448,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   if (lo.skip_bad && loader.skipped() > 0) {
     for (const auto& [why, n] : loader.skipped_by_reason()) logger->warn("skipped {} example(s): {}", n, why);
   }
-  if (dist->world() > 1) {  // the ranks must have trained the same model
+  if (dist->world() > 1 && !dp.sharded()) {  // replicated ranks must have trained the same model
     double worst = 0;
     for (const auto& [k, p] : nn::unique_named_parameters(*model)) {
       at::Tensor ref = p.detach().clone();

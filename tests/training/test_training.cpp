@@ -681,11 +681,12 @@ TEST_CASE("distributed.backend: NCCL on a CPU, unknown names and bad ranks are c
 TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks in sync and resumes", "[train][dist]") {
   TempDir d;
   const std::string forge = FORGE_BIN;
-  const std::string common = tiny_cli(d.str() + "/run") + " --train.threads=1 --train.device=cpu";
+  const std::string common =
+      tiny_cli(d.str() + "/run") + " --train.threads=1 --train.device=cpu --distributed.dp_shard=1 --distributed.dp_replicate=2";
   auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=6" + common);
   INFO(r.output);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("data parallel over 2 ranks (gloo)"));
+  CHECK_THAT(r.output, Catch::Contains("replicated data parallel over 2 ranks (gloo)"));
   CHECK_THAT(r.output, Catch::Contains("2 ranks in sync: largest weight difference to rank 0 is 0"));
   CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).world_size == 2);
   auto again = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=9" + common);
@@ -694,9 +695,10 @@ TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks 
   CHECK_THAT(again.output, Catch::Contains("resuming from") && Catch::Contains("at step 6"));
   CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).step == 9);
   // A world size the config does not allow is refused before any work.
-  auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --distributed.dp_shard=4" + common);
+  auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml" + common +
+                              " --distributed.dp_shard=4");
   CHECK(bad.code == 2);
-  CHECK_THAT(bad.output, Catch::Contains("dp_shard = 4 but 1 rank(s) were launched"));
+  CHECK_THAT(bad.output, Catch::Contains("dp_shard = 4 × dp_replicate = 2 is 8 rank(s), but 1 were launched"));
 }
 
 TEST_CASE("train.activation_checkpointing full and selective log the losses of none", "[train][ac]") {

@@ -14,6 +14,7 @@
 #include "forge/export.h"
 #include "forge/modality.h"
 #include "forge/nn.h"
+#include "forge/param_unit.h"
 
 namespace forge {
 
@@ -143,6 +144,11 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   void set_activation_checkpointing(int64_t every);
   int64_t activation_checkpointing() const { return ac_every_; }
 
+  // Fully sharded data parallelism: layer i's parameters live in units[i]
+  // and are gathered only while it runs (forward and backward). Empty: the
+  // layers own whole parameters (the default).
+  void set_layer_units(std::vector<std::shared_ptr<ParamUnit>> units);
+
   const ModelConfig& config() const { return cfg_; }
   DecoderHooks& hooks() { return *hooks_; }
   const DecoderHooks& hooks() const { return *hooks_; }
@@ -154,14 +160,15 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   nn::OutputHead output_head{nullptr};
 
  private:
-  at::Tensor checkpointed_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
-                                const std::vector<at::Tensor>& shared_weights);
+  at::Tensor block_layer(size_t i, const at::Tensor& h, const DecoderStep& step,
+                         const std::vector<at::Tensor>& shared_weights, bool recompute);
 
   ModelConfig cfg_;
   std::shared_ptr<DecoderHooks> hooks_;
   nn::RotaryEmbedding rope_;
   std::vector<std::shared_ptr<DecoderLayer>> layer_list_;
   int64_t ac_every_ = 0;
+  std::vector<std::shared_ptr<ParamUnit>> layer_units_;
 };
 TORCH_MODULE(Decoder);
 

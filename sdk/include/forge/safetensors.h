@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -74,6 +75,23 @@ class FORGE_API ModelFiles {
 // string metadata, to `path` through a temporary file renamed into place.
 FORGE_API void save(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                     const std::map<std::string, std::string>& metadata = {});
+
+// A tensor written by save_streamed: its dtype and shape up front (they go
+// in the header), its values from `produce`, called once, in order.
+struct FORGE_API PendingTensor {
+  std::string name;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> shape;
+  std::function<at::Tensor()> produce;
+};
+
+// Like save, but holds one tensor in memory at a time. `produce` is called
+// for every tensor even after a write fails (it may be a collective that
+// other ranks wait on); the failure is thrown at the end and the temporary
+// file removed. A produced tensor whose dtype or shape differs from what was
+// declared is an InvalidArgument.
+FORGE_API void save_streamed(const std::string& path, const std::vector<PendingTensor>& tensors,
+                             const std::map<std::string, std::string>& metadata = {});
 
 // "F32" <-> at::kFloat, ...
 FORGE_API std::string dtype_name(at::ScalarType t);

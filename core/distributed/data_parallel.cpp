@@ -1,0 +1,92 @@
+#include "core/distributed/data_parallel.h"
+
+#include <torch/nn/utils/clip_grad.h>
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
+
+namespace forge {
+
+DataParallel::DataParallel(const DistributedConfig& cfg, Distributed& dist) : dist_(dist) {
+  const int64_t shard = resolved_dp_shard(cfg, dist.world());
+  if (shard > 1 && cfg.dp_replicate > 1)
+    throw UserError(fmt::format("distributed.dp_replicate = {} with dp_shard = {} (hybrid sharding) is not built "
+                                "yet; use dp_replicate = 1 (shard over all ranks) or dp_shard = 1 (replicate)",
+                                cfg.dp_replicate, shard));
+  shard_ = shard > 1;
+}
+
+DataParallel::~DataParallel() = default;
+
+std::string DataParallel::describe() const {
+  if (dist_.world() == 1) return "one rank";
+  return fmt::format("{} over {} ranks ({})", shard_ ? "fully sharded data parallel" : "replicated data parallel",
+                     dist_.world(), dist_.backend());
+}
+
+void DataParallel::attach(VLMImpl& model) {
+  if (!shard_) return;
+  std::vector<std::string> prefixes;
+  const size_t layers = model.transformer->layer_list().size();
+  for (size_t i = 0; i < layers; ++i) prefixes.push_back(fmt::format("transformer.layers.{}.", i));
+  fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, dist_);
+  std::vector<std::shared_ptr<ParamUnit>> units;
+  for (size_t i = 0; i < layers; ++i) units.push_back(fsdp_->unit(i));
+  model.transformer->set_layer_units(std::move(units));
+}
+
+ParamGroups DataParallel::optimizer_groups(const ParamGroups& whole) const {
+  if (!fsdp_) return whole;
+  ParamGroups g;
+  for (const auto& [name, p] : whole.decay) g.decay.emplace_back(name, fsdp_->shard_of(p));
+  for (const auto& [name, p] : whole.no_decay) g.no_decay.emplace_back(name, fsdp_->shard_of(p));
+  return g;
+}
+
+void DataParallel::begin_step() {
+  if (!fsdp_) return;
+  fsdp_->sync_requires_grad();
+  fsdp_->gather_root();
+}
+
+void DataParallel::finish_gradients(const ParamGroups& optimized) {
+  if (fsdp_) {  // the layers reduced theirs during backward
+    fsdp_->reduce_root_grads();
+    fsdp_->release_root();
+    return;
+  }
+  std::vector<at::Tensor> grads;
+  for (const auto& p : optimized.all())
+    if (p.grad().defined()) grads.push_back(p.grad());
+  dist_.average(grads);
+}
+
+double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {
+  std::vector<at::Tensor> with_grad;
+  for (const auto& p : optimized.all())
+    if (p.grad().defined()) with_grad.push_back(p);
+  if (!fsdp_) return with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
+  // Every element lives on exactly one rank: the squared norms add up.
+  at::Tensor sq = at::zeros({1}, at::kDouble);
+  for (const auto& p : with_grad) sq += p.grad().detach().to(at::kDouble).pow(2).sum().to(at::kCPU);
+  const double total = std::sqrt(dist_.sum(sq.item<double>()));
+  const double coef = max_norm / (total + 1e-6);
+  if (coef < 1 && std::isfinite(total)) {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : with_grad) p.grad().mul_(coef);
+  }
+  return total;
+}
+
+void DataParallel::begin_eval() {
+  if (fsdp_) fsdp_->gather_root();
+}
+
+void DataParallel::end_eval() {
+  if (fsdp_) fsdp_->release_root();
+}
+
+}  // namespace forge

@@ -1,0 +1,60 @@
+// How the ranks share a training step. `[distributed]` with KempnerForge's
+// meaning: dp_replicate groups × dp_shard ranks per group = the world.
+//   - replicated (dp_shard = 1): every rank holds the whole model and
+//     optimizer; gradients are averaged with one all-reduce after backward;
+//   - fully sharded (dp_replicate = 1, dp_shard = world, the default -1):
+//     parameters, gradients and AdamW state are split across ranks
+//     (core/distributed/fsdp.h).
+// The trainer's step calls these pieces in order; with one rank they do
+// nothing.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/config/job.h"
+#include "core/distributed/dist.h"
+#include "core/distributed/fsdp.h"
+#include "core/model/vlm.h"
+#include "core/training/optim.h"
+#include "forge/export.h"
+
+namespace forge {
+
+class FORGE_API DataParallel {
+ public:
+  DataParallel(const DistributedConfig& cfg, Distributed& dist);
+  ~DataParallel();
+
+  bool sharded() const { return shard_; }
+  std::string describe() const;
+
+  // Takes over the model once its weights are final (built, broadcast,
+  // loaded): a sharded run splits them here and frees the whole copies.
+  void attach(VLMImpl& model);
+  // The optimizer's tensors: the parameters, or their shards.
+  ParamGroups optimizer_groups(const ParamGroups& whole) const;
+  // Before the first forward of a step.
+  void begin_step();
+  // After the last backward: every rank's gradients averaged into
+  // `optimized` (its tensors' .grad).
+  void finish_gradients(const ParamGroups& optimized);
+  // Clips the global gradient norm of `optimized` to max_norm (over every
+  // rank's shards when sharded) and returns the norm before clipping.
+  double clip_grad_norm(const ParamGroups& optimized, double max_norm);
+  // A sharded model evaluates on every rank (its gathers are collectives);
+  // a replicated one on rank 0 alone.
+  bool every_rank_evaluates() const { return shard_; }
+  void begin_eval();
+  void end_eval();
+  // For checkpoints: null unless sharded.
+  const ShardView* shard_view() const { return fsdp_.get(); }
+  const FullyShardedModel* fsdp() const { return fsdp_.get(); }
+
+ private:
+  Distributed& dist_;
+  bool shard_ = false;
+  std::unique_ptr<FullyShardedModel> fsdp_;
+};
+
+}  // namespace forge

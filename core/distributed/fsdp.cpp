@@ -1,0 +1,253 @@
+#include "core/distributed/fsdp.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/StorageImpl.h>
+
+#include <set>
+
+#include <fmt/format.h>
+
+#include "core/util/strings.h"
+#include "core/util/tensor.h"
+#include "forge/error.h"
+
+namespace forge {
+
+struct ShardedParam {
+  std::string name;  // the first of its names
+  at::Tensor full;   // the module's parameter: whole-shaped, its storage freed while released
+  at::Tensor shard;  // this rank's chunk: a leaf the optimizer owns
+  int64_t numel = 0;
+  int64_t chunk = 0;  // elements per rank (numel padded up to a multiple of the world size, divided)
+  size_t bytes = 0;   // of the whole parameter
+};
+
+namespace {
+
+c10::StorageImpl* storage_of(const at::Tensor& t) { return t.storage().unsafeGetStorageImpl(); }
+
+void free_storage(const at::Tensor& t) {
+  c10::StorageImpl* s = storage_of(t);
+  s->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  s->set_nbytes(0);
+}
+
+void alloc_storage(const at::Tensor& t, size_t bytes) {
+  c10::StorageImpl* s = storage_of(t);
+  if (s->nbytes() == bytes) return;
+  at::Allocator* a = s->allocator();
+  if (!a) a = c10::GetAllocator(t.device().type());
+  s->set_data_ptr_noswap(a->allocate(bytes));
+  s->set_nbytes(bytes);
+}
+
+}  // namespace
+
+class ShardedUnit final : public ParamUnit {
+ public:
+  ShardedUnit(Distributed& dist, std::vector<ShardedParam*> ps) : dist_(dist), ps_(std::move(ps)) {
+    for (auto* p : ps_) {
+      offsets_.push_back(size_);
+      size_ += p->chunk;
+      params_.push_back(p->full);
+    }
+  }
+
+  void gather() override {
+    if (depth_++ > 0 || ps_.empty()) return;
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> parts;
+    for (auto* p : ps_) parts.push_back(p->shard.detach());
+    at::Tensor send = at::cat(parts);
+    at::Tensor recv = at::empty({dist_.world() * size_}, send.options());
+    dist_.all_gather(recv, send);
+    at::Tensor rows = recv.view({dist_.world(), size_});
+    for (size_t k = 0; k < ps_.size(); ++k) {
+      ShardedParam& p = *ps_[k];
+      alloc_storage(p.full, p.bytes);
+      at::Tensor whole = rows.narrow(1, offsets_[k], p.chunk).reshape({-1}).narrow(0, 0, p.numel);
+      // variable_data: the copy must not bump the version counter autograd saved the parameter with.
+      p.full.variable_data().view({-1}).copy_(whole);
+    }
+  }
+
+  void release() override {
+    if (depth_ == 0) throw InvalidArgument("sharded unit released more often than gathered");
+    if (--depth_ > 0) return;
+    for (auto* p : ps_) free_storage(p->full);
+  }
+
+  const std::vector<at::Tensor>& params() const override { return params_; }
+
+  void reduce_grads(const std::vector<at::Tensor>& grads) override {
+    if (grads.size() != ps_.size())
+      throw InvalidArgument(fmt::format("sharded unit: {} gradients for {} parameters", grads.size(), ps_.size()));
+    bool any = false;
+    for (auto* p : ps_) any = any || p->full.requires_grad();
+    if (!any) return;  // the same on every rank: freeze state is replicated
+    torch::NoGradGuard no_grad;
+    const int64_t W = dist_.world(), n = static_cast<int64_t>(ps_.size());
+    // Row r: rank r's chunk of every gradient, then one "had a gradient" flag per parameter.
+    at::Tensor in = at::zeros({W, size_ + n}, ps_[0]->shard.options().requires_grad(false));
+    for (int64_t k = 0; k < n; ++k) {
+      const at::Tensor& g = grads[static_cast<size_t>(k)];
+      if (!g.defined()) continue;
+      const ShardedParam& p = *ps_[static_cast<size_t>(k)];
+      at::Tensor padded = at::zeros({W * p.chunk}, in.options());
+      padded.narrow(0, 0, p.numel).copy_(g.reshape({-1}));
+      in.narrow(1, offsets_[static_cast<size_t>(k)], p.chunk).copy_(padded.view({W, p.chunk}));
+      in.select(1, size_ + k).fill_(1);
+    }
+    at::Tensor out = at::empty({size_ + n}, in.options());
+    dist_.reduce_scatter_sum(out, in.view({-1}));
+    at::Tensor flags = out.narrow(0, size_, n).to(at::kCPU);
+    at::Tensor mean = out.narrow(0, 0, size_).div_(static_cast<double>(W));
+    for (int64_t k = 0; k < n; ++k) {
+      ShardedParam& p = *ps_[static_cast<size_t>(k)];
+      if (flags[k].item<float>() == 0 || !p.full.requires_grad()) continue;
+      at::Tensor g = mean.narrow(0, offsets_[static_cast<size_t>(k)], p.chunk);
+      if (p.shard.grad().defined())
+        p.shard.mutable_grad().add_(g);
+      else
+        p.shard.mutable_grad() = g.clone();
+    }
+  }
+
+  const std::vector<ShardedParam*>& sharded() const { return ps_; }
+
+ private:
+  Distributed& dist_;
+  std::vector<ShardedParam*> ps_;
+  std::vector<at::Tensor> params_;
+  std::vector<int64_t> offsets_;
+  int64_t size_ = 0;  // elements of this rank's chunks together
+  int depth_ = 0;
+};
+
+FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes,
+                                     Distributed& dist)
+    : dist_(dist) {
+  const int64_t W = dist.world(), rank = dist.rank();
+  // Every name of every parameter (a tied one has several).
+  std::vector<const void*> order;
+  std::map<const void*, std::vector<std::string>> names;
+  std::map<const void*, at::Tensor> tensors;
+  for (const auto& item : model.named_parameters(true)) {
+    const void* impl = item.value().unsafeGetTensorImpl();
+    if (!names.count(impl)) order.push_back(impl);
+    names[impl].push_back(item.key());
+    tensors[impl] = item.value();
+  }
+  std::vector<std::vector<ShardedParam*>> members(unit_prefixes.size());
+  std::vector<ShardedParam*> root;
+  std::set<const void*> storages;
+  torch::NoGradGuard no_grad;
+  for (const void* impl : order) {
+    const at::Tensor& t = tensors[impl];
+    const std::string& name = names[impl].front();
+    const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    if (!t.is_contiguous() || t.storage_offset() != 0 || t.storage().nbytes() != bytes ||
+        !storages.insert(storage_of(t)).second)
+      throw InvalidArgument(fmt::format("cannot shard parameter '{}': it shares or does not fill its storage", name));
+    auto p = std::make_unique<ShardedParam>();
+    p->name = name;
+    p->full = t;
+    p->numel = t.numel();
+    p->chunk = (p->numel + W - 1) / W;
+    p->bytes = bytes;
+    p->shard = at::zeros({p->chunk}, t.options().requires_grad(false));
+    const int64_t start = std::min(rank * p->chunk, p->numel);
+    const int64_t len = std::min(p->chunk, p->numel - start);
+    if (len > 0) p->shard.narrow(0, 0, len).copy_(t.detach().reshape({-1}).narrow(0, start, len));
+    p->shard.requires_grad_(t.requires_grad());
+    // The unit whose prefix every one of its names has; else the root.
+    int unit = -1;
+    for (size_t u = 0; u < unit_prefixes.size() && unit < 0; ++u) {
+      bool all = true;
+      for (const auto& n : names[impl]) all = all && util::starts_with(n, unit_prefixes[u]);
+      if (all) unit = static_cast<int>(u);
+    }
+    (unit < 0 ? root : members[static_cast<size_t>(unit)]).push_back(p.get());
+    for (const auto& n : names[impl]) by_name_[n] = p.get();
+    by_impl_[impl] = p.get();
+    params_.push_back(std::move(p));
+  }
+  for (auto& m : members) units_.push_back(std::make_shared<ShardedUnit>(dist, std::move(m)));
+  root_ = std::make_shared<ShardedUnit>(dist, std::move(root));
+  for (auto& p : params_) free_storage(p->full);
+}
+
+FullyShardedModel::~FullyShardedModel() = default;
+
+std::shared_ptr<ParamUnit> FullyShardedModel::unit(size_t i) const { return units_.at(i); }
+size_t FullyShardedModel::units() const { return units_.size(); }
+
+const ShardedParam& FullyShardedModel::find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) throw InvalidArgument(fmt::format("'{}' is not a sharded parameter", name));
+  return *it->second;
+}
+
+at::Tensor FullyShardedModel::shard_of(const at::Tensor& param) const {
+  auto it = by_impl_.find(param.unsafeGetTensorImpl());
+  if (it == by_impl_.end()) throw InvalidArgument("shard_of: not a parameter of the sharded model");
+  return it->second->shard;
+}
+
+bool FullyShardedModel::is_sharded(const std::string& name) const { return by_name_.count(name) > 0; }
+
+std::vector<int64_t> FullyShardedModel::full_shape(const std::string& name) const {
+  return find(name).full.sizes().vec();
+}
+
+at::Tensor FullyShardedModel::gather(const std::string& name, const at::Tensor& local) const {
+  const ShardedParam& p = find(name);
+  const at::Tensor part = local.unsafeGetTensorImpl() == p.full.unsafeGetTensorImpl() ? p.shard : local;
+  if (part.numel() != p.chunk)
+    throw InvalidArgument(fmt::format("gather '{}': {} elements, the shard has {}", name, part.numel(), p.chunk));
+  torch::NoGradGuard no_grad;
+  at::Tensor all = at::empty({dist_.world() * p.chunk}, part.options().requires_grad(false));
+  dist_.all_gather(all, part.detach().reshape({-1}));
+  return all.narrow(0, 0, p.numel).view(p.full.sizes()).clone();
+}
+
+at::Tensor FullyShardedModel::local(const std::string& name, const at::Tensor& full) const {
+  const ShardedParam& p = find(name);
+  if (full.sizes() != p.full.sizes())
+    throw InvalidArgument(fmt::format("'{}' has shape {}, the parameter {}", name, util::shape(full),
+                                      util::shape(p.full)));
+  at::Tensor out = at::zeros({p.chunk}, full.options());
+  const int64_t start = std::min(dist_.rank() * p.chunk, p.numel);
+  const int64_t len = std::min(p.chunk, p.numel - start);
+  if (len > 0) out.narrow(0, 0, len).copy_(full.reshape({-1}).narrow(0, start, len));
+  return out;
+}
+
+void FullyShardedModel::sync_requires_grad() {
+  for (auto& p : params_) p->shard.requires_grad_(p->full.requires_grad());
+}
+
+void FullyShardedModel::gather_root() { root_->gather(); }
+
+void FullyShardedModel::reduce_root_grads() {
+  std::vector<at::Tensor> grads;
+  for (auto* p : root_->sharded()) grads.push_back(p->full.grad());
+  root_->reduce_grads(grads);
+  for (auto* p : root_->sharded()) p->full.mutable_grad().reset();
+}
+
+void FullyShardedModel::release_root() { root_->release(); }
+
+int64_t FullyShardedModel::local_numel() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p->chunk;
+  return n;
+}
+
+int64_t FullyShardedModel::total_numel() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p->numel;
+  return n;
+}
+
+}  // namespace forge
