@@ -244,6 +244,12 @@ int64_t FullyShardedModel::local_numel() const {
   return n;
 }
 
+int64_t FullyShardedModel::local_bytes() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p->chunk * p->shard.element_size();
+  return n;
+}
+
 int64_t FullyShardedModel::total_numel() const {
   int64_t n = 0;
   for (const auto& p : params_) n += p->numel;

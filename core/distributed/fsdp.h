@@ -65,6 +65,7 @@ class FORGE_API FullyShardedModel final : public ShardView {
 
   // Elements of shards this rank holds, and of whole parameters.
   int64_t local_numel() const;
+  int64_t local_bytes() const;
   int64_t total_numel() const;
 
  private:

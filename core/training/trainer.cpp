@@ -128,6 +128,28 @@ void check_resume_freeze(const std::string& resume_from, const TrainState& state
   log()->warn("{} (ignored: checkpoint.ignore_freeze_mismatch)", msg);
 }
 
+// What one rank holds between steps (the most of any rank): weights,
+// gradients and AdamW moments, against the whole model's 16 bytes per
+// parameter. Measured from the tensors themselves.
+// Returns the bytes the fullest rank holds.
+double log_rank_memory(const torch::nn::Module& model, const DataParallel& dp, Distributed& dist,
+                       torch::optim::AdamW& optimizer, const ParamGroups& groups) {
+  auto bytes = [](const at::Tensor& t) { return static_cast<double>(t.numel() * t.element_size()); };
+  double weights = 0, whole = 0, grads = 0, moments = 0;
+  for (const auto& [k, p] : nn::unique_named_parameters(model)) whole += bytes(p);
+  weights = dp.sharded() ? static_cast<double>(dp.fsdp()->local_bytes()) : whole;
+  for (const auto& p : groups.all())
+    if (p.grad().defined()) grads += bytes(p.grad());
+  for (const auto& [k, t] : optimizer_state(optimizer, groups))
+    if (t.dim() > 0) moments += bytes(t);
+  const double held = dist.max(weights + grads + moments);
+  log()->info("memory per rank between steps: {} (weights {}, gradients {}, AdamW {}); the whole model's "
+              "fp32 weights, gradients and AdamW state take {}",
+              util::human_bytes(held), util::human_bytes(dist.max(weights)), util::human_bytes(dist.max(grads)),
+              util::human_bytes(dist.max(moments)), util::human_bytes(4 * whole));
+  return held;
+}
+
 }  // namespace
 
 void request_stop() { g_stop = true; }
@@ -156,6 +178,14 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   logger->info("device {} ({}), {} CPU threads{}", device.str(),
                bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads(),
                dist->world() > 1 ? ", " + dp.describe() : std::string());
+
+  // ---------------------------------------------------------------- tokenizer (checked before any weight is read)
+  auto tokenizer = make_tokenizer(job.data);
+  if (tokenizer->vocab_size() > job.model.vocab_size)
+    throw UserError(fmt::format("model.vocab_size = {} is smaller than the tokenizer's {} ids ({}); set "
+                                "model.vocab_size >= {}",
+                                job.model.vocab_size, tokenizer->vocab_size(), tokenizer->describe(),
+                                tokenizer->vocab_size()));
 
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);
@@ -223,12 +253,6 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   }
 
   // ---------------------------------------------------------------- data
-  auto tokenizer = make_tokenizer(job.data);
-  if (tokenizer->vocab_size() > job.model.vocab_size)
-    throw UserError(fmt::format("model.vocab_size = {} is smaller than the tokenizer's {} ids ({}); set "
-                                "model.vocab_size >= {}",
-                                job.model.vocab_size, tokenizer->vocab_size(), tokenizer->describe(),
-                                tokenizer->vocab_size()));
   auto collator = std::make_shared<Collator>(tokenizer, vlm.max_text_len, model->residual_image_tokens() == 0,
                                              job.data.chat_template);
   const Preprocess prep = model->vision_encoder->preprocess();
@@ -407,6 +431,9 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       summary.losses.push_back(loss);
     }
     ++state.step;
+    double rank_state_bytes = 0;  // logged with the first step of a run
+    if (state.step == summary.start_step + 1)
+      rank_state_bytes = log_rank_memory(*model, dp, *dist, *optimizer, groups);
     const double dt = since(t0);
     ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
 
@@ -421,10 +448,14 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
                    "(data wait {:.3f}) | ETA {}",
                    state.step, max_steps, loss, lr, grad_norm, util::human_count(tok_s), 100 * mfu, dt, data_wait,
                    util::human_duration(ema_step * static_cast<double>(max_steps - state.step)));
-      metrics.write({{"step", state.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                     {"tokens_per_s", tok_s}, {"mfu", mfu}, {"step_time_s", dt}, {"data_wait_s", data_wait},
-                     {"text_tokens", label_tokens}, {"tokens_seen", state.tokens_seen},
-                     {"epoch", loader.state().epoch}});
+      nlohmann::json row{{"step", state.step},         {"loss", loss},
+                         {"lr", lr},                   {"grad_norm", grad_norm},
+                         {"tokens_per_s", tok_s},      {"mfu", mfu},
+                         {"step_time_s", dt},          {"data_wait_s", data_wait},
+                         {"text_tokens", label_tokens}, {"tokens_seen", state.tokens_seen},
+                         {"epoch", loader.state().epoch}};
+      if (rank_state_bytes > 0) row["rank_state_bytes"] = rank_state_bytes;
+      metrics.write(row);
     }
     if (heldout && state.step % job.eval.interval == 0 && state.step != max_steps) run_eval("at");
     if (state.step % job.checkpoint.interval == 0) {

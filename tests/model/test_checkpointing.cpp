@@ -21,7 +21,7 @@ int count_checkpoints(const at::Tensor& t) {
     auto* node = todo.front();
     todo.pop_front();
     if (!node || !seen.insert(node).second) continue;
-    if (node->name() == "forge::CheckpointBackward") ++n;
+    if (node->name() == "forge::BlockBackward") ++n;
     for (const auto& e : node->next_edges()) todo.push_back(e.function.get());
   }
   return n;

@@ -3,6 +3,7 @@
 // model as the replicated layout, writes whole tensors into its checkpoint and
 // resumes at another world size.
 #include <fstream>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -142,4 +143,28 @@ TEST_CASE("fully sharded data parallel under every arch, with activation checkpo
     same_tensors(d.str() + "/s/step_00000004/model.safetensors", d.str() + "/r/step_00000004/model.safetensors",
                  1e-5);
   }
+}
+
+TEST_CASE("four sharded ranks train a model none of them may hold whole", "[train][dist][fsdp]") {
+  // The whole model's fp32 weights, gradients and AdamW moments: 16 bytes per parameter. Each rank may
+  // hold at most 1/4 of that plus 5 % (padding to equal chunks); the logged bytes are measured from the
+  // tensors each rank keeps between steps.
+  TempDir d;
+  const std::string out = train(d.str(), "--nproc 4 --train.max_steps=2 --model.dim=64 --model.n_layers=4");
+  std::ifstream in(d.str() + "/metrics.jsonl");
+  std::string line;
+  double held = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("rank_state_bytes")) held = j["rank_state_bytes"].get<double>();
+  }
+  REQUIRE(held > 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, std::regex("model: ([0-9.]+)K parameters")));
+  const double whole_state = 16 * std::stod(m[1].str()) * 1e3;  // every parameter is trained here
+  const double budget = whole_state / 4 * 1.05;
+  INFO("held " << held << " budget " << budget << " whole " << whole_state);
+  CHECK(held <= budget);
+  CHECK(held >= whole_state / 4 * 0.95);  // and the accounting is not vacuous
+  CHECK(whole_state > budget);
 }
