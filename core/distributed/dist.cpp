@@ -11,6 +11,7 @@
 #include <chrono>
 #include <set>
 #include <cstdlib>
+#include <cstring>
 
 #ifndef USE_C10D_GLOO  // LibTorch's CMake target usually defines it already
 #define USE_C10D_GLOO
@@ -43,6 +44,18 @@ struct Distributed::Impl {
 };
 
 Distributed::~Distributed() = default;
+
+void Distributed::finish(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const {
+  try {
+    work->wait();
+  } catch (const std::exception& e) {
+    std::string why = e.what();
+    why = why.substr(0, why.find('\n'));
+    throw RuntimeError(fmt::format("rank {} of {}: {} did not complete: a rank has died or hangs (collectives wait "
+                                   "up to distributed.nccl_timeout_sec = {} s) [{}]",
+                                   rank_, world_, what, timeout_sec_, why));
+  }
+}
 
 bool Distributed::has_nccl() { return detail::nccl_available(); }
 
@@ -119,6 +132,7 @@ std::unique_ptr<Distributed> Distributed::connect(const DistributedConfig& cfg, 
   std::unique_ptr<Distributed> d(new Distributed());
   d->world_ = world;
   d->rank_ = rank;
+  d->timeout_sec_ = cfg.nccl_timeout_sec;
   d->impl_ = std::make_unique<Impl>();
   d->impl_->device = backend == "nccl" ? device : at::Device(at::kCPU);
   c10d::TCPStoreOptions so;
@@ -154,7 +168,7 @@ void Distributed::average(const std::vector<at::Tensor>& tensors) {
     std::vector<at::Tensor> parts;
     for (const auto& t : ts) parts.push_back(t.detach().reshape(-1).to(impl_->device));
     std::vector<at::Tensor> flat{at::cat(parts)};
-    impl_->pg->allreduce(flat)->wait();
+    finish(impl_->pg->allreduce(flat), "the gradient all-reduce");
     flat[0].div_(static_cast<double>(world_));
     int64_t at = 0;
     for (auto& t : ts) {
@@ -186,7 +200,7 @@ void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) {
     return;
   }
   OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
-  impl_->pg->_allgather_base(o.t, i.t)->wait();
+  finish(impl_->pg->_allgather_base(o.t, i.t), "a parameter all-gather");
   o.copy_back();
 }
 
@@ -201,7 +215,7 @@ void Distributed::reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in
   OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
-  impl_->pg->_reduce_scatter_base(o.t, i.t, opts)->wait();
+  finish(impl_->pg->_reduce_scatter_base(o.t, i.t, opts), "a gradient reduce-scatter");
   o.copy_back();
 }
 
@@ -209,7 +223,7 @@ void Distributed::all_reduce_sum(const at::Tensor& t) {
   if (!impl_) return;
   OnBackend b(t, impl_->device);
   std::vector<at::Tensor> one{b.t};
-  impl_->pg->allreduce(one)->wait();
+  finish(impl_->pg->allreduce(one), "an all-reduce");
   b.copy_back();
 }
 
@@ -218,7 +232,7 @@ double Distributed::reduce(double v, bool take_max) {
   std::vector<at::Tensor> t{at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(impl_->device))};
   c10d::AllreduceOptions o;
   o.reduceOp = take_max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
-  impl_->pg->allreduce(t, o)->wait();
+  finish(impl_->pg->allreduce(t, o), "an all-reduce");
   return t[0].item<double>();
 }
 
@@ -230,13 +244,13 @@ void Distributed::broadcast(const std::vector<at::Tensor>& tensors) {
   if (!impl_) return;
   for (const auto& t : tensors) {
     std::vector<at::Tensor> one{t.detach().to(impl_->device).contiguous()};
-    impl_->pg->broadcast(one)->wait();
+    finish(impl_->pg->broadcast(one), "a broadcast");
     t.detach().copy_(one[0]);
   }
 }
 
 void Distributed::barrier() {
-  if (impl_) impl_->pg->barrier()->wait();
+  if (impl_) finish(impl_->pg->barrier(), "a barrier");
 }
 
 // ------------------------------------------------------------ the local launcher
@@ -304,10 +318,27 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
   ::sigaction(SIGINT, &act, &old_int);
   ::sigaction(SIGTERM, &act, &old_term);
   std::set<pid_t> live(pids.begin(), pids.end());
+  auto rank_of = [&](pid_t p) { return std::find(pids.begin(), pids.end(), p) - pids.begin(); };
   int rc = 0;
+  // Once a rank has failed, the others get kStopGrace to exit after SIGTERM; one that does not (stuck, or
+  // stopped) is killed and named.
+  constexpr auto kStopGrace = std::chrono::seconds(10);
+  std::chrono::steady_clock::time_point stop_deadline{};
   while (!live.empty()) {
     int status = 0;
-    pid_t done = ::waitpid(-1, &status, 0);
+    pid_t done = ::waitpid(-1, &status, rc == 0 ? 0 : WNOHANG);
+    if (done == 0) {  // stopping, and no rank has exited yet
+      if (std::chrono::steady_clock::now() > stop_deadline) {
+        for (pid_t p : live) {
+          log()->error("rank {} did not exit within {} s of being told to stop (it hangs); killing it", rank_of(p),
+                       kStopGrace.count());
+          ::kill(p, SIGKILL);
+        }
+        stop_deadline = std::chrono::steady_clock::time_point::max();
+      }
+      ::usleep(50 * 1000);
+      continue;
+    }
     if (done < 0) {
       if (errno != EINTR) break;
       if (int sig = g_launcher_signal) {
@@ -318,12 +349,15 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
       continue;
     }
     live.erase(done);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    const bool signalled = WIFSIGNALED(status);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (signalled ? WTERMSIG(status) : 0);
     if (code != 0 && rc == 0) {
       rc = code;
-      log()->error("rank {} exited with code {}; stopping the others",
-                   std::find(pids.begin(), pids.end(), done) - pids.begin(), code);
+      log()->error("rank {} {}; stopping the others", rank_of(done),
+                   signalled ? fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)))
+                             : fmt::format("exited with code {}", code));
       for (pid_t p : live) ::kill(p, SIGTERM);
+      stop_deadline = std::chrono::steady_clock::now() + kStopGrace;
     }
   }
   ::sigaction(SIGINT, &old_int, nullptr);

@@ -10,12 +10,17 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/config/job.h"
+
+namespace c10d {
+class Work;
+}
 #include "forge/export.h"
 
 namespace forge {
@@ -60,6 +65,9 @@ class FORGE_API Distributed {
  private:
   Distributed() = default;
   double reduce(double v, bool take_max);
+  // Waits for a collective; a failure (a timeout: another rank died or hangs) becomes a RuntimeError that says so.
+  void finish(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const;
+  int64_t timeout_sec_ = 0;
   int rank_ = 0;
   int world_ = 1;
   std::string backend_ = "none";

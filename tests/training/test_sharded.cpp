@@ -219,3 +219,27 @@ TEST_CASE("2 and 4 ranks, sharded or replicated, train what one process trains o
                  /*noise_bound: 20 steps of lr 3e-3*/ 20 * 3e-3);
   }
 }
+
+TEST_CASE("a rank that dies or hangs stops the others, and the launcher names it", "[train][dist]") {
+  for (const std::string fault : {"KILL", "STOP"}) {
+    INFO(fault);
+    TempDir d;
+    const std::string log = d.str() + "/train.log";
+    // Train "forever"; once step 3 is logged, SIGKILL (dies) or SIGSTOP (hangs) rank 1 and wait for the
+    // launcher. `timeout` turns a launcher that never returns into a failure instead of a stuck suite.
+    auto r = forge::test::run(
+        "timeout 120 " + cli(d.str() + "/run", "--nproc 2 --train.max_steps=1000000 --distributed.nccl_timeout_sec=3") +
+        " > " + log + " 2>&1 & pid=$!; for i in $(seq 600); do grep -q 'step 3/' " + log +
+        " && break; sleep 0.05; done; sleep 0.2; for p in $(pgrep -P $(pgrep -P $pid)); do "
+        "tr '\\0' '\\n' < /proc/$p/environ | grep -qx RANK=1 && kill -" + fault +
+        " $p; done; wait $pid; echo \"rc=$?\"; cat " + log);
+    INFO(r.output);
+    CHECK_THAT(r.output, !Catch::Contains("rc=0") && !Catch::Contains("rc=124"));
+    if (fault == "KILL") {
+      CHECK_THAT(r.output, Catch::Contains("rank 1 was killed by signal 9"));
+    } else {
+      CHECK_THAT(r.output, Catch::Contains("did not complete: a rank has died or hangs"));
+      CHECK_THAT(r.output, Catch::Contains("rank 1 did not exit within 10 s of being told to stop (it hangs)"));
+    }
+  }
+}
