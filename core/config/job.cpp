@@ -183,6 +183,10 @@ void DistributedConfig::visit(ConfigVisitor& v) {
           "Replica groups; dp_replicate × dp_shard must equal the launched world size. Sharding within groups "
           "that replicate (hybrid, both > 1) is not built yet.",
           Bounds::positive());
+  v.field("bucket_size_mb", bucket_size_mb,
+          "forge: replicated runs average gradients in buckets of this size, each all-reduced as soon as its "
+          "gradients are in (while backward runs), as DDP's bucket_cap_mb.",
+          Bounds::positive());
   v.field("backend", backend,
           "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both): Gloo on CPUs, NCCL on "
           "GPUs (a build without nccl.h uses Gloo over host memory, with a warning).");

@@ -17,13 +17,16 @@ DataParallel::DataParallel(const DistributedConfig& cfg, Distributed& dist) : di
                                 "yet; use dp_replicate = 1 (shard over all ranks) or dp_shard = 1 (replicate)",
                                 cfg.dp_replicate, shard));
   shard_ = shard > 1;
+  bucket_mb_ = cfg.bucket_size_mb;
 }
 
 DataParallel::~DataParallel() = default;
 
 std::string DataParallel::describe() const {
   if (dist_.world() == 1) return "one rank";
-  return fmt::format("{} over {} ranks ({})", shard_ ? "fully sharded data parallel" : "replicated data parallel",
+  return fmt::format("{} over {} ranks ({})",
+                     shard_ ? "fully sharded data parallel"
+                            : fmt::format("replicated data parallel, gradients in buckets of {} MB", bucket_mb_),
                      dist_.world(), dist_.backend());
 }
 
@@ -38,8 +41,11 @@ void DataParallel::attach(VLMImpl& model) {
   model.transformer->set_layer_units(std::move(units));
 }
 
-ParamGroups DataParallel::optimizer_groups(const ParamGroups& whole) const {
-  if (!fsdp_) return whole;
+ParamGroups DataParallel::optimizer_groups(const ParamGroups& whole) {
+  if (!fsdp_) {
+    if (dist_.world() > 1) buckets_ = std::make_unique<GradBuckets>(whole.all(), bucket_mb_, dist_);
+    return whole;
+  }
   ParamGroups g;
   for (const auto& [name, p] : whole.decay) g.decay.emplace_back(name, fsdp_->shard_of(p));
   for (const auto& [name, p] : whole.no_decay) g.no_decay.emplace_back(name, fsdp_->shard_of(p));
@@ -52,16 +58,17 @@ void DataParallel::begin_step() {
   fsdp_->gather_root();
 }
 
-void DataParallel::finish_gradients(const ParamGroups& optimized) {
+void DataParallel::before_backward(bool last_micro_batch) {
+  if (buckets_ && last_micro_batch) buckets_->arm();
+}
+
+void DataParallel::finish_gradients() {
   if (fsdp_) {  // the layers reduced theirs during backward
     fsdp_->reduce_root_grads();
     fsdp_->release_root();
     return;
   }
-  std::vector<at::Tensor> grads;
-  for (const auto& p : optimized.all())
-    if (p.grad().defined()) grads.push_back(p.grad());
-  dist_.average(grads);
+  if (buckets_) buckets_->finish();
 }
 
 double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {

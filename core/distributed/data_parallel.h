@@ -1,7 +1,8 @@
 // How the ranks share a training step. `[distributed]` with KempnerForge's
 // meaning: dp_replicate groups × dp_shard ranks per group = the world.
 //   - replicated (dp_shard = 1): every rank holds the whole model and
-//     optimizer; gradients are averaged with one all-reduce after backward;
+//     optimizer; gradients are averaged in buckets, all-reduced while the
+//     last micro-batch's backward still runs (core/distributed/grad_buckets.h);
 //   - fully sharded (dp_replicate = 1, dp_shard = world, the default -1):
 //     parameters, gradients and AdamW state are split across ranks
 //     (core/distributed/fsdp.h).
@@ -15,6 +16,7 @@
 #include "core/config/job.h"
 #include "core/distributed/dist.h"
 #include "core/distributed/fsdp.h"
+#include "core/distributed/grad_buckets.h"
 #include "core/model/vlm.h"
 #include "core/training/optim.h"
 #include "forge/export.h"
@@ -32,13 +34,16 @@ class FORGE_API DataParallel {
   // Takes over the model once its weights are final (built, broadcast,
   // loaded): a sharded run splits them here and frees the whole copies.
   void attach(VLMImpl& model);
-  // The optimizer's tensors: the parameters, or their shards.
-  ParamGroups optimizer_groups(const ParamGroups& whole) const;
+  // The optimizer's tensors: the parameters, or their shards. Replicated:
+  // also sets up the gradient buckets over them.
+  ParamGroups optimizer_groups(const ParamGroups& whole);
   // Before the first forward of a step.
   void begin_step();
-  // After the last backward: every rank's gradients averaged into
-  // `optimized` (its tensors' .grad).
-  void finish_gradients(const ParamGroups& optimized);
+  // Before each micro-batch's backward; only the last one communicates.
+  void before_backward(bool last_micro_batch);
+  // After the last backward: every rank's gradients averaged into the
+  // optimizer's tensors' .grad.
+  void finish_gradients();
   // Clips the global gradient norm of `optimized` to max_norm (over every
   // rank's shards when sharded) and returns the norm before clipping.
   double clip_grad_norm(const ParamGroups& optimized, double max_norm);
@@ -50,11 +55,15 @@ class FORGE_API DataParallel {
   // For checkpoints: null unless sharded.
   const ShardView* shard_view() const { return fsdp_.get(); }
   const FullyShardedModel* fsdp() const { return fsdp_.get(); }
+  // Replicated over several ranks: the gradient buckets (else null).
+  const GradBuckets* buckets() const { return buckets_.get(); }
 
  private:
   Distributed& dist_;
   bool shard_ = false;
   std::unique_ptr<FullyShardedModel> fsdp_;
+  std::unique_ptr<GradBuckets> buckets_;
+  double bucket_mb_ = 25;
 };
 
 }  // namespace forge

@@ -45,7 +45,7 @@ struct Distributed::Impl {
 
 Distributed::~Distributed() = default;
 
-void Distributed::finish(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const {
+void Distributed::finish_work(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const {
   try {
     work->wait();
   } catch (const std::exception& e) {
@@ -168,7 +168,7 @@ void Distributed::average(const std::vector<at::Tensor>& tensors) {
     std::vector<at::Tensor> parts;
     for (const auto& t : ts) parts.push_back(t.detach().reshape(-1).to(impl_->device));
     std::vector<at::Tensor> flat{at::cat(parts)};
-    finish(impl_->pg->allreduce(flat), "the gradient all-reduce");
+    finish_work(impl_->pg->allreduce(flat), "the gradient all-reduce");
     flat[0].div_(static_cast<double>(world_));
     int64_t at = 0;
     for (auto& t : ts) {
@@ -200,7 +200,7 @@ void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) {
     return;
   }
   OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
-  finish(impl_->pg->_allgather_base(o.t, i.t), "a parameter all-gather");
+  finish_work(impl_->pg->_allgather_base(o.t, i.t), "a parameter all-gather");
   o.copy_back();
 }
 
@@ -215,7 +215,7 @@ void Distributed::reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in
   OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
-  finish(impl_->pg->_reduce_scatter_base(o.t, i.t, opts), "a gradient reduce-scatter");
+  finish_work(impl_->pg->_reduce_scatter_base(o.t, i.t, opts), "a gradient reduce-scatter");
   o.copy_back();
 }
 
@@ -223,8 +223,45 @@ void Distributed::all_reduce_sum(const at::Tensor& t) {
   if (!impl_) return;
   OnBackend b(t, impl_->device);
   std::vector<at::Tensor> one{b.t};
-  finish(impl_->pg->allreduce(one), "an all-reduce");
+  finish_work(impl_->pg->allreduce(one), "an all-reduce");
   b.copy_back();
+}
+
+Distributed::Pending::~Pending() = default;
+
+namespace {
+class PendingAllReduce final : public Distributed::Pending {
+ public:
+  PendingAllReduce(const Distributed& d, c10::intrusive_ptr<c10d::Work> w, at::Tensor on_backend, at::Tensor user,
+                   const char* what)
+      : d_(d), work_(std::move(w)), t_(std::move(on_backend)), user_(std::move(user)), what_(what) {}
+  void wait() override {
+    if (!work_) return;
+    d_.finish_work(work_, what_);
+    work_.reset();
+    if (!t_.is_same(user_)) user_.copy_(t_);
+  }
+
+ private:
+  const Distributed& d_;
+  c10::intrusive_ptr<c10d::Work> work_;
+  at::Tensor t_, user_;
+  const char* what_;
+};
+
+// A handle for a world without a process group: nothing to wait for.
+class DonePending final : public Distributed::Pending {
+ public:
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<Distributed::Pending> Distributed::all_reduce_sum_async(const at::Tensor& t, const char* what) {
+  if (!impl_) return std::make_unique<DonePending>();
+  at::Tensor b = t.device() == impl_->device ? t : t.to(impl_->device);
+  std::vector<at::Tensor> one{b};
+  auto work = impl_->pg->allreduce(one);
+  return std::make_unique<PendingAllReduce>(*this, std::move(work), b, t, what);
 }
 
 double Distributed::reduce(double v, bool take_max) {
@@ -232,7 +269,7 @@ double Distributed::reduce(double v, bool take_max) {
   std::vector<at::Tensor> t{at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(impl_->device))};
   c10d::AllreduceOptions o;
   o.reduceOp = take_max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
-  finish(impl_->pg->allreduce(t, o), "an all-reduce");
+  finish_work(impl_->pg->allreduce(t, o), "an all-reduce");
   return t[0].item<double>();
 }
 
@@ -244,13 +281,13 @@ void Distributed::broadcast(const std::vector<at::Tensor>& tensors) {
   if (!impl_) return;
   for (const auto& t : tensors) {
     std::vector<at::Tensor> one{t.detach().to(impl_->device).contiguous()};
-    finish(impl_->pg->broadcast(one), "a broadcast");
+    finish_work(impl_->pg->broadcast(one), "a broadcast");
     t.detach().copy_(one[0]);
   }
 }
 
 void Distributed::barrier() {
-  if (impl_) finish(impl_->pg->barrier(), "a barrier");
+  if (impl_) finish_work(impl_->pg->barrier(), "a barrier");
 }
 
 // ------------------------------------------------------------ the local launcher

@@ -56,17 +56,25 @@ class FORGE_API Distributed {
   void reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in);
   // Sums a tensor over ranks in place.
   void all_reduce_sum(const at::Tensor& t);
+  // Starts summing `t` over ranks in place; wait() on the handle completes
+  // it (failures are reported as by the blocking collectives).
+  class Pending {
+   public:
+    virtual ~Pending();
+    virtual void wait() = 0;
+  };
+  std::unique_ptr<Pending> all_reduce_sum_async(const at::Tensor& t, const char* what);
   // Copies rank 0's tensors to every rank.
   void broadcast(const std::vector<at::Tensor>& tensors);
   void barrier();
+  // Waits for a collective; a failure (a timeout: another rank died or hangs) becomes a RuntimeError that says so.
+  void finish_work(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const;
 
   struct Impl;
 
  private:
   Distributed() = default;
   double reduce(double v, bool take_max);
-  // Waits for a collective; a failure (a timeout: another rank died or hangs) becomes a RuntimeError that says so.
-  void finish(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const;
   int64_t timeout_sec_ = 0;
   int rank_ = 0;
   int world_ = 1;

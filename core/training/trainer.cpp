@@ -405,11 +405,12 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
         at::autocast::set_autocast_enabled(at::kCUDA, false);
         at::autocast::clear_cache();
       }
+      dp.before_backward(micro + 1 == accum);
       (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros
       loss_sum += lv.loss.item<double>();
       label_tokens += lv.tokens;
     }
-    dp.finish_gradients(groups);  // every rank's gradients averaged
+    dp.finish_gradients();  // every rank's gradients averaged
     const double loss = dist->sum(loss_sum / static_cast<double>(accum)) / dist->world();
     label_tokens = static_cast<int64_t>(dist->sum(static_cast<double>(label_tokens)));
     samples *= dist->world();
@@ -432,8 +433,12 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     }
     ++state.step;
     double rank_state_bytes = 0;  // logged with the first step of a run
-    if (state.step == summary.start_step + 1)
+    if (state.step == summary.start_step + 1) {
       rank_state_bytes = log_rank_memory(*model, dp, *dist, *optimizer, groups);
+      if (const GradBuckets* b = dp.buckets())
+        logger->info("gradients: {} bucket(s), {} of them all-reduced while backward still ran", b->buckets(),
+                     b->launched_during_backward());
+    }
     const double dt = since(t0);
     ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
 

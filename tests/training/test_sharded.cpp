@@ -209,10 +209,20 @@ TEST_CASE("2 and 4 ranks, sharded or replicated, train what one process trains o
   for (const Layout& l : {Layout{"sharded2", "--nproc 2 --train.batch_size=4"},
                           Layout{"replicated2", "--nproc 2 --train.batch_size=4 --distributed.dp_shard=1 "
                                                 "--distributed.dp_replicate=2"},
-                          Layout{"sharded4", "--nproc 4 --train.batch_size=2"}}) {
+                          Layout{"sharded4", "--nproc 4 --train.batch_size=2"},
+                          // Small buckets, all-reduced during the second micro-batch's backward only.
+                          Layout{"buckets", "--nproc 2 --train.batch_size=2 --train.grad_accum_steps=2 "
+                                            "--distributed.dp_shard=1 --distributed.dp_replicate=2 "
+                                            "--distributed.bucket_size_mb=0.01"}}) {
     INFO(l.name);
     const std::string dir = d.str() + "/" + l.name;
-    train(dir, data + l.args);
+    const std::string out = train(dir, data + l.args);
+    if (l.name == "buckets") {
+      std::smatch m;
+      REQUIRE(std::regex_search(out, m, std::regex("gradients: ([0-9]+) bucket\\(s\\), ([0-9]+) of them")));
+      CHECK(std::stoi(m[1].str()) > 10);
+      CHECK(m[2].str() == m[1].str());  // every bucket went out while backward still ran
+    }
     REQUIRE(losses(dir).size() == 20);
     same_losses(losses(dir), losses(one), 1e-5);
     same_tensors(dir + "/step_00000020/model.safetensors", one + "/step_00000020/model.safetensors", 1e-5,

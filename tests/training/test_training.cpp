@@ -686,7 +686,7 @@ TEST_CASE("data parallelism on c10d/Gloo: forge train --nproc 2 keeps the ranks 
   auto r = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=6" + common);
   INFO(r.output);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("replicated data parallel over 2 ranks (gloo)"));
+  CHECK_THAT(r.output, Catch::Contains("replicated data parallel, gradients in buckets of 25 MB over 2 ranks (gloo)"));
   CHECK_THAT(r.output, Catch::Contains("2 ranks in sync: largest weight difference to rank 0 is 0"));
   CHECK(read_train_state(resolve_checkpoint(d.str() + "/run")).world_size == 2);
   auto again = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --nproc 2 --train.max_steps=9" + common);
