@@ -30,15 +30,31 @@ std::string DataParallel::describe() const {
                      dist_.world(), dist_.backend());
 }
 
+namespace {
+// "name." of `m` inside `root`.
+std::string prefix_of(const torch::nn::Module& root, const torch::nn::Module* m) {
+  for (const auto& item : root.named_modules())
+    if (item.value().get() == m) return item.key() + ".";
+  throw InvalidArgument("data parallel: a block is not a submodule of the model");
+}
+}  // namespace
+
 void DataParallel::attach(VLMImpl& model) {
   if (!shard_) return;
+  // One unit per decoder layer and per tower block; everything else is the root unit.
   std::vector<std::string> prefixes;
-  const size_t layers = model.transformer->layer_list().size();
-  for (size_t i = 0; i < layers; ++i) prefixes.push_back(fmt::format("transformer.layers.{}.", i));
+  for (const auto& layer : model.transformer->layer_list()) prefixes.push_back(prefix_of(model, layer.get()));
+  BlockStack* tower = model.vision_encoder->block_stack();
+  std::vector<std::shared_ptr<torch::nn::Module>> tower_blocks;
+  if (tower) tower_blocks = tower->blocks();
+  for (const auto& b : tower_blocks) prefixes.push_back(prefix_of(model, b.get()));
   fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, dist_);
-  std::vector<std::shared_ptr<ParamUnit>> units;
+  const size_t layers = model.transformer->layer_list().size();
+  std::vector<std::shared_ptr<ParamUnit>> units, tower_units;
   for (size_t i = 0; i < layers; ++i) units.push_back(fsdp_->unit(i));
+  for (size_t i = 0; i < tower_blocks.size(); ++i) tower_units.push_back(fsdp_->unit(layers + i));
   model.transformer->set_layer_units(std::move(units));
+  if (tower) tower->set_block_units(std::move(tower_units));
 }
 
 ParamGroups DataParallel::optimizer_groups(const ParamGroups& whole) {

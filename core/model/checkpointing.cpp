@@ -14,6 +14,7 @@
 namespace forge {
 
 ParamUnit::~ParamUnit() = default;
+BlockStack::~BlockStack() = default;
 
 namespace {
 

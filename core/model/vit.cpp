@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/checkpointing.h"
 #include "forge/error.h"
 
 namespace forge::nn {
@@ -67,9 +68,42 @@ VitEncoderImpl::VitEncoderImpl(const VitOptions& o) : options_(o) {
   for (int64_t i = 0; i < o.layers; ++i) layers->push_back(VitLayer(o));
 }
 VitEncoderImpl::~VitEncoderImpl() = default;
-at::Tensor VitEncoderImpl::forward(at::Tensor x) {
-  for (const auto& l : *layers) x = l->as<VitLayerImpl>()->forward(x);
+at::Tensor VitEncoderImpl::forward(at::Tensor x, int64_t n) {
+  const int64_t count = n < 0 ? static_cast<int64_t>(layers->size()) : std::min<int64_t>(n, layers->size());
+  const bool checkpoint = ac_every_ > 0 && is_training() && at::GradMode::is_enabled();
+  for (int64_t i = 0; i < count; ++i) {
+    auto* layer = layers->ptr(i)->as<VitLayerImpl>();
+    ParamUnit* unit = units_.empty() ? nullptr : units_[static_cast<size_t>(i)].get();
+    const bool recompute = checkpoint && (i + 1) % ac_every_ == 0;
+    if (!recompute && !unit) {
+      x = layer->forward(x);
+      continue;
+    }
+    std::vector<at::Tensor> weights;  // trainable tensors the block reads that no unit gathers
+    if (!unit)
+      for (const auto& p : layer->parameters(true))
+        if (p.requires_grad()) weights.push_back(p);
+    x = run_block([layer](const at::Tensor& h, const std::vector<at::Tensor>&) { return layer->forward(h); }, x, {},
+                  weights, BlockPolicy{recompute, unit});
+  }
   return x;
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> VitEncoderImpl::blocks() const {
+  std::vector<std::shared_ptr<torch::nn::Module>> out;
+  for (size_t i = 0; i < layers->size(); ++i) out.push_back(layers->ptr(i));
+  return out;
+}
+
+void VitEncoderImpl::set_activation_checkpointing(int64_t every) {
+  if (every < 0) throw InvalidArgument(fmt::format("activation checkpointing every {} layers: must be >= 0", every));
+  ac_every_ = every;
+}
+
+void VitEncoderImpl::set_block_units(std::vector<std::shared_ptr<ParamUnit>> units) {
+  if (!units.empty() && units.size() != layers->size())
+    throw InvalidArgument(fmt::format("vision tower: {} parameter units for {} layers", units.size(), layers->size()));
+  units_ = std::move(units);
 }
 double VitEncoderImpl::flops(int64_t n) const {
   const double N = static_cast<double>(n), D = options_.hidden, I = options_.intermediate;

@@ -107,6 +107,15 @@ std::string describe_freeze(const std::vector<FreezeSpec>& specs) {
   return util::join(parts, ", ");
 }
 
+// train.activation_checkpointing for the decoder's layers and the tower's blocks (when the tower has some).
+void set_activation_checkpointing(VLMImpl& model, int64_t every) {
+  model.transformer->set_activation_checkpointing(every);
+  BlockStack* tower = model.vision_encoder->block_stack();
+  if (tower) tower->set_activation_checkpointing(every);
+  if (every > 0 && !tower)
+    log()->info("activation checkpointing: the decoder's layers (this vision encoder has no blocks to recompute)");
+}
+
 // The freeze state a checkpoint was saved with must be this config's at that step.
 void check_resume_freeze(const std::string& resume_from, const TrainState& state, const VLMConfig& vlm,
                          bool ignore_mismatch) {
@@ -190,7 +199,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);
   model->to(device);
-  model->transformer->set_activation_checkpointing(activation_checkpointing_every(job.train));
+  set_activation_checkpointing(*model, activation_checkpointing_every(job.train));
   {  // every rank starts from rank 0's weights
     std::vector<at::Tensor> ps;
     for (const auto& [k, p] : nn::unique_named_parameters(*model)) ps.push_back(p);

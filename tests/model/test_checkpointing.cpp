@@ -36,6 +36,7 @@ struct Result {
 Result step(VLM& model, int64_t every, const at::Tensor& px, const at::Tensor& ids) {
   model->zero_grad();
   model->transformer->set_activation_checkpointing(every);
+  if (BlockStack* tower = model->vision_encoder->block_stack()) tower->set_activation_checkpointing(every);
   VLMOutput out = model->forward(px, ids, ids);
   at::Tensor loss = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), out.targets.reshape({-1}));
   Result r;
@@ -72,6 +73,43 @@ TEST_CASE("activation checkpointing: same loss and gradients as none, bit for bi
         REQUIRE(ac.grads.count(name));
         CHECK(at::equal(ac.grads.at(name), g));
       }
+    }
+  }
+}
+
+TEST_CASE("activation checkpointing covers a ViT tower's blocks, bit for bit", "[model][ac]") {
+  auto& reg = forge::test::builtin_registry();
+  for (const std::string encoder : {"siglip", "clip"}) {
+    INFO(encoder);
+    std::string toml = forge::test::tiny_vlm_toml();
+    const std::string random = "type = \"random\"\nnum_tokens = 16\nfeature_dim = 24\n";
+    REQUIRE(toml.find(random) != std::string::npos);
+    toml.replace(toml.find(random), random.size(),
+                 "type = \"" + encoder + "\"\nimage_size = 16\npatch_size = 8\nfeature_dim = 24\nnum_layers = 2\n"
+                 "num_heads = 4\n");
+    LoadedConfig cfg = load_config_text(toml, "t.toml", reg);
+    VLM model = build_vlm(cfg.job, reg);
+    REQUIRE(model->vision_encoder->block_stack() != nullptr);
+    REQUIRE(model->vision_encoder->block_stack()->blocks().size() == 2);
+    for (auto& p : model->parameters(true)) p.requires_grad_(true);
+    model->train();
+    at::Tensor px = at::rand({2, 3, 16, 16});
+    at::Tensor ids = at::randint(0, 64, {2, 12}, at::TensorOptions().dtype(at::kLong));
+    Result none = step(model, 0, px, ids);
+    for (int64_t every : {1, 2}) {
+      INFO("every " << every << " blocks");
+      Result ac = step(model, every, px, ids);
+      CHECK(ac.checkpoints == 2 * (2 / every));  // 2 decoder layers and 2 tower blocks
+      CHECK(ac.loss == none.loss);
+      REQUIRE(ac.grads.size() == none.grads.size());
+      size_t tower = 0;
+      for (const auto& [name, g] : none.grads) {
+        INFO(name);
+        REQUIRE(ac.grads.count(name));
+        CHECK(at::equal(ac.grads.at(name), g));
+        tower += name.find("vision_encoder.") == 0 ? 1 : 0;
+      }
+      CHECK(tower > 0);
     }
   }
 }

@@ -8,6 +8,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/checkpoint.h"
+#include "core/checkpoint/state_dict.h"
+#include "core/config/loader.h"
+#include "core/distributed/fsdp.h"
+#include "core/model/vlm.h"
 #include "forge/safetensors.h"
 #include "tests/unit/test_helpers.h"
 
@@ -250,6 +254,96 @@ TEST_CASE("a rank that dies or hangs stops the others, and the launcher names it
     } else {
       CHECK_THAT(r.output, Catch::Contains("did not complete: a rank has died or hangs"));
       CHECK_THAT(r.output, Catch::Contains("rank 1 did not exit within 10 s of being told to stop (it hangs)"));
+    }
+  }
+}
+
+namespace {
+// A ParamUnit that counts how many units are whole at once.
+struct Watched final : ParamUnit {
+  std::shared_ptr<ParamUnit> inner;
+  int* live;
+  int* peak;
+  int depth = 0;
+  void gather() override {
+    inner->gather();
+    if (depth++ == 0) *peak = std::max(*peak, ++*live);
+  }
+  void release() override {
+    inner->release();
+    if (--depth == 0) --*live;
+  }
+  const std::vector<at::Tensor>& params() const override { return inner->params(); }
+  void reduce_grads(const std::vector<at::Tensor>& g) override { inner->reduce_grads(g); }
+};
+
+bool whole(const at::Tensor& t) { return t.storage().nbytes() > 0; }
+}  // namespace
+
+TEST_CASE("sharded blocks are whole only while they run, and give the unsharded gradients", "[train][fsdp]") {
+  auto& reg = forge::test::builtin_registry();
+  std::string toml = forge::test::tiny_vlm_toml("cross_attention");
+  const std::string random = "type = \"random\"\nnum_tokens = 16\nfeature_dim = 24\n";
+  toml.replace(toml.find(random), random.size(),
+               "type = \"siglip\"\nimage_size = 16\npatch_size = 8\nfeature_dim = 24\nnum_layers = 2\nnum_heads = 4\n");
+  LoadedConfig cfg = load_config_text(toml, "t.toml", reg);
+  for (const bool ac : {false, true}) {
+    INFO("activation checkpointing " << ac);
+    VLM plain = build_vlm(cfg.job, reg), sharded = build_vlm(cfg.job, reg);
+    load_state_dict(*sharded, TensorSource::from_map([&] {
+      std::map<std::string, at::Tensor> m;
+      for (const auto& [k, v] : state_dict(*plain)) m[k] = v;
+      return m;
+    }(), "plain"), true);
+    for (VLM* m : {&plain, &sharded}) {
+      for (auto& p : (*m)->parameters(true)) p.requires_grad_(true);
+      (*m)->train();
+      (*m)->transformer->set_activation_checkpointing(ac ? 1 : 0);
+      (*m)->vision_encoder->block_stack()->set_activation_checkpointing(ac ? 1 : 0);
+    }
+    auto dist = Distributed::connect(DistributedConfig{}, at::Device(at::kCPU), 0, 1, "127.0.0.1", 29615 + ac);
+    std::vector<std::string> prefixes;
+    for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("transformer.layers.{}.", i));
+    for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("vision_encoder.vision_tower.encoder.layers.{}.", i));
+    FullyShardedModel fsdp(*sharded, prefixes, *dist);
+    int live = 0, peak = 0;
+    std::vector<std::shared_ptr<ParamUnit>> layers, blocks;
+    for (size_t i = 0; i < 4; ++i) {
+      auto w = std::make_shared<Watched>();
+      w->inner = fsdp.unit(i);
+      w->live = &live;
+      w->peak = &peak;
+      (i < 2 ? layers : blocks).push_back(w);
+    }
+    sharded->transformer->set_layer_units(layers);
+    sharded->vision_encoder->block_stack()->set_block_units(blocks);
+    for (const auto& p : sharded->parameters(true)) CHECK_FALSE(whole(p));  // nothing whole at rest
+
+    at::Tensor px = at::rand({2, 3, 16, 16});
+    at::Tensor ids = at::randint(0, 64, {2, 12}, at::TensorOptions().dtype(at::kLong));
+    auto loss_of = [&](VLM& m) {
+      VLMOutput out = m->forward(px, ids, ids);
+      return at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), out.targets.reshape({-1}));
+    };
+    at::Tensor want = loss_of(plain);
+    want.backward();
+    fsdp.gather_root();
+    at::Tensor got = loss_of(sharded);
+    got.backward();
+    fsdp.reduce_root_grads();
+    fsdp.release_root();
+    CHECK(got.item<double>() == want.item<double>());
+    CHECK(peak == 1);  // one block whole at a time, in forward and in backward
+    CHECK(live == 0);
+    // Every parameter's gradient is in its shard (world 1: the whole gradient, flat), none left whole.
+    for (const auto& item : plain->named_parameters(true)) {
+      INFO(item.key());
+      const at::Tensor& p = sharded->named_parameters(true)[item.key()];
+      CHECK_FALSE(whole(p));
+      CHECK_FALSE(p.grad().defined());
+      at::Tensor g = fsdp.shard_of(p).grad();
+      REQUIRE(g.defined());
+      CHECK(at::allclose(g, item.value().grad().reshape({-1}), 1e-6, 1e-7));
     }
   }
 }

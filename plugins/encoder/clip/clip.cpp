@@ -51,12 +51,6 @@ int64_t layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers)
   return layers + 1 + feature_layer;
 }
 
-// Runs the first `n` layers of `encoder`.
-at::Tensor run_layers(nn::VitEncoder& encoder, at::Tensor x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x = static_cast<nn::VitLayerImpl*>(encoder->layers->ptr(i).get())->forward(x);
-  return x;
-}
-
 struct Spec {
   nn::VitOptions vit;
   int64_t image_size = 224, patch_size = 16;
@@ -152,7 +146,7 @@ class TowerImpl : public torch::nn::Module {
     register_module("post_layernorm", ln());  // applied by HF to the pooled class token only
   }
   // (B, 1 + N, D): hidden_states[feature_layer] (the last one by default), class token first.
-  at::Tensor forward(const at::Tensor& px) { return run_layers(encoder, pre_layrnorm(embeddings(px)), run_); }
+  at::Tensor forward(const at::Tensor& px) { return encoder->forward(pre_layrnorm(embeddings(px)), run_); }
   Embeddings embeddings{nullptr};
   torch::nn::LayerNorm pre_layrnorm{nullptr};
   nn::VitEncoder encoder{nullptr};
@@ -180,6 +174,7 @@ class ClipEncoder final : public VisionEncoder {
     const double used = static_cast<double>(spec_.run) / static_cast<double>(spec_.vit.layers);
     return vision_tower->encoder->flops(spec_.tokens() + 1) * used + 2 * N * 3 * p * p * D;
   }
+  BlockStack* block_stack() override { return vision_tower->encoder.get(); }
   Tower vision_tower{nullptr};
 
  private:

@@ -56,12 +56,6 @@ int64_t layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers)
   return layers + 1 + feature_layer;
 }
 
-// Runs the first `n` layers of `encoder`.
-at::Tensor run_layers(nn::VitEncoder& encoder, at::Tensor x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x = static_cast<nn::VitLayerImpl*>(encoder->layers->ptr(i).get())->forward(x);
-  return x;
-}
-
 struct Spec {
   bool v2 = false;
   bool use_head = false;
@@ -204,7 +198,7 @@ class TowerImpl : public torch::nn::Module {
   }
   // feature_layer 0: last_hidden_state (after post_layernorm); k < 0: hidden_states[k], the layers after it skipped.
   at::Tensor forward(const at::Tensor& px) {
-    at::Tensor h = run_layers(encoder, embeddings(px), spec_.run);
+    at::Tensor h = encoder->forward(embeddings(px), spec_.run);
     return spec_.feature_layer == 0 ? post_layernorm(h) : h;
   }
   Embeddings embeddings{nullptr};
@@ -233,6 +227,7 @@ class SiglipEncoder final : public VisionEncoder {
     const double used = static_cast<double>(spec_.run) / static_cast<double>(spec_.vit.layers);
     return vision_tower->encoder->flops(spec_.tokens()) * used + 2 * N * 3 * p * p * D;
   }
+  BlockStack* block_stack() override { return vision_tower->encoder.get(); }
   Tower vision_tower{nullptr};
 
  private:

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "forge/export.h"
+#include "forge/param_unit.h"
 
 namespace forge {
 
@@ -40,6 +41,9 @@ class FORGE_API VisionEncoder : public torch::nn::Module {
   // Multiply-add FLOPs x2 of one image's forward (for MFU). Default:
   // 2 * parameters * num_tokens.
   virtual double forward_flops() const;
+  // The tower's repeated blocks, for activation checkpointing and fully
+  // sharded training (null: the tower has none; it then runs whole).
+  virtual BlockStack* block_stack() { return nullptr; }
 };
 
 // (B, N, in_dim) -> (B, M, out_dim), M = output_num_tokens(N).

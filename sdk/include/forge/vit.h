@@ -13,6 +13,7 @@
 
 #include "forge/config.h"
 #include "forge/export.h"
+#include "forge/param_unit.h"
 
 namespace forge::nn {
 
@@ -65,17 +66,24 @@ class FORGE_API VitLayerImpl : public torch::nn::Module {
 TORCH_MODULE(VitLayer);
 
 // `layers.<i>` over the options' layer count.
-class FORGE_API VitEncoderImpl : public torch::nn::Module {
+class FORGE_API VitEncoderImpl : public torch::nn::Module, public BlockStack {
  public:
   explicit VitEncoderImpl(const VitOptions& o);
   ~VitEncoderImpl() override;
-  at::Tensor forward(at::Tensor x);
+  // Runs the first n layers (all of them when n < 0).
+  at::Tensor forward(at::Tensor x, int64_t n = -1);
   torch::nn::ModuleList layers{nullptr};
   // Multiply-add FLOPs x2 of a forward over n tokens.
   double flops(int64_t n) const;
 
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks() const override;
+  void set_activation_checkpointing(int64_t every) override;
+  void set_block_units(std::vector<std::shared_ptr<ParamUnit>> units) override;
+
  private:
   VitOptions options_;
+  int64_t ac_every_ = 0;
+  std::vector<std::shared_ptr<ParamUnit>> units_;
 };
 TORCH_MODULE(VitEncoder);
 
