@@ -180,8 +180,8 @@ void DistributedConfig::visit(ConfigVisitor& v) {
           "-1: the launched world size divided by dp_replicate; 1: every rank holds the whole model (replicated).");
   v.require(dp_shard == -1 || dp_shard > 0, "dp_shard", fmt::format("got {}; must be -1 or > 0", dp_shard));
   v.field("dp_replicate", dp_replicate,
-          "Replica groups; dp_replicate × dp_shard must equal the launched world size. Sharding within groups "
-          "that replicate (hybrid, both > 1) is not built yet.",
+          "Replica groups; dp_replicate × dp_shard must equal the launched world size. Both > 1: hybrid "
+          "sharding, each group of dp_shard ranks shards the model and the groups replicate each other.",
           Bounds::positive());
   v.field("bucket_size_mb", bucket_size_mb,
           "forge: replicated runs average gradients in buckets of this size, each all-reduced as soon as its "

@@ -12,11 +12,17 @@ namespace forge {
 
 DataParallel::DataParallel(const DistributedConfig& cfg, Distributed& dist) : dist_(dist) {
   const int64_t shard = resolved_dp_shard(cfg, dist.world());
-  if (shard > 1 && cfg.dp_replicate > 1)
-    throw UserError(fmt::format("distributed.dp_replicate = {} with dp_shard = {} (hybrid sharding) is not built "
-                                "yet; use dp_replicate = 1 (shard over all ranks) or dp_shard = 1 (replicate)",
-                                cfg.dp_replicate, shard));
   shard_ = shard > 1;
+  replicate_ = cfg.dp_replicate;
+  if (shard_ && replicate_ > 1) {
+    // Hybrid: shard within consecutive groups of `shard` ranks; rank r and r + k * shard hold the same shards.
+    const int r = dist.rank(), S = static_cast<int>(shard), R = static_cast<int>(replicate_);
+    std::vector<int> within, across;
+    for (int i = 0; i < S; ++i) within.push_back(r / S * S + i);
+    for (int j = 0; j < R; ++j) across.push_back(j * S + r % S);
+    shard_group_ = dist.subgroup(within, fmt::format("shard{}", r / S));
+    replica_group_ = dist.subgroup(across, fmt::format("replica{}", r % S));
+  }
   bucket_mb_ = cfg.bucket_size_mb;
 }
 
@@ -24,6 +30,9 @@ DataParallel::~DataParallel() = default;
 
 std::string DataParallel::describe() const {
   if (dist_.world() == 1) return "one rank";
+  if (shard_group_)
+    return fmt::format("hybrid sharded data parallel over {} ranks ({}): {} groups of {} that shard, replicated",
+                       dist_.world(), dist_.backend(), replicate_, shard_group_->world());
   return fmt::format("{} over {} ranks ({})",
                      shard_ ? "fully sharded data parallel"
                             : fmt::format("replicated data parallel, gradients in buckets of {} MB", bucket_mb_),
@@ -48,7 +57,8 @@ void DataParallel::attach(VLMImpl& model) {
   std::vector<std::shared_ptr<torch::nn::Module>> tower_blocks;
   if (tower) tower_blocks = tower->blocks();
   for (const auto& b : tower_blocks) prefixes.push_back(prefix_of(model, b.get()));
-  fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, dist_);
+  fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, shard_group_ ? *shard_group_ : dist_,
+                                              replica_group_.get());
   const size_t layers = model.transformer->layer_list().size();
   std::vector<std::shared_ptr<ParamUnit>> units, tower_units;
   for (size_t i = 0; i < layers; ++i) units.push_back(fsdp_->unit(i));
@@ -95,7 +105,8 @@ double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_nor
   // Every element lives on exactly one rank: the squared norms add up.
   at::Tensor sq = at::zeros({1}, at::kDouble);
   for (const auto& p : with_grad) sq += p.grad().detach().to(at::kDouble).pow(2).sum().to(at::kCPU);
-  const double total = std::sqrt(dist_.sum(sq.item<double>()));
+  Distributed& owners = shard_group_ ? *shard_group_ : dist_;  // replica groups hold the same shards
+  const double total = std::sqrt(owners.sum(sq.item<double>()));
   const double coef = max_norm / (total + 1e-6);
   if (coef < 1 && std::isfinite(total)) {
     torch::NoGradGuard no_grad;

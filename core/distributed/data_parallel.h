@@ -5,7 +5,9 @@
 //     last micro-batch's backward still runs (core/distributed/grad_buckets.h);
 //   - fully sharded (dp_replicate = 1, dp_shard = world, the default -1):
 //     parameters, gradients and AdamW state are split across ranks
-//     (core/distributed/fsdp.h).
+//     (core/distributed/fsdp.h);
+//   - hybrid (both > 1): sharded within groups of dp_shard consecutive ranks,
+//     and the groups' gradient shards averaged across them.
 // The trainer's step calls these pieces in order; with one rank they do
 // nothing.
 #pragma once
@@ -63,6 +65,8 @@ class FORGE_API DataParallel {
   bool shard_ = false;
   std::unique_ptr<FullyShardedModel> fsdp_;
   std::unique_ptr<GradBuckets> buckets_;
+  int64_t replicate_ = 1;
+  std::unique_ptr<Distributed> shard_group_, replica_group_;  // hybrid only
   double bucket_mb_ = 25;
 };
 

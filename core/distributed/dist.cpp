@@ -17,6 +17,7 @@
 #define USE_C10D_GLOO
 #endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <fmt/format.h>
@@ -32,6 +33,7 @@ struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;
   at::Device device{at::kCPU};  // where collectives run: the GPU for NCCL, host memory for Gloo
+  std::string addr;              // the rendezvous host (Gloo binds its device to it)
 
   ~Impl() {
     if (!pg) return;
@@ -135,6 +137,7 @@ std::unique_ptr<Distributed> Distributed::connect(const DistributedConfig& cfg, 
   d->timeout_sec_ = cfg.nccl_timeout_sec;
   d->impl_ = std::make_unique<Impl>();
   d->impl_->device = backend == "nccl" ? device : at::Device(at::kCPU);
+  d->impl_->addr = addr;
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(port);
   so.isServer = rank == 0;
@@ -190,6 +193,36 @@ struct OnBackend {
   }
 };
 }  // namespace
+
+std::unique_ptr<Distributed> Distributed::subgroup(const std::vector<int>& ranks, const std::string& name) const {
+  auto me = std::find(ranks.begin(), ranks.end(), rank_);
+  if (me == ranks.end())
+    throw InvalidArgument(fmt::format("process group '{}': rank {} is not one of its ranks", name, rank_));
+  std::unique_ptr<Distributed> d(new Distributed());
+  d->rank_ = static_cast<int>(me - ranks.begin());
+  d->world_ = static_cast<int>(ranks.size());
+  d->timeout_sec_ = timeout_sec_;
+  d->backend_ = backend_;
+  if (!impl_) return d;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->device = impl_->device;
+  d->impl_->addr = impl_->addr;
+  d->impl_->store = c10::make_intrusive<c10d::PrefixStore>("forge/" + name, impl_->store);
+  const auto timeout = std::chrono::milliseconds(std::chrono::seconds(timeout_sec_));
+  try {
+    if (backend_ == "nccl") {
+      d->impl_->pg = detail::make_nccl_backend(d->impl_->store, d->rank_, d->world_, timeout, impl_->device);
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(impl_->addr));
+      d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, d->rank_, d->world_, opts);
+    }
+  } catch (const std::exception& e) {
+    throw RuntimeError(fmt::format("rank {}: cannot build the process group '{}' over ranks {}: {}", rank_, name,
+                                   fmt::join(ranks, ","), e.what()));
+  }
+  return d;
+}
 
 void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) {
   if (out.numel() != in.numel() * world_)

@@ -37,6 +37,10 @@ class FORGE_API Distributed {
   ~Distributed();
   // Whether this build includes c10d's NCCL backend (CUDA and nccl.h found).
   static bool has_nccl();
+  // A process group over `ranks` (global ranks, this one among them) with
+  // its own rank numbering, on the same backend and rendezvous. Every rank
+  // in `ranks` must call it with the same `name`.
+  std::unique_ptr<Distributed> subgroup(const std::vector<int>& ranks, const std::string& name) const;
 
   int rank() const { return rank_; }
   int world() const { return world_; }

@@ -45,7 +45,8 @@ void alloc_storage(const at::Tensor& t, size_t bytes) {
 
 class ShardedUnit final : public ParamUnit {
  public:
-  ShardedUnit(Distributed& dist, std::vector<ShardedParam*> ps) : dist_(dist), ps_(std::move(ps)) {
+  ShardedUnit(Distributed& dist, Distributed* replicas, std::vector<ShardedParam*> ps)
+      : dist_(dist), replicas_(replicas), ps_(std::move(ps)) {
     for (auto* p : ps_) {
       offsets_.push_back(size_);
       size_ += p->chunk;
@@ -100,8 +101,13 @@ class ShardedUnit final : public ParamUnit {
     }
     at::Tensor out = at::empty({size_ + n}, in.options());
     dist_.reduce_scatter_sum(out, in.view({-1}));
+    double ranks = static_cast<double>(W);
+    if (replicas_) {  // hybrid: the same shard on every replica group
+      replicas_->all_reduce_sum(out);
+      ranks *= replicas_->world();
+    }
     at::Tensor flags = out.narrow(0, size_, n).to(at::kCPU);
-    at::Tensor mean = out.narrow(0, 0, size_).div_(static_cast<double>(W));
+    at::Tensor mean = out.narrow(0, 0, size_).div_(ranks);
     for (int64_t k = 0; k < n; ++k) {
       ShardedParam& p = *ps_[static_cast<size_t>(k)];
       if (flags[k].item<float>() == 0 || !p.full.requires_grad()) continue;
@@ -117,6 +123,7 @@ class ShardedUnit final : public ParamUnit {
 
  private:
   Distributed& dist_;
+  Distributed* replicas_;
   std::vector<ShardedParam*> ps_;
   std::vector<at::Tensor> params_;
   std::vector<int64_t> offsets_;
@@ -125,7 +132,7 @@ class ShardedUnit final : public ParamUnit {
 };
 
 FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes,
-                                     Distributed& dist)
+                                     Distributed& dist, Distributed* replicas)
     : dist_(dist) {
   const int64_t W = dist.world(), rank = dist.rank();
   // Every name of every parameter (a tied one has several).
@@ -172,8 +179,8 @@ FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector
     by_impl_[impl] = p.get();
     params_.push_back(std::move(p));
   }
-  for (auto& m : members) units_.push_back(std::make_shared<ShardedUnit>(dist, std::move(m)));
-  root_ = std::make_shared<ShardedUnit>(dist, std::move(root));
+  for (auto& m : members) units_.push_back(std::make_shared<ShardedUnit>(dist, replicas, std::move(m)));
+  root_ = std::make_shared<ShardedUnit>(dist, replicas, std::move(root));
   for (auto& p : params_) free_storage(p->full);
 }
 

@@ -35,9 +35,12 @@ struct ShardedParam;
 class FORGE_API FullyShardedModel final : public ShardView {
  public:
   // Shards every parameter of `model` (which must hold the same values on
-  // every rank) and frees the whole copies. A parameter whose names all start
-  // with unit_prefixes[i] belongs to unit i; any other to the root unit.
-  FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes, Distributed& dist);
+  // every rank) over the ranks of `shards` and frees the whole copies. A
+  // parameter whose names all start with unit_prefixes[i] belongs to unit i;
+  // any other to the root unit. With `replicas` (hybrid sharding), groups
+  // that hold the same shards average their gradients across that group too.
+  FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes, Distributed& shards,
+                    Distributed* replicas = nullptr);
   ~FullyShardedModel() override;
 
   std::shared_ptr<ParamUnit> unit(size_t i) const;

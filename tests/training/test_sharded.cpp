@@ -184,7 +184,7 @@ TEST_CASE("four sharded ranks train a model none of them may hold whole", "[trai
   CHECK(whole_state > budget);
 }
 
-TEST_CASE("2 and 4 ranks, sharded or replicated, train what one process trains on the same global batch",
+TEST_CASE("2 and 4 ranks, sharded, hybrid or replicated, train what one process trains on the same global batch",
           "[train][dist][fsdp]") {
   // Every caption is cut to the same number of tokens, so each rank's mean loss is the global batch's mean
   // and data parallelism has nothing to change: the ranks' batches together are the single process's batch.
@@ -214,6 +214,8 @@ TEST_CASE("2 and 4 ranks, sharded or replicated, train what one process trains o
                           Layout{"replicated2", "--nproc 2 --train.batch_size=4 --distributed.dp_shard=1 "
                                                 "--distributed.dp_replicate=2"},
                           Layout{"sharded4", "--nproc 4 --train.batch_size=2"},
+                          Layout{"hybrid2x2", "--nproc 4 --train.batch_size=2 --distributed.dp_shard=2 "
+                                              "--distributed.dp_replicate=2"},
                           // Small buckets, all-reduced during the second micro-batch's backward only.
                           Layout{"buckets", "--nproc 2 --train.batch_size=2 --train.grad_accum_steps=2 "
                                             "--distributed.dp_shard=1 --distributed.dp_replicate=2 "
@@ -221,6 +223,7 @@ TEST_CASE("2 and 4 ranks, sharded or replicated, train what one process trains o
     INFO(l.name);
     const std::string dir = d.str() + "/" + l.name;
     const std::string out = train(dir, data + l.args);
+    if (l.name == "hybrid2x2") CHECK_THAT(out, Catch::Contains("2 groups of 2 that shard, replicated"));
     if (l.name == "buckets") {
       std::smatch m;
       REQUIRE(std::regex_search(out, m, std::regex("gradients: ([0-9]+) bucket\\(s\\), ([0-9]+) of them")));
