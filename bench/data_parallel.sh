@@ -38,6 +38,8 @@ PY
   run world1 --distributed.dp_shard=1
   echo ,; run replicated2 --nproc 2 --distributed.dp_shard=1 --distributed.dp_replicate=2
   echo ,; run sharded2 --nproc 2
+  echo ,; run sharded2_prefetch --nproc 2 --distributed.prefetch=on
+  echo ,; run hybrid2x2 --nproc 4 --distributed.dp_shard=2 --distributed.dp_replicate=2
   echo ,; run replicated4 --nproc 4 --distributed.dp_shard=1 --distributed.dp_replicate=4
   echo ,; run sharded4 --nproc 4
   echo ,; run world1_ac_full --train.activation_checkpointing=full

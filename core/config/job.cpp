@@ -187,6 +187,11 @@ void DistributedConfig::visit(ConfigVisitor& v) {
           "forge: replicated runs average gradients in buckets of this size, each all-reduced as soon as its "
           "gradients are in (while backward runs), as DDP's bucket_cap_mb.",
           Bounds::positive());
+  v.field("prefetch", prefetch,
+          "forge: sharded runs start gathering the next block's parameters while the current one computes. auto: "
+          "on with NCCL (GPUs), off with Gloo, where on a few CPU cores the gather thread competes with compute "
+          "(bench/RESULTS.md).",
+          {"auto", "on", "off"});
   v.field("backend", backend,
           "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both): Gloo on CPUs, NCCL on "
           "GPUs (a build without nccl.h uses Gloo over host memory, with a warning).");

@@ -104,6 +104,7 @@ struct FORGE_API DistributedConfig {
   int64_t dp_shard = -1;
   int64_t dp_replicate = 1;
   double bucket_size_mb = 25;
+  std::string prefetch = "auto";
   std::string backend = "cpu:gloo,cuda:nccl";
   int64_t nccl_timeout_sec = 1800;
   void visit(ConfigVisitor& v);

@@ -24,18 +24,21 @@ DataParallel::DataParallel(const DistributedConfig& cfg, Distributed& dist) : di
     replica_group_ = dist.subgroup(across, fmt::format("replica{}", r % S));
   }
   bucket_mb_ = cfg.bucket_size_mb;
+  prefetch_ = cfg.prefetch == "on" || (cfg.prefetch == "auto" && dist.backend() == "nccl");
 }
 
 DataParallel::~DataParallel() = default;
 
 std::string DataParallel::describe() const {
   if (dist_.world() == 1) return "one rank";
+  const char* prefetching = prefetch_ ? "; the next block's gather prefetched" : "";
   if (shard_group_)
-    return fmt::format("hybrid sharded data parallel over {} ranks ({}): {} groups of {} that shard, replicated",
-                       dist_.world(), dist_.backend(), replicate_, shard_group_->world());
-  return fmt::format("{} over {} ranks ({})",
-                     shard_ ? "fully sharded data parallel"
-                            : fmt::format("replicated data parallel, gradients in buckets of {} MB", bucket_mb_),
+    return fmt::format("hybrid sharded data parallel over {} ranks ({}): {} groups of {} that shard, replicated{}",
+                       dist_.world(), dist_.backend(), replicate_, shard_group_->world(), prefetching);
+  if (shard_)
+    return fmt::format("fully sharded data parallel over {} ranks ({}){}", dist_.world(), dist_.backend(),
+                       prefetching);
+  return fmt::format("replicated data parallel, gradients in buckets of {} MB over {} ranks ({})", bucket_mb_,
                      dist_.world(), dist_.backend());
 }
 
@@ -59,6 +62,7 @@ void DataParallel::attach(VLMImpl& model) {
   for (const auto& b : tower_blocks) prefixes.push_back(prefix_of(model, b.get()));
   fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, shard_group_ ? *shard_group_ : dist_,
                                               replica_group_.get());
+  fsdp_->set_prefetch(prefetch_);
   const size_t layers = model.transformer->layer_list().size();
   std::vector<std::shared_ptr<ParamUnit>> units, tower_units;
   for (size_t i = 0; i < layers; ++i) units.push_back(fsdp_->unit(i));

@@ -68,6 +68,7 @@ class FORGE_API DataParallel {
   int64_t replicate_ = 1;
   std::unique_ptr<Distributed> shard_group_, replica_group_;  // hybrid only
   double bucket_mb_ = 25;
+  bool prefetch_ = false;
 };
 
 }  // namespace forge

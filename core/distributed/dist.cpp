@@ -289,6 +289,20 @@ class DonePending final : public Distributed::Pending {
 };
 }  // namespace
 
+std::unique_ptr<Distributed::Pending> Distributed::all_gather_async(const at::Tensor& out, const at::Tensor& in) {
+  if (out.numel() != in.numel() * world_)
+    throw InvalidArgument(fmt::format("all_gather: {} elements out for {} in over {} ranks", out.numel(), in.numel(),
+                                      world_));
+  if (!impl_) {
+    out.copy_(in.reshape(out.sizes()));
+    return std::make_unique<DonePending>();
+  }
+  at::Tensor o = out.device() == impl_->device ? out : at::empty(out.sizes(), out.options().device(impl_->device));
+  at::Tensor i = in.contiguous().to(impl_->device);
+  auto work = impl_->pg->_allgather_base(o, i);
+  return std::make_unique<PendingAllReduce>(*this, std::move(work), o, out, "a parameter all-gather");
+}
+
 std::unique_ptr<Distributed::Pending> Distributed::all_reduce_sum_async(const at::Tensor& t, const char* what) {
   if (!impl_) return std::make_unique<DonePending>();
   at::Tensor b = t.device() == impl_->device ? t : t.to(impl_->device);

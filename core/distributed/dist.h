@@ -68,6 +68,8 @@ class FORGE_API Distributed {
     virtual void wait() = 0;
   };
   std::unique_ptr<Pending> all_reduce_sum_async(const at::Tensor& t, const char* what);
+  // all_gather without waiting (out must stay alive until wait()).
+  std::unique_ptr<Pending> all_gather_async(const at::Tensor& out, const at::Tensor& in);
   // Copies rank 0's tensors to every rank.
   void broadcast(const std::vector<at::Tensor>& tensors);
   void barrier();

@@ -54,15 +54,18 @@ class ShardedUnit final : public ParamUnit {
     }
   }
 
+  void prefetch() override {
+    if (!prefetch_ || depth_ > 0 || pending_ || ps_.empty()) return;  // off, already whole, or on its way
+    start_gather();
+  }
+
   void gather() override {
     if (depth_++ > 0 || ps_.empty()) return;
+    if (!pending_) start_gather();
+    pending_->wait();
+    pending_.reset();
     torch::NoGradGuard no_grad;
-    std::vector<at::Tensor> parts;
-    for (auto* p : ps_) parts.push_back(p->shard.detach());
-    at::Tensor send = at::cat(parts);
-    at::Tensor recv = at::empty({dist_.world() * size_}, send.options());
-    dist_.all_gather(recv, send);
-    at::Tensor rows = recv.view({dist_.world(), size_});
+    at::Tensor rows = recv_.view({dist_.world(), size_});
     for (size_t k = 0; k < ps_.size(); ++k) {
       ShardedParam& p = *ps_[k];
       alloc_storage(p.full, p.bytes);
@@ -70,6 +73,15 @@ class ShardedUnit final : public ParamUnit {
       // variable_data: the copy must not bump the version counter autograd saved the parameter with.
       p.full.variable_data().view({-1}).copy_(whole);
     }
+    recv_.reset();
+  }
+
+  // A prefetch whose block never ran (its backward was not needed): wait for it and drop it.
+  void settle() {
+    if (!pending_) return;
+    pending_->wait();
+    pending_.reset();
+    recv_.reset();
   }
 
   void release() override {
@@ -122,6 +134,20 @@ class ShardedUnit final : public ParamUnit {
   const std::vector<ShardedParam*>& sharded() const { return ps_; }
 
  private:
+  // Launches the all-gather of every rank's chunks into recv_.
+  void start_gather() {
+    torch::NoGradGuard no_grad;
+    std::vector<at::Tensor> parts;
+    for (auto* p : ps_) parts.push_back(p->shard.detach());
+    at::Tensor send = at::cat(parts);
+    recv_ = at::empty({dist_.world() * size_}, send.options());
+    pending_ = dist_.all_gather_async(recv_, send);
+  }
+  std::unique_ptr<Distributed::Pending> pending_;
+  at::Tensor recv_;
+
+ public:
+  bool prefetch_ = true;
   Distributed& dist_;
   Distributed* replicas_;
   std::vector<ShardedParam*> ps_;
@@ -236,6 +262,10 @@ void FullyShardedModel::sync_requires_grad() {
 
 void FullyShardedModel::gather_root() { root_->gather(); }
 
+void FullyShardedModel::set_prefetch(bool on) {
+  for (auto& u : units_) u->prefetch_ = on;
+}
+
 void FullyShardedModel::reduce_root_grads() {
   std::vector<at::Tensor> grads;
   for (auto* p : root_->sharded()) grads.push_back(p->full.grad());
@@ -243,7 +273,10 @@ void FullyShardedModel::reduce_root_grads() {
   for (auto* p : root_->sharded()) p->full.mutable_grad().reset();
 }
 
-void FullyShardedModel::release_root() { root_->release(); }
+void FullyShardedModel::release_root() {
+  root_->release();
+  for (auto& u : units_) u->settle();
+}
 
 int64_t FullyShardedModel::local_numel() const {
   int64_t n = 0;

@@ -41,6 +41,8 @@ class FORGE_API FullyShardedModel final : public ShardView {
   // that hold the same shards average their gradients across that group too.
   FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes, Distributed& shards,
                     Distributed* replicas = nullptr);
+  // Whether ParamUnit::prefetch starts gathering early (else it does nothing).
+  void set_prefetch(bool on);
   ~FullyShardedModel() override;
 
   std::shared_ptr<ParamUnit> unit(size_t i) const;

@@ -56,6 +56,7 @@ class BlockBackward final : public torch::autograd::Node {
 
   variable_list apply(variable_list&& grads) override {
     Gathered gathered(policy_.unit);
+    if (policy_.prefetch_in_backward) policy_.prefetch_in_backward->prefetch();
     at::Tensor x = x_, y = y_;
     std::vector<at::Tensor> extras = extras_;
     if (policy_.recompute) {

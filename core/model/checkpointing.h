@@ -24,6 +24,7 @@ using CheckpointedFn = std::function<at::Tensor(const at::Tensor& x, const std::
 struct BlockPolicy {
   bool recompute = false;      // keep only the inputs; recompute in backward
   ParamUnit* unit = nullptr;   // the block's sharded parameters, or none
+  ParamUnit* prefetch_in_backward = nullptr;  // the unit whose backward comes next, started early
 };
 
 // y = fn(x, extras) under `policy`. `weights` are the trainable tensors fn

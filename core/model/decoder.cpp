@@ -170,7 +170,10 @@ at::Tensor DecoderImpl::block_layer(size_t i, const at::Tensor& h, const Decoder
     at::Tensor y = layer_list_[i]->forward(x, s, nullptr);
     return hooks_->after_layer(static_cast<int64_t>(i), y, s);
   };
-  return run_block(fn, h, {fields.image_features}, weights, BlockPolicy{recompute, unit});
+  // Sharded: the next layer's parameters are gathered while this one computes (backward: the one below).
+  ParamUnit* below = unit && i > 0 ? layer_units_[i - 1].get() : nullptr;
+  if (unit && i + 1 < layer_units_.size()) layer_units_[i + 1]->prefetch();
+  return run_block(fn, h, {fields.image_features}, weights, BlockPolicy{recompute, unit, below});
 }
 
 KVCache DecoderImpl::make_cache(int64_t batch, int64_t capacity, at::ScalarType dtype, const at::Device& device) const {

@@ -83,8 +83,11 @@ at::Tensor VitEncoderImpl::forward(at::Tensor x, int64_t n) {
     if (!unit)
       for (const auto& p : layer->parameters(true))
         if (p.requires_grad()) weights.push_back(p);
+    // Sharded: the next block's parameters are gathered while this one computes (backward: the one below).
+    ParamUnit* below = unit && i > 0 ? units_[static_cast<size_t>(i - 1)].get() : nullptr;
+    if (unit && i + 1 < count) units_[static_cast<size_t>(i + 1)]->prefetch();
     x = run_block([layer](const at::Tensor& h, const std::vector<at::Tensor>&) { return layer->forward(h); }, x, {},
-                  weights, BlockPolicy{recompute, unit});
+                  weights, BlockPolicy{recompute, unit, below});
   }
   return x;
 }

@@ -214,6 +214,7 @@ TEST_CASE("2 and 4 ranks, sharded, hybrid or replicated, train what one process 
                           Layout{"replicated2", "--nproc 2 --train.batch_size=4 --distributed.dp_shard=1 "
                                                 "--distributed.dp_replicate=2"},
                           Layout{"sharded4", "--nproc 4 --train.batch_size=2"},
+                          Layout{"prefetch2", "--nproc 2 --train.batch_size=4 --distributed.prefetch=on"},
                           Layout{"hybrid2x2", "--nproc 4 --train.batch_size=2 --distributed.dp_shard=2 "
                                               "--distributed.dp_replicate=2"},
                           // Small buckets, all-reduced during the second micro-batch's backward only.
@@ -223,6 +224,7 @@ TEST_CASE("2 and 4 ranks, sharded, hybrid or replicated, train what one process 
     INFO(l.name);
     const std::string dir = d.str() + "/" + l.name;
     const std::string out = train(dir, data + l.args);
+    if (l.name == "prefetch2") CHECK_THAT(out, Catch::Contains("the next block's gather prefetched"));
     if (l.name == "hybrid2x2") CHECK_THAT(out, Catch::Contains("2 groups of 2 that shard, replicated"));
     if (l.name == "buckets") {
       std::smatch m;
@@ -262,15 +264,28 @@ TEST_CASE("a rank that dies or hangs stops the others, and the launcher names it
 }
 
 namespace {
-// A ParamUnit that counts how many units are whole at once.
+// A ParamUnit that counts how many units are whole (or on their way) at once.
 struct Watched final : ParamUnit {
   std::shared_ptr<ParamUnit> inner;
   int* live;
   int* peak;
   int depth = 0;
+  bool prefetched = false;
+  void prefetch() override {
+    inner->prefetch();
+    if (depth == 0 && !prefetched) {
+      prefetched = true;
+      *peak = std::max(*peak, ++*live);
+    }
+  }
   void gather() override {
     inner->gather();
-    if (depth++ == 0) *peak = std::max(*peak, ++*live);
+    if (depth++ == 0) {
+      if (prefetched)
+        prefetched = false;
+      else
+        *peak = std::max(*peak, ++*live);
+    }
   }
   void release() override {
     inner->release();
@@ -336,7 +351,7 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
     fsdp.reduce_root_grads();
     fsdp.release_root();
     CHECK(got.item<double>() == want.item<double>());
-    CHECK(peak == 1);  // one block whole at a time, in forward and in backward
+    CHECK(peak == 2);  // the running block and the next one (prefetched), in forward and in backward
     CHECK(live == 0);
     // Every parameter's gradient is in its shard (world 1: the whole gradient, flat), none left whole.
     for (const auto& item : plain->named_parameters(true)) {

@@ -24,6 +24,10 @@ class FORGE_API ParamUnit {
   virtual void gather() = 0;
   // Frees the whole parameters again (their shapes stay, their memory goes).
   virtual void release() = 0;
+  // Starts gathering without waiting, so that the next gather() finds the
+  // parameters on their way (the block that runs next, while the current one
+  // computes). A collective like gather(). Default: nothing.
+  virtual void prefetch() {}
   // The unit's parameters, whole-shaped; their values are valid between
   // gather() and release().
   virtual const std::vector<at::Tensor>& params() const = 0;
