@@ -184,27 +184,33 @@ TEST_CASE("four sharded ranks train a model none of them may hold whole", "[trai
   CHECK(whole_state > budget);
 }
 
+namespace {
+// 32 samples of the embedded set as a JSONL manifest whose captions are all cut to 20 bytes (tokens, with the
+// byte-level tokenizer): each rank's mean loss is then the global batch's mean, so data parallelism changes
+// nothing and any layout must train what one process trains on the ranks' batches together.
+std::string equal_length_data(const std::string& dir) {
+  auto s = forge::test::run(std::string(FORGE_BIN) + " data sample --split train -n 32 --image-size 16 --out " + dir +
+                            "/data");
+  INFO(s.output);
+  REQUIRE(s.code == 0);
+  std::ifstream in(dir + "/data/manifest.jsonl");
+  std::ofstream out(dir + "/data/equal.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    std::string text = j["text"].get<std::string>() + "                    ";
+    j["text"] = text.substr(0, 20);
+    out << j.dump() << "\n";
+  }
+  return "--data.type=jsonl --data.path=" + dir + "/data/equal.jsonl --eval.enabled=false --data.num_workers=1";
+}
+}  // namespace
+
 TEST_CASE("2 and 4 ranks, sharded, hybrid or replicated, train what one process trains on the same global batch",
           "[train][dist][fsdp]") {
   // Every caption is cut to the same number of tokens, so each rank's mean loss is the global batch's mean
   // and data parallelism has nothing to change: the ranks' batches together are the single process's batch.
   TempDir d;
-  auto s = forge::test::run(std::string(FORGE_BIN) + " data sample --split train -n 32 --image-size 16 --out " +
-                            d.str() + "/data");
-  INFO(s.output);
-  REQUIRE(s.code == 0);
-  {
-    std::ifstream in(d.str() + "/data/manifest.jsonl");
-    std::ofstream out(d.str() + "/data/equal.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      auto j = nlohmann::json::parse(line);
-      std::string text = j["text"].get<std::string>() + "                    ";
-      j["text"] = text.substr(0, 20);
-      out << j.dump() << "\n";
-    }
-  }
-  const std::string data = "--data.type=jsonl --data.path=" + d.str() + "/data/equal.jsonl --eval.enabled=false"
-                           " --train.max_steps=20 --checkpoint.interval=100000 --data.num_workers=1 ";
+  const std::string data = equal_length_data(d.str()) + " --train.max_steps=20 --checkpoint.interval=100000 ";
   const std::string one = d.str() + "/one";
   train(one, data + "--train.batch_size=8");
   struct Layout {
@@ -362,6 +368,32 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
       at::Tensor g = fsdp.shard_of(p).grad();
       REQUIRE(g.defined());
       CHECK(at::allclose(g, item.value().grad().reshape({-1}), 1e-6, 1e-7));
+    }
+  }
+}
+
+TEST_CASE("a checkpoint sharded over 4 ranks resumes over 2 and over 1, continuing the uninterrupted run",
+          "[train][dist][fsdp]") {
+  TempDir d;
+  const std::string data = equal_length_data(d.str()) + " --train.max_steps=8 ";
+  const std::string full = d.str() + "/world4";
+  // Global batch 8 throughout: 4 x 2, then 2 x 4 or 1 x 8.
+  train(full, data + "--nproc 4 --train.batch_size=2 --checkpoint.interval=4");
+  const std::string step4 = full + "/step_00000004";
+  REQUIRE(read_train_state(step4).world_size == 4);
+  const auto uninterrupted = losses(full);
+  REQUIRE(uninterrupted.size() == 8);
+  for (const std::string how : {"--nproc 2 --train.batch_size=4", "--train.batch_size=8"}) {
+    INFO(how);
+    TempDir r;
+    const std::string out = train(r.str(), data + how + " --checkpoint.load_path=" + step4);
+    CHECK_THAT(out, Catch::Contains("resuming from") && Catch::Contains("at step 4"));
+    const auto resumed = losses(r.str());
+    REQUIRE(resumed.size() == 4);
+    for (int64_t step = 5; step <= 8; ++step) {
+      INFO("step " << step);
+      REQUIRE(resumed.count(step));
+      CHECK(std::abs(resumed.at(step) - uninterrupted.at(step)) <= 1e-5 * std::abs(uninterrupted.at(step)));
     }
   }
 }
