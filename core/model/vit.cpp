@@ -128,6 +128,24 @@ void VitEncoderConfig::visit(ConfigVisitor& v) {
   v.field("num_heads", num_heads, "Random init only: attention heads (must divide feature_dim).", Bounds::positive());
   v.field("intermediate_size", intermediate_size, "Random init only: MLP width; 0: 4 x feature_dim.",
           Bounds::non_negative());
+  Bounds at_most_zero;
+  at_most_zero.max = 0.0;
+  v.field("feature_layer", feature_layer,
+          "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; "
+          "CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without "
+          "post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's "
+          "choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to "
+          "export as LLaVA (docs/export.md).",
+          at_most_zero);
+}
+
+int64_t vit_layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers) {
+  if (feature_layer == 0) return layers;
+  if (feature_layer < -(layers + 1))
+    throw UserError(fmt::format("{}: vision_encoder.feature_layer = {} is out of range: the tower has {} layers, so "
+                                "hidden_states[k] exists for k in -1 .. -{} (-{}: the embeddings), or 0 for the default",
+                                plugin, feature_layer, layers, layers + 1, layers + 1));
+  return layers + 1 + feature_layer;
 }
 
 nn::VitOptions VitEncoderConfig::random_init(const std::string& plugin, nn::VitOptions o) const {

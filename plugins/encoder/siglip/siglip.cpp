@@ -28,33 +28,7 @@
 
 namespace forge::plugins::encoder::siglip {
 
-// The [vision_encoder] keys of every ViT tower (forge/vit.h), plus feature_layer.
-struct Config : VitEncoderConfig {
-  int64_t feature_layer = 0;
-  void visit(ConfigVisitor& v) override {
-    VitEncoderConfig::visit(v);
-    Bounds at_most_zero;
-    at_most_zero.max = 0.0;
-    v.field("feature_layer", feature_layer,
-            "Which hidden state the tower outputs. 0: the default (SigLIP: last_hidden_state after post_layernorm; "
-            "CLIP: the last layer before post_layernorm). A negative k: Hugging Face's hidden_states[k] without "
-            "post_layernorm, as LLaVA's vision_feature_layer (-1: the last layer, -2: the penultimate, LLaVA-1.5's "
-            "choice; -(layers + 1): the embeddings); the layers after it are not run. A SigLIP tower needs k < 0 to "
-            "export as LLaVA (docs/export.md).",
-            at_most_zero);
-  }
-};
-
-// The layers to run for `feature_layer` over a tower of `layers` layers
-// (0: all of them); a UserError naming the range when it is out of it.
-int64_t layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers) {
-  if (feature_layer == 0) return layers;
-  if (feature_layer < -(layers + 1))
-    throw UserError(fmt::format("{}: vision_encoder.feature_layer = {} is out of range: the tower has {} layers, so "
-                                "hidden_states[k] exists for k in -1 .. -{} (-{}: the embeddings), or 0 for the default",
-                                plugin, feature_layer, layers, layers + 1, layers + 1));
-  return layers + 1 + feature_layer;
-}
+using Config = VitEncoderConfig;  // the [vision_encoder] keys of every ViT tower (forge/vit.h)
 
 struct Spec {
   bool v2 = false;
@@ -125,7 +99,7 @@ Spec spec_of(const Config& cfg) {
                                 cfg.num_tokens, s.image_size, s.patch_size, s.tokens()));
   s.pre.image_size = s.image_size;
   s.feature_layer = cfg.feature_layer;
-  s.run = layers_to_run("siglip", cfg.feature_layer, s.vit.layers);
+  s.run = vit_layers_to_run("siglip", cfg.feature_layer, s.vit.layers);
   return s;
 }
 

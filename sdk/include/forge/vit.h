@@ -101,6 +101,7 @@ struct FORGE_API VitEncoderConfig : EncoderConfig {
   int64_t num_layers = 12;
   int64_t num_heads = 12;
   int64_t intermediate_size = 0;
+  int64_t feature_layer = 0;  // 0: the tower's default output; k < 0: HF's hidden_states[k]
 
   void visit(ConfigVisitor& v) override;
   // A random-init tower: `base` (activation, eps) with width feature_dim
@@ -110,5 +111,9 @@ struct FORGE_API VitEncoderConfig : EncoderConfig {
   // resolved_path(), checked to be a folder (UserError naming `plugin`).
   std::string model_dir(const std::string& plugin) const;
 };
+
+// The layers a tower of `layers` layers runs for `feature_layer` (0: all of
+// them); a UserError naming `plugin` and the range when it is out of it.
+FORGE_API int64_t vit_layers_to_run(const char* plugin, int64_t feature_layer, int64_t layers);
 
 }  // namespace forge
