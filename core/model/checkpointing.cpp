@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 
 namespace forge {
 
@@ -22,6 +23,23 @@ using torch::autograd::variable_list;
 
 // Fresh leaves for a block's inputs, so the block's graph ends at them.
 at::Tensor leaf_of(const at::Tensor& t) { return t.defined() ? t.detach().requires_grad_(t.requires_grad()) : t; }
+
+// The autocast state (CPU and CUDA) a block's forward ran under; the
+// recomputation runs under the same, whatever backward's state is.
+struct AutocastState {
+  bool cpu = false, cuda = false;
+  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
+  static AutocastState now() {
+    return {at::autocast::is_autocast_enabled(at::kCPU), at::autocast::is_autocast_enabled(at::kCUDA),
+            at::autocast::get_autocast_dtype(at::kCPU), at::autocast::get_autocast_dtype(at::kCUDA)};
+  }
+  void apply() const {
+    at::autocast::set_autocast_enabled(at::kCPU, cpu);
+    at::autocast::set_autocast_enabled(at::kCUDA, cuda);
+    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+    at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
+  }
+};
 
 // Holds a unit gathered for the lifetime of a scope.
 struct Gathered {
@@ -46,6 +64,7 @@ class BlockBackward final : public torch::autograd::Node {
     x_ = x;
     extras_ = extras;
     rng_state_ = std::move(rng_state);
+    autocast_ = AutocastState::now();
   }
   // no recompute: the block's graph, from its input leaves to its output.
   void save_graph(at::Tensor y, at::Tensor x_leaf, std::vector<at::Tensor> extra_leaves) {
@@ -69,7 +88,17 @@ class BlockBackward final : public torch::autograd::Node {
       at::Tensor resume = gen.get_state();
       gen.set_state(rng_state_);
       torch::AutoGradMode on(true);
-      y = fn_(x, extras);
+      const AutocastState outside = AutocastState::now();
+      autocast_.apply();  // e.g. bf16 autocast on a GPU: the same dtypes as the forward
+      try {
+        y = fn_(x, extras);
+      } catch (...) {
+        outside.apply();
+        gen.set_state(resume);
+        throw;
+      }
+      outside.apply();
+      at::autocast::clear_cache();
       gen.set_state(resume);
     }
     // Differentiate w.r.t. every input in the order of this node's edges, then the unit's parameters.
@@ -113,6 +142,7 @@ class BlockBackward final : public torch::autograd::Node {
   at::Tensor x_, y_;
   std::vector<at::Tensor> extras_;
   at::Tensor rng_state_;
+  AutocastState autocast_;
 };
 
 bool any_requires_grad(const std::vector<at::Tensor>& ts) {

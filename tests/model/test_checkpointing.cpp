@@ -1,6 +1,8 @@
 // Activation checkpointing (train.activation_checkpointing): the recomputed
 // layers give the same losses and gradients as keeping every activation,
 // bit for bit on a CPU, for every arch.
+#include <ATen/autocast_mode.h>
+
 #include <deque>
 #include <set>
 
@@ -138,4 +140,38 @@ TEST_CASE("activation checkpointing: a frozen block and no-grad mode run it once
   wg.mutable_grad().reset();
   at::matmul(x, wg).tanh().sum().backward();
   CHECK(at::equal(ref, wg.grad()));
+}
+
+TEST_CASE("activation checkpointing recomputes under the forward's autocast, not backward's", "[model][ac]") {
+  // The trainer enables bf16 autocast around the forward only; the recomputation runs inside backward,
+  // and must see the same dtypes as the forward did, or it computes something else (or fails on dtypes).
+  auto& reg = forge::test::builtin_registry();
+  LoadedConfig cfg = load_config_text(forge::test::tiny_vlm_toml(), "t.toml", reg);
+  VLM model = build_vlm(cfg.job, reg);
+  model->train();
+  at::Tensor px = at::rand({2, 3, 16, 16});
+  at::Tensor ids = at::randint(0, 64, {2, 12}, at::TensorOptions().dtype(at::kLong));
+  auto run = [&](int64_t every) {
+    model->zero_grad();
+    model->transformer->set_activation_checkpointing(every);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    VLMOutput out = model->forward(px, ids, ids);
+    at::Tensor loss = at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}).to(at::kFloat),
+                                             out.targets.reshape({-1}));
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+    loss.backward();
+    std::map<std::string, at::Tensor> grads;
+    for (const auto& p : model->named_parameters(true))
+      if (p.value().grad().defined()) grads[p.key()] = p.value().grad().clone();
+    return grads;
+  };
+  auto none = run(0), full = run(1);
+  CHECK_FALSE(at::autocast::is_autocast_enabled(at::kCPU));  // backward's state is left as it was
+  REQUIRE(none.size() == full.size());
+  for (const auto& [name, g] : none) {
+    INFO(name);
+    CHECK(at::equal(full.at(name), g));
+  }
 }
