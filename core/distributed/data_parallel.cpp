@@ -51,8 +51,11 @@ std::string prefix_of(const torch::nn::Module& root, const torch::nn::Module* m)
 }
 }  // namespace
 
-void DataParallel::attach(VLMImpl& model) {
-  if (!shard_) return;
+void DataParallel::attach(VLMImpl& model, const at::Device& device) {
+  if (!shard_) {
+    model.to(device);
+    return;
+  }
   // One unit per decoder layer and per tower block; everything else is the root unit.
   std::vector<std::string> prefixes;
   for (const auto& layer : model.transformer->layer_list()) prefixes.push_back(prefix_of(model, layer.get()));
@@ -61,7 +64,7 @@ void DataParallel::attach(VLMImpl& model) {
   if (tower) tower_blocks = tower->blocks();
   for (const auto& b : tower_blocks) prefixes.push_back(prefix_of(model, b.get()));
   fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, shard_group_ ? *shard_group_ : dist_,
-                                              replica_group_.get());
+                                              replica_group_.get(), device);
   fsdp_->set_prefetch(prefetch_);
   const size_t layers = model.transformer->layer_list().size();
   std::vector<std::shared_ptr<ParamUnit>> units, tower_units;

@@ -34,8 +34,10 @@ class FORGE_API DataParallel {
   std::string describe() const;
 
   // Takes over the model once its weights are final (built, broadcast,
-  // loaded): a sharded run splits them here and frees the whole copies.
-  void attach(VLMImpl& model);
+  // loaded) and puts it on `device`: a sharded run splits the weights here,
+  // keeps its chunks on `device` and frees the whole copies, so the whole
+  // model is never on the device; a replicated one moves it there.
+  void attach(VLMImpl& model, const at::Device& device);
   // The optimizer's tensors: the parameters, or their shards. Replicated:
   // also sets up the gradient buckets over them.
   ParamGroups optimizer_groups(const ParamGroups& whole);

@@ -158,7 +158,7 @@ class ShardedUnit final : public ParamUnit {
 };
 
 FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes,
-                                     Distributed& dist, Distributed* replicas)
+                                     Distributed& dist, Distributed* replicas, std::optional<at::Device> device)
     : dist_(dist) {
   const int64_t W = dist.world(), rank = dist.rank();
   // Every name of every parameter (a tied one has several).
@@ -188,11 +188,14 @@ FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector
     p->numel = t.numel();
     p->chunk = (p->numel + W - 1) / W;
     p->bytes = bytes;
-    p->shard = at::zeros({p->chunk}, t.options().requires_grad(false));
+    const at::Device where = device.value_or(t.device());
+    p->shard = at::zeros({p->chunk}, t.options().device(where).requires_grad(false));
     const int64_t start = std::min(rank * p->chunk, p->numel);
     const int64_t len = std::min(p->chunk, p->numel - start);
     if (len > 0) p->shard.narrow(0, 0, len).copy_(t.detach().reshape({-1}).narrow(0, start, len));
     p->shard.requires_grad_(t.requires_grad());
+    // The module's parameter moves to `where` as a shape without memory (freed below).
+    if (where != t.device()) p->full.set_data(at::empty(t.sizes(), t.options().device(where).requires_grad(false)));
     // The unit whose prefix every one of its names has; else the root.
     int unit = -1;
     for (size_t u = 0; u < unit_prefixes.size() && unit < 0; ++u) {

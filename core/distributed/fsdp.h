@@ -18,6 +18,7 @@
 #include <torch/nn/module.h>
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,8 +40,11 @@ class FORGE_API FullyShardedModel final : public ShardView {
   // parameter whose names all start with unit_prefixes[i] belongs to unit i;
   // any other to the root unit. With `replicas` (hybrid sharding), groups
   // that hold the same shards average their gradients across that group too.
+  // The shards, and the whole parameters while gathered, live on `device`
+  // (default: where the parameters are): a model built on the CPU and
+  // sharded onto a GPU never has its whole weights on the GPU.
   FullyShardedModel(torch::nn::Module& model, const std::vector<std::string>& unit_prefixes, Distributed& shards,
-                    Distributed* replicas = nullptr);
+                    Distributed* replicas = nullptr, std::optional<at::Device> device = std::nullopt);
   // Whether ParamUnit::prefetch starts gathering early (else it does nothing).
   void set_prefetch(bool on);
   ~FullyShardedModel() override;

@@ -197,8 +197,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
                                 tokenizer->vocab_size()));
 
   // ---------------------------------------------------------------- model
-  VLM model = build_vlm(job, registry);
-  model->to(device);
+  VLM model = build_vlm(job, registry);  // on the CPU; dp.attach puts it (or its shards) on the device
   set_activation_checkpointing(*model, activation_checkpointing_every(job.train));
   {  // every rank starts from rank 0's weights
     std::vector<at::Tensor> ps;
@@ -244,7 +243,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
     model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
   }
-  dp.attach(*model);  // sharded: from here on each rank holds only its part of the weights
+  dp.attach(*model, device);  // sharded: from here on each rank holds only its part of the weights
 
   // ---------------------------------------------------------------- optimizer
   const ParamGroups whole_groups = make_param_groups(*model, trainable, job.optimizer.decay_embeddings);
