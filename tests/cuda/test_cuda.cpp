@@ -11,6 +11,7 @@
 #include "core/model/vlm.h"
 #include "core/training/trainer.h"
 #include "core/util/strings.h"
+#include "tests/unit/sharded_step.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
@@ -210,17 +211,7 @@ TEST_CASE("a model built on the CPU and sharded onto the GPU trains as the same 
     }
     at::Tensor px = at::rand({2, 3, 16, 16}).to(kCuda);
     at::Tensor ids = at::randint(0, 64, {2, 12}, at::TensorOptions().dtype(at::kLong)).to(kCuda);
-    auto loss_of = [&](VLM& m) {
-      VLMOutput out = m->forward(px, ids, ids);
-      return at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), out.targets.reshape({-1}));
-    };
-    at::Tensor want = loss_of(plain);
-    want.backward();
-    fsdp.gather_root();
-    at::Tensor got = loss_of(sharded);
-    got.backward();
-    fsdp.reduce_root_grads();
-    fsdp.release_root();
+    auto [want, got] = forge::test::plain_and_sharded_step(plain, sharded, fsdp, px, ids);
     CHECK(max_abs(got, want) < 1e-6);
     for (const auto& item : plain->named_parameters(true)) {
       INFO(item.key());

@@ -13,6 +13,7 @@
 #include "core/distributed/fsdp.h"
 #include "core/model/vlm.h"
 #include "forge/safetensors.h"
+#include "tests/unit/sharded_step.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
@@ -345,17 +346,7 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
 
     at::Tensor px = at::rand({2, 3, 16, 16});
     at::Tensor ids = at::randint(0, 64, {2, 12}, at::TensorOptions().dtype(at::kLong));
-    auto loss_of = [&](VLM& m) {
-      VLMOutput out = m->forward(px, ids, ids);
-      return at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), out.targets.reshape({-1}));
-    };
-    at::Tensor want = loss_of(plain);
-    want.backward();
-    fsdp.gather_root();
-    at::Tensor got = loss_of(sharded);
-    got.backward();
-    fsdp.reduce_root_grads();
-    fsdp.release_root();
+    auto [want, got] = forge::test::plain_and_sharded_step(plain, sharded, fsdp, px, ids);
     CHECK(got.item<double>() == want.item<double>());
     CHECK(peak == 2);  // the running block and the next one (prefetched), in forward and in backward
     CHECK(live == 0);
