@@ -28,12 +28,13 @@ namespace {
 
 std::string data(const std::string& rel) { return std::string(FORGE_TEST_DATA_DIR) + "/" + rel; }
 
-// A LLaVA-stage-1-shaped run on the shapes data, a few steps, on the CPU.
+// configs/llava_stage1.toml on the fixtures (the imported LLM and tower frozen, the adapter trained), 20 steps
+// on the shapes data, on the CPU: the run the acceptance exports.
 std::string llava_args(const std::string& encoder, const std::string& run_dir) {
   return fmt::format(
       "{}/configs/llava_stage1.toml --model.init_from_hf={} --vision_encoder.type={} --vision_encoder.path={} "
       "--model.max_seq_len=64 --train.seq_len=64 --vlm.max_text_len=32 --data.type=shapes --data.hf_image_size=32 "
-      "--train.max_steps=2 --train.batch_size=2 --train.grad_accum_steps=1 --train.device=cpu "
+      "--train.max_steps=20 --train.batch_size=2 --train.grad_accum_steps=1 --train.device=cpu "
       "--eval.interval=100000 --eval.steps=1 --data.shapes_heldout_samples=4 --data.num_workers=1 "
       "--checkpoint.dir={}",
       FORGE_SOURCE_DIR, data("llm_chat"), encoder, data(encoder), run_dir);
