@@ -109,11 +109,12 @@ double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_nor
   for (const auto& p : optimized.all())
     if (p.grad().defined()) with_grad.push_back(p);
   if (!fsdp_) return with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
-  // Every element lives on exactly one rank: the squared norms add up.
-  at::Tensor sq = at::zeros({1}, at::kDouble);
-  for (const auto& p : with_grad) sq += p.grad().detach().to(at::kDouble).pow(2).sum().to(at::kCPU);
+  // Every element lives on exactly one rank: the squared norms add up. Summed where the gradients are, read once.
+  std::vector<at::Tensor> squares;
+  for (const auto& p : with_grad) squares.push_back(p.grad().detach().to(at::kDouble).pow(2).sum());
+  const double local = squares.empty() ? 0.0 : at::stack(squares).sum().item<double>();
   Distributed& owners = shard_group_ ? *shard_group_ : dist_;  // replica groups hold the same shards
-  const double total = std::sqrt(owners.sum(sq.item<double>()));
+  const double total = std::sqrt(owners.sum(local));
   const double coef = max_norm / (total + 1e-6);
   if (coef < 1 && std::isfinite(total)) {
     torch::NoGradGuard no_grad;

@@ -85,6 +85,16 @@ std::string backend_for(const std::string& spec, const at::Device& device) {
                               spec, want));
 }
 
+// The process group over `store` for `backend` ("nccl" on `device`, else Gloo bound to `addr`).
+c10::intrusive_ptr<c10d::Backend> make_group(const std::string& backend, const c10::intrusive_ptr<c10d::Store>& store,
+                                             int rank, int world, std::chrono::milliseconds timeout,
+                                             const at::Device& device, const std::string& addr) {
+  if (backend == "nccl") return detail::make_nccl_backend(store, rank, world, timeout, device);
+  auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+  opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+}
+
 }  // namespace
 
 int64_t resolved_dp_shard(const DistributedConfig& cfg, int64_t world) {
@@ -145,13 +155,7 @@ std::unique_ptr<Distributed> Distributed::connect(const DistributedConfig& cfg, 
   so.timeout = timeout;
   try {
     d->impl_->store = c10::make_intrusive<c10d::TCPStore>(addr, so);
-    if (backend == "nccl") {
-      d->impl_->pg = detail::make_nccl_backend(d->impl_->store, rank, world, timeout, device);
-    } else {
-      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
-      d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, rank, world, opts);
-    }
+    d->impl_->pg = make_group(backend, d->impl_->store, rank, world, timeout, device, addr);
   } catch (const forge::Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -162,36 +166,41 @@ std::unique_ptr<Distributed> Distributed::connect(const DistributedConfig& cfg, 
   return d;
 }
 
-void Distributed::average(const std::vector<at::Tensor>& tensors) {
-  if (!impl_ || tensors.empty()) return;
-  // One flat buffer per dtype keeps it to a single collective for fp32 models.
-  std::map<at::ScalarType, std::vector<at::Tensor>> by_type;
-  for (const auto& t : tensors) by_type[t.scalar_type()].push_back(t);
-  for (auto& [type, ts] : by_type) {
-    std::vector<at::Tensor> parts;
-    for (const auto& t : ts) parts.push_back(t.detach().reshape(-1).to(impl_->device));
-    std::vector<at::Tensor> flat{at::cat(parts)};
-    finish_work(impl_->pg->allreduce(flat), "the gradient all-reduce");
-    flat[0].div_(static_cast<double>(world_));
-    int64_t at = 0;
-    for (auto& t : ts) {
-      const int64_t n = t.numel();
-      t.detach().copy_(flat[0].narrow(0, at, n).view_as(t));
-      at += n;
-    }
-  }
-}
+Distributed::Pending::~Pending() = default;
 
 namespace {
-// A collective's tensor where the backend wants it (host memory for Gloo), and back.
-struct OnBackend {
-  at::Tensor t;
-  const at::Tensor& user;
-  OnBackend(const at::Tensor& u, const at::Device& d) : t(u.device() == d ? u : u.to(d)), user(u) {}
-  void copy_back() {
-    if (!t.is_same(user)) user.copy_(t);
+// A launched collective on `staged` (the caller's tensor, or its copy where the backend wants it: host
+// memory for Gloo); wait() finishes it and copies the result back into the caller's tensor.
+class PendingCollective final : public Distributed::Pending {
+ public:
+  PendingCollective(const Distributed& d, c10::intrusive_ptr<c10d::Work> w, at::Tensor staged, at::Tensor user,
+                    const char* what)
+      : d_(d), work_(std::move(w)), staged_(std::move(staged)), user_(std::move(user)), what_(what) {}
+  void wait() override {
+    if (!work_) return;
+    d_.finish_work(work_, what_);
+    work_.reset();
+    if (!staged_.is_same(user_)) user_.copy_(staged_);
   }
+
+ private:
+  const Distributed& d_;
+  c10::intrusive_ptr<c10d::Work> work_;
+  at::Tensor staged_, user_;
+  const char* what_;
 };
+
+// A handle for a world without a process group: nothing to wait for.
+class DonePending final : public Distributed::Pending {
+ public:
+  void wait() override {}
+};
+
+// `t` where the backend runs: itself, or a copy (with its values when `values`).
+at::Tensor staged(const at::Tensor& t, const at::Device& d, bool values) {
+  if (t.device() == d) return t;
+  return values ? t.to(d) : at::empty(t.sizes(), t.options().device(d));
+}
 }  // namespace
 
 std::unique_ptr<Distributed> Distributed::subgroup(const std::vector<int>& ranks, const std::string& name) const {
@@ -210,13 +219,7 @@ std::unique_ptr<Distributed> Distributed::subgroup(const std::vector<int>& ranks
   d->impl_->store = c10::make_intrusive<c10d::PrefixStore>("forge/" + name, impl_->store);
   const auto timeout = std::chrono::milliseconds(std::chrono::seconds(timeout_sec_));
   try {
-    if (backend_ == "nccl") {
-      d->impl_->pg = detail::make_nccl_backend(d->impl_->store, d->rank_, d->world_, timeout, impl_->device);
-    } else {
-      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(impl_->addr));
-      d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, d->rank_, d->world_, opts);
-    }
+    d->impl_->pg = make_group(backend_, d->impl_->store, d->rank_, d->world_, timeout, impl_->device, impl_->addr);
   } catch (const std::exception& e) {
     throw RuntimeError(fmt::format("rank {}: cannot build the process group '{}' over ranks {}: {}", rank_, name,
                                    fmt::join(ranks, ","), e.what()));
@@ -224,17 +227,20 @@ std::unique_ptr<Distributed> Distributed::subgroup(const std::vector<int>& ranks
   return d;
 }
 
-void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) {
+void Distributed::all_gather(const at::Tensor& out, const at::Tensor& in) { all_gather_async(out, in)->wait(); }
+
+std::unique_ptr<Distributed::Pending> Distributed::all_gather_async(const at::Tensor& out, const at::Tensor& in) {
   if (out.numel() != in.numel() * world_)
     throw InvalidArgument(fmt::format("all_gather: {} elements out for {} in over {} ranks", out.numel(), in.numel(),
                                       world_));
   if (!impl_) {
     out.copy_(in.reshape(out.sizes()));
-    return;
+    return std::make_unique<DonePending>();
   }
-  OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
-  finish_work(impl_->pg->_allgather_base(o.t, i.t), "a parameter all-gather");
-  o.copy_back();
+  at::Tensor o = staged(out, impl_->device, false);
+  at::Tensor i = staged(in.contiguous(), impl_->device, true);
+  auto work = impl_->pg->_allgather_base(o, i);
+  return std::make_unique<PendingCollective>(*this, std::move(work), o, out, "a parameter all-gather");
 }
 
 void Distributed::reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in) {
@@ -245,70 +251,21 @@ void Distributed::reduce_scatter_sum(const at::Tensor& out, const at::Tensor& in
     out.copy_(in.reshape(out.sizes()));
     return;
   }
-  OnBackend o(out, impl_->device), i(in.contiguous(), impl_->device);
+  at::Tensor o = staged(out, impl_->device, false);
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
-  finish_work(impl_->pg->_reduce_scatter_base(o.t, i.t, opts), "a gradient reduce-scatter");
-  o.copy_back();
+  at::Tensor i = staged(in.contiguous(), impl_->device, true);
+  auto work = impl_->pg->_reduce_scatter_base(o, i, opts);
+  PendingCollective(*this, std::move(work), o, out, "a gradient reduce-scatter").wait();
 }
 
-void Distributed::all_reduce_sum(const at::Tensor& t) {
-  if (!impl_) return;
-  OnBackend b(t, impl_->device);
-  std::vector<at::Tensor> one{b.t};
-  finish_work(impl_->pg->allreduce(one), "an all-reduce");
-  b.copy_back();
-}
-
-Distributed::Pending::~Pending() = default;
-
-namespace {
-class PendingAllReduce final : public Distributed::Pending {
- public:
-  PendingAllReduce(const Distributed& d, c10::intrusive_ptr<c10d::Work> w, at::Tensor on_backend, at::Tensor user,
-                   const char* what)
-      : d_(d), work_(std::move(w)), t_(std::move(on_backend)), user_(std::move(user)), what_(what) {}
-  void wait() override {
-    if (!work_) return;
-    d_.finish_work(work_, what_);
-    work_.reset();
-    if (!t_.is_same(user_)) user_.copy_(t_);
-  }
-
- private:
-  const Distributed& d_;
-  c10::intrusive_ptr<c10d::Work> work_;
-  at::Tensor t_, user_;
-  const char* what_;
-};
-
-// A handle for a world without a process group: nothing to wait for.
-class DonePending final : public Distributed::Pending {
- public:
-  void wait() override {}
-};
-}  // namespace
-
-std::unique_ptr<Distributed::Pending> Distributed::all_gather_async(const at::Tensor& out, const at::Tensor& in) {
-  if (out.numel() != in.numel() * world_)
-    throw InvalidArgument(fmt::format("all_gather: {} elements out for {} in over {} ranks", out.numel(), in.numel(),
-                                      world_));
-  if (!impl_) {
-    out.copy_(in.reshape(out.sizes()));
-    return std::make_unique<DonePending>();
-  }
-  at::Tensor o = out.device() == impl_->device ? out : at::empty(out.sizes(), out.options().device(impl_->device));
-  at::Tensor i = in.contiguous().to(impl_->device);
-  auto work = impl_->pg->_allgather_base(o, i);
-  return std::make_unique<PendingAllReduce>(*this, std::move(work), o, out, "a parameter all-gather");
-}
+void Distributed::all_reduce_sum(const at::Tensor& t) { all_reduce_sum_async(t, "an all-reduce")->wait(); }
 
 std::unique_ptr<Distributed::Pending> Distributed::all_reduce_sum_async(const at::Tensor& t, const char* what) {
   if (!impl_) return std::make_unique<DonePending>();
-  at::Tensor b = t.device() == impl_->device ? t : t.to(impl_->device);
-  std::vector<at::Tensor> one{b};
+  std::vector<at::Tensor> one{staged(t, impl_->device, true)};
   auto work = impl_->pg->allreduce(one);
-  return std::make_unique<PendingAllReduce>(*this, std::move(work), b, t, what);
+  return std::make_unique<PendingCollective>(*this, std::move(work), one[0], t, what);
 }
 
 double Distributed::reduce(double v, bool take_max) {

@@ -47,9 +47,6 @@ class FORGE_API Distributed {
   bool is_main() const { return rank_ == 0; }
   const std::string& backend() const { return backend_; }
 
-  // Averages the tensors over ranks in place (flattened into one buffer per
-  // dtype; on the GPU for NCCL, through host memory for Gloo).
-  void average(const std::vector<at::Tensor>& tensors);
   // Sums or takes the max of a number over ranks.
   double sum(double v);
   double max(double v);

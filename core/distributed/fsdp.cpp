@@ -41,6 +41,16 @@ void alloc_storage(const at::Tensor& t, size_t bytes) {
   s->set_nbytes(bytes);
 }
 
+// Rank `rank`'s chunk of `whole`, flattened and zero-padded to chunks of `chunk` elements.
+at::Tensor chunk_of(const at::Tensor& whole, int64_t chunk, int64_t rank, const at::TensorOptions& options) {
+  const int64_t numel = whole.numel();
+  at::Tensor out = at::zeros({chunk}, options.requires_grad(false));
+  const int64_t start = std::min(rank * chunk, numel);
+  const int64_t len = std::min(chunk, numel - start);
+  if (len > 0) out.narrow(0, 0, len).copy_(whole.detach().reshape({-1}).narrow(0, start, len));
+  return out;
+}
+
 }  // namespace
 
 class ShardedUnit final : public ParamUnit {
@@ -53,6 +63,8 @@ class ShardedUnit final : public ParamUnit {
       params_.push_back(p->full);
     }
   }
+
+  void set_prefetch(bool on) { prefetch_ = on; }
 
   void prefetch() override {
     if (!prefetch_ || depth_ > 0 || pending_ || ps_.empty()) return;  // off, already whole, or on its way
@@ -145,8 +157,6 @@ class ShardedUnit final : public ParamUnit {
   }
   std::unique_ptr<Distributed::Pending> pending_;
   at::Tensor recv_;
-
- public:
   bool prefetch_ = true;
   Distributed& dist_;
   Distributed* replicas_;
@@ -189,10 +199,7 @@ FullyShardedModel::FullyShardedModel(torch::nn::Module& model, const std::vector
     p->chunk = (p->numel + W - 1) / W;
     p->bytes = bytes;
     const at::Device where = device.value_or(t.device());
-    p->shard = at::zeros({p->chunk}, t.options().device(where).requires_grad(false));
-    const int64_t start = std::min(rank * p->chunk, p->numel);
-    const int64_t len = std::min(p->chunk, p->numel - start);
-    if (len > 0) p->shard.narrow(0, 0, len).copy_(t.detach().reshape({-1}).narrow(0, start, len));
+    p->shard = chunk_of(t, p->chunk, rank, t.options().device(where));
     p->shard.requires_grad_(t.requires_grad());
     // The module's parameter moves to `where` as a shape without memory (freed below).
     if (where != t.device()) p->full.set_data(at::empty(t.sizes(), t.options().device(where).requires_grad(false)));
@@ -252,11 +259,7 @@ at::Tensor FullyShardedModel::local(const std::string& name, const at::Tensor& f
   if (full.sizes() != p.full.sizes())
     throw InvalidArgument(fmt::format("'{}' has shape {}, the parameter {}", name, util::shape(full),
                                       util::shape(p.full)));
-  at::Tensor out = at::zeros({p.chunk}, full.options());
-  const int64_t start = std::min(dist_.rank() * p.chunk, p.numel);
-  const int64_t len = std::min(p.chunk, p.numel - start);
-  if (len > 0) out.narrow(0, 0, len).copy_(full.reshape({-1}).narrow(0, start, len));
-  return out;
+  return chunk_of(full, p.chunk, dist_.rank(), full.options());
 }
 
 void FullyShardedModel::sync_requires_grad() {
@@ -266,7 +269,7 @@ void FullyShardedModel::sync_requires_grad() {
 void FullyShardedModel::gather_root() { root_->gather(); }
 
 void FullyShardedModel::set_prefetch(bool on) {
-  for (auto& u : units_) u->prefetch_ = on;
+  for (auto& u : units_) u->set_prefetch(on);
 }
 
 void FullyShardedModel::reduce_root_grads() {

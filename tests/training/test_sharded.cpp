@@ -84,6 +84,17 @@ void same_tensors(const std::string& a, const std::string& b, double rel, double
   }
 }
 
+// Steps first..last of a resumed run log the uninterrupted run's losses, within `rel`.
+void continues(const std::map<int64_t, double>& resumed, const std::map<int64_t, double>& uninterrupted,
+               int64_t first, int64_t last, double rel) {
+  for (int64_t step = first; step <= last; ++step) {
+    INFO("step " << step);
+    REQUIRE(resumed.count(step));
+    REQUIRE(uninterrupted.count(step));
+    CHECK(std::abs(resumed.at(step) - uninterrupted.at(step)) <= rel * std::abs(uninterrupted.at(step)));
+  }
+}
+
 void same_losses(const std::map<int64_t, double>& a, const std::map<int64_t, double>& b, double rel) {
   REQUIRE(a.size() == b.size());
   for (const auto& [step, l] : a) {
@@ -129,11 +140,7 @@ TEST_CASE("fully sharded data parallel trains what replicated data parallel trai
   // The replicated checkpoint resumed sharded over 2 ranks: each rank keeps its part of the moments.
   TempDir c3;
   train(c3.str(), from_rep + " --nproc 2 --train.max_steps=6");
-  auto resumed = losses(c3.str()), uninterrupted = losses(rep);
-  for (int64_t s : {4, 5, 6}) {
-    INFO("step " << s);
-    CHECK(std::abs(resumed.at(s) - uninterrupted.at(s)) <= 1e-5 * std::abs(uninterrupted.at(s)));
-  }
+  continues(losses(c3.str()), losses(rep), 4, 6, 1e-5);
 }
 
 TEST_CASE("a data-parallel layout the launched world cannot honour names both numbers", "[train][dist][fsdp]") {
@@ -381,10 +388,6 @@ TEST_CASE("a checkpoint sharded over 4 ranks resumes over 2 and over 1, continui
     CHECK_THAT(out, Catch::Contains("resuming from") && Catch::Contains("at step 4"));
     const auto resumed = losses(r.str());
     REQUIRE(resumed.size() == 4);
-    for (int64_t step = 5; step <= 8; ++step) {
-      INFO("step " << step);
-      REQUIRE(resumed.count(step));
-      CHECK(std::abs(resumed.at(step) - uninterrupted.at(step)) <= 1e-5 * std::abs(uninterrupted.at(step)));
-    }
+    continues(resumed, uninterrupted, 5, 8, 1e-5);
   }
 }

@@ -673,8 +673,11 @@ TEST_CASE("distributed.backend: NCCL on a CPU, unknown names and bad ranks are c
   auto one = Distributed::connect(DistributedConfig{}, cpu, 0, 1, "127.0.0.1", 29614);
   CHECK(one->backend() == "gloo");
   at::Tensor t = at::arange(6, at::kFloat);
-  one->average({t});
+  one->all_reduce_sum(t);  // one rank: the sum is the tensor itself
   CHECK(at::equal(t, at::arange(6, at::kFloat)));
+  at::Tensor gathered = at::empty({6});
+  one->all_gather(gathered, t);
+  CHECK(at::equal(gathered, t));
   CHECK(one->sum(4.5) == 4.5);
 }
 
