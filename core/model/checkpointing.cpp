@@ -41,6 +41,34 @@ struct AutocastState {
   }
 };
 
+// A recomputation replays its forward: the CPU RNG state and the autocast
+// state the forward ran under, and the caller's put back when it ends, however
+// it ends. The generator's lock is held only while its state is swapped: the
+// block itself draws through the same generator (dropout).
+class ReplayForward {
+ public:
+  ReplayForward(const at::Tensor& rng_state, const AutocastState& autocast)
+      : gen_(at::detail::getDefaultCPUGenerator()), outside_(AutocastState::now()) {
+    {
+      std::lock_guard<std::mutex> lock(gen_.mutex());
+      resume_ = gen_.get_state();
+      gen_.set_state(rng_state);
+    }
+    autocast.apply();
+  }
+  ~ReplayForward() {
+    outside_.apply();
+    at::autocast::clear_cache();
+    std::lock_guard<std::mutex> lock(gen_.mutex());
+    gen_.set_state(resume_);
+  }
+
+ private:
+  at::Generator gen_;
+  at::Tensor resume_;
+  AutocastState outside_;
+};
+
 // Holds a unit gathered for the lifetime of a scope.
 struct Gathered {
   ParamUnit* unit;
@@ -82,24 +110,10 @@ class BlockBackward final : public torch::autograd::Node {
       x = leaf_of(x_);
       extras.clear();
       for (const auto& e : extras_) extras.push_back(leaf_of(e));
-      // Same random draws as the forward; the caller's RNG state is put back afterwards.
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      at::Tensor resume = gen.get_state();
-      gen.set_state(rng_state_);
+      // Same random draws and dtypes (e.g. bf16 autocast on a GPU) as the forward.
+      ReplayForward replay(rng_state_, autocast_);
       torch::AutoGradMode on(true);
-      const AutocastState outside = AutocastState::now();
-      autocast_.apply();  // e.g. bf16 autocast on a GPU: the same dtypes as the forward
-      try {
-        y = fn_(x, extras);
-      } catch (...) {
-        outside.apply();
-        gen.set_state(resume);
-        throw;
-      }
-      outside.apply();
-      at::autocast::clear_cache();
-      gen.set_state(resume);
+      y = fn_(x, extras);
     }
     // Differentiate w.r.t. every input in the order of this node's edges, then the unit's parameters.
     variable_list inputs{x};

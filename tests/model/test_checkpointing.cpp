@@ -1,6 +1,7 @@
 // Activation checkpointing (train.activation_checkpointing): the recomputed
 // layers give the same losses and gradients as keeping every activation,
 // bit for bit on a CPU, for every arch.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 
 #include <deque>
@@ -140,6 +141,21 @@ TEST_CASE("activation checkpointing: a frozen block and no-grad mode run it once
   wg.mutable_grad().reset();
   at::matmul(x, wg).tanh().sum().backward();
   CHECK(at::equal(ref, wg.grad()));
+}
+
+TEST_CASE("activation checkpointing replays a block's random draws in the recomputation", "[model][ac]") {
+  // A dropout-like block: the recomputation must draw the forward's mask again (the CPU RNG state is
+  // replayed), and the caller's RNG stream continues as if nothing had been recomputed.
+  at::Tensor x = at::randn({64}).requires_grad_(true);
+  CheckpointedFn fn = [](const at::Tensor& h, const std::vector<at::Tensor>&) {
+    return h * (at::rand_like(h) > 0.5).to(h.scalar_type()) * 2;
+  };
+  at::Tensor y = checkpointed(fn, x, {}, {});
+  at::Tensor mask = (y.detach() / x.detach()).round();  // 0 or 2 where the forward kept x
+  at::Tensor after_forward = at::detail::getDefaultCPUGenerator().get_state();
+  y.sum().backward();
+  CHECK(at::equal(x.grad(), mask));
+  CHECK(at::equal(at::detail::getDefaultCPUGenerator().get_state(), after_forward));
 }
 
 TEST_CASE("activation checkpointing recomputes under the forward's autocast, not backward's", "[model][ac]") {
