@@ -146,8 +146,8 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   lo.workers = 1;
   lo.skip_bad = job.data.bad_rows == "skip";
   DataLoader loader(held, collator, r.model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
-  const bool bf16 = r.device.is_cuda() && job.train.mixed_precision == "bf16";
-  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, r.device, bf16);
+  const Precision precision = resolve_precision(job.train.mixed_precision, r.device);
+  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, r.device, precision);
   std::cout << fmt::format("{}: {} batches of {}\nloss {:.4f}\ntoken accuracy {:.4f}\n", r.step_dir, e.batches,
                            lo.batch_size, e.loss, e.token_accuracy);
   if (e.words > 0) {

@@ -18,8 +18,9 @@ void TrainConfig::visit(ConfigVisitor& v) {
   v.field("seed", seed, "Seed of weight init and every random draw of the run.");
   v.field("data_seed", data_seed, "Seed of the data order; unset: seed.");
   v.field("mixed_precision", mixed_precision,
-          "bf16: bf16 compute on CUDA with fp32 master weights and optimizer state (CPU computes in fp32); fp32: "
-          "fp32 everywhere. fp16 and fp8 are not supported by forge.",
+          "bf16: bf16 compute (autocast) with fp32 master weights and AdamW state, on CUDA and on CPUs with AMX or "
+          "AVX512-BF16 (a CPU without them computes in fp32 and the log says so); fp32: fp32 everywhere. fp16 and "
+          "fp8 are not supported by forge.",
           {"bf16", "fp16", "fp32", "fp8"});
   v.require(mixed_precision == "bf16" || mixed_precision == "fp32", "mixed_precision",
             fmt::format("\"{}\" is not supported by forge; use \"bf16\" or \"fp32\"", mixed_precision));

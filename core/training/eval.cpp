@@ -1,6 +1,5 @@
 #include "core/training/eval.h"
 
-#include <ATen/autocast_mode.h>
 
 namespace forge {
 
@@ -10,7 +9,7 @@ double EvalResult::kind_accuracy(const std::string& kind) const {
                                                         : static_cast<double>(it->second.first) / it->second.second;
 }
 
-EvalResult evaluate(VLMImpl& model, DataLoader& loader, int64_t batches, const at::Device& device, bool autocast_bf16) {
+EvalResult evaluate(VLMImpl& model, DataLoader& loader, int64_t batches, const at::Device& device, const Precision& precision) {
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -24,13 +23,8 @@ EvalResult evaluate(VLMImpl& model, DataLoader& loader, int64_t batches, const a
     Batch batch = loader.next();
     at::Tensor px = batch.pixel_values.to(device), ids = batch.input_ids.to(device), labels = batch.labels.to(device);
     VLMOutput out;
-    if (autocast_bf16) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      out = model.forward(px, ids, labels);
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-    } else {
+    {
+      AutocastScope autocast(precision);
       out = model.forward(px, ids, labels);
     }
     at::Tensor logits = out.logits.to(at::kFloat).flatten(0, 1);

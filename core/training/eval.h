@@ -8,6 +8,7 @@
 
 #include "core/data/loader.h"
 #include "core/model/vlm.h"
+#include "core/training/precision.h"
 #include "forge/export.h"
 
 namespace forge {
@@ -25,6 +26,6 @@ struct FORGE_API EvalResult {
 
 // Evaluates `batches` batches from the loader's start (it is rewound first).
 FORGE_API EvalResult evaluate(VLMImpl& model, DataLoader& loader, int64_t batches, const at::Device& device,
-                              bool autocast_bf16);
+                              const Precision& precision);
 
 }  // namespace forge
