@@ -43,6 +43,14 @@ bool VLMImpl::encoder_frozen() const {
   return true;
 }
 
+void VLMImpl::set_activation_checkpointing(int64_t every) {
+  transformer->set_activation_checkpointing(every);
+  BlockStack* tower = vision_encoder->block_stack();
+  if (tower) tower->set_activation_checkpointing(every);
+  if (every > 0 && !tower)
+    log()->info("activation checkpointing: the decoder's layers (this vision encoder has no blocks to recompute)");
+}
+
 at::Tensor VLMImpl::encode_images(const at::Tensor& pixel_values) {
   if (pixel_values.dim() != 4 || pixel_values.size(1) != 3)
     throw InvalidArgument(fmt::format("VLM: pixel_values must be (B, 3, H, W), got {}", util::shape(pixel_values)));

@@ -52,6 +52,9 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   int64_t max_text_len() const { return max_text_len_; }
   // True when no encoder parameter requires grad (then it runs without autograd).
   bool encoder_frozen() const;
+  // train.activation_checkpointing: recompute every `every`-th decoder layer
+  // and tower block (0: none) in backward.
+  void set_activation_checkpointing(int64_t every);
   // Model FLOPs of one sample's forward (D12, docs/metrics.md).
   double forward_flops_per_sample(int64_t text_len) const;
 

@@ -1,6 +1,5 @@
 #include "core/training/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 
@@ -24,6 +23,8 @@
 #include "core/registry/registry.h"
 #include "core/training/loss.h"
 #include "core/training/optim.h"
+#include "core/training/precision.h"
+#include "core/training/step.h"
 #include "core/util/logging.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
@@ -95,25 +96,10 @@ struct SignalScope {
   }
 };
 
-bool any_trainable(const torch::nn::Module& m) {
-  for (const auto& p : m.parameters(true))
-    if (p.requires_grad()) return true;
-  return false;
-}
-
 std::string describe_freeze(const std::vector<FreezeSpec>& specs) {
   std::vector<std::string> parts;
   for (const auto& s : specs) parts.push_back(fmt::format("{} {}", s.module, s.frozen ? "frozen" : "trainable"));
   return util::join(parts, ", ");
-}
-
-// train.activation_checkpointing for the decoder's layers and the tower's blocks (when the tower has some).
-void set_activation_checkpointing(VLMImpl& model, int64_t every) {
-  model.transformer->set_activation_checkpointing(every);
-  BlockStack* tower = model.vision_encoder->block_stack();
-  if (tower) tower->set_activation_checkpointing(every);
-  if (every > 0 && !tower)
-    log()->info("activation checkpointing: the decoder's layers (this vision encoder has no blocks to recompute)");
 }
 
 // The freeze state a checkpoint was saved with must be this config's at that step.
@@ -179,14 +165,14 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   // ---------------------------------------------------------------- device and ranks
   const at::Device device = pick_device(job.train.device);
   if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));
-  const bool bf16 = device.is_cuda() && job.train.mixed_precision == "bf16";
+  const Precision precision = resolve_precision(job.train.mixed_precision, device);
   auto dist = Distributed::from_env(job.distributed, device);
   DataParallel dp(job.distributed, *dist);
   const bool main_rank = dist->is_main();
   if (!main_rank) set_log_level("warn");  // rank 0 speaks for the job
-  logger->info("device {} ({}), {} CPU threads{}", device.str(),
-               bf16 ? "bf16 compute, fp32 master weights" : "fp32", at::get_num_threads(),
+  logger->info("device {}, {} CPU threads{}", device.str(), at::get_num_threads(),
                dist->world() > 1 ? ", " + dp.describe() : std::string());
+  logger->info("precision: {} ({})", precision.describe(), precision.reason);
 
   // ---------------------------------------------------------------- tokenizer (checked before any weight is read)
   auto tokenizer = make_tokenizer(job.data);
@@ -198,7 +184,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
 
   // ---------------------------------------------------------------- model
   VLM model = build_vlm(job, registry);  // on the CPU; dp.attach puts it (or its shards) on the device
-  set_activation_checkpointing(*model, activation_checkpointing_every(job.train));
+  model->set_activation_checkpointing(activation_checkpointing_every(job.train));
   {  // every rank starts from rank 0's weights
     std::vector<at::Tensor> ps;
     for (const auto& [k, p] : nn::unique_named_parameters(*model)) ps.push_back(p);
@@ -353,7 +339,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     }
     const auto t = Clock::now();
     dp.begin_eval();
-    EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, bf16);
+    EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, precision);
     dp.end_eval();
     set_modes();
     if (!main_rank) {  // a sharded model: every rank evaluated the same batches; rank 0 reports
@@ -381,6 +367,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   int64_t last_saved = resume_from.empty() ? -1 : state.step;
   double ema_step = 0;
   const double peak = peak_flops(job.metrics, device);
+  StepParts step_parts{*model, dp, *dist, groups, precision, device, job.train.z_loss_weight, job.train.grad_clip_norm};
   while (state.step < max_steps) {
     if (stage_starts.count(state.step) && state.step != summary.start_step) {
       freeze_now = apply_freeze_at(state.step);
@@ -393,36 +380,14 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     dp.begin_step();
 
     const auto t0 = Clock::now();
-    double data_wait = 0, loss_sum = 0;
-    int64_t label_tokens = 0, samples = 0;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      const auto td = Clock::now();
+    const int64_t step_no = state.step + 1;
+    const StepStats st = compute_gradients(step_parts, accum, [&] {
       Batch batch = loader.next();
-      data_wait += since(td);
-      if (options.on_batch) options.on_batch(state.step + 1, batch);
-      at::Tensor px = batch.pixel_values.to(device, true), ids = batch.input_ids.to(device, true),
-                 labels = batch.labels.to(device, true);
-      samples += px.size(0);
-      if (bf16) {
-        at::autocast::set_autocast_enabled(at::kCUDA, true);
-        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      }
-      VLMOutput out = model->forward(px, ids, labels);
-      LossValue lv = cross_entropy(out.logits, out.targets, job.train.z_loss_weight);
-      if (bf16) {
-        at::autocast::set_autocast_enabled(at::kCUDA, false);
-        at::autocast::clear_cache();
-      }
-      dp.before_backward(micro + 1 == accum);
-      (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros
-      loss_sum += lv.loss.item<double>();
-      label_tokens += lv.tokens;
-    }
-    dp.finish_gradients();  // every rank's gradients averaged
-    const double loss = dist->sum(loss_sum / static_cast<double>(accum)) / dist->world();
-    label_tokens = static_cast<int64_t>(dist->sum(static_cast<double>(label_tokens)));
-    samples *= dist->world();
-    const double grad_norm = dp.clip_grad_norm(groups, job.train.grad_clip_norm);
+      if (options.on_batch) options.on_batch(step_no, batch);
+      return batch;
+    });
+    const double loss = st.loss, grad_norm = st.grad_norm, data_wait = st.data_wait_s;
+    const int64_t label_tokens = st.label_tokens, samples = st.samples;
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (!finite) {
       optimizer->zero_grad(true);
@@ -451,10 +416,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
 
     if (finite && (state.step == 1 || state.step % job.metrics.log_interval == 0 || state.step == max_steps)) {
-      const double enc = model->vision_encoder->forward_flops() * (model->encoder_frozen() ? 1 : 3);
-      const double ada = model->adapter->forward_flops(model->vision_encoder->num_tokens()) *
-                         (any_trainable(*model->adapter) ? 3 : 1);
-      const double step_flops = static_cast<double>(samples) * (3 * model->forward_flops_per_sample(text_len) + enc + ada);
+      const double step_flops = train_step_flops(*model, samples, text_len);
       const double mfu = step_flops / dt / (peak * dist->world());
       const double tok_s = static_cast<double>(label_tokens) / dt;
       logger->info("step {}/{} | loss {:.4f} | lr {:.2e} | grad {:.3f} | {} tok/s | MFU {:.2f}% | {:.3f} s/step "

@@ -1,0 +1,56 @@
+#include "core/training/step.h"
+
+#include <chrono>
+
+#include "core/training/loss.h"
+
+namespace forge {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+bool any_trainable(const torch::nn::Module& m) {
+  for (const auto& p : m.parameters(true))
+    if (p.requires_grad()) return true;
+  return false;
+}
+}  // namespace
+
+StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch) {
+  StepStats s;
+  double loss_sum = 0;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const auto td = Clock::now();
+    Batch batch = next_batch();
+    s.data_wait_s += std::chrono::duration<double>(Clock::now() - td).count();
+    at::Tensor px = batch.pixel_values.to(parts.device, true), ids = batch.input_ids.to(parts.device, true),
+               labels = batch.labels.to(parts.device, true);
+    s.samples += px.size(0);
+    LossValue lv;
+    {
+      AutocastScope autocast(parts.precision);
+      VLMOutput out = parts.model.forward(px, ids, labels);
+      lv = cross_entropy(out.logits, out.targets, parts.z_loss_weight);
+    }
+    parts.dp.before_backward(micro + 1 == accum);
+    (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros
+    loss_sum += lv.loss.item<double>();
+    s.label_tokens += lv.tokens;
+  }
+  parts.dp.finish_gradients();  // every rank's gradients averaged
+  Distributed& dist = parts.dist;
+  s.loss = dist.sum(loss_sum / static_cast<double>(accum)) / dist.world();
+  s.label_tokens = static_cast<int64_t>(dist.sum(static_cast<double>(s.label_tokens)));
+  s.samples *= dist.world();
+  s.grad_norm = parts.dp.clip_grad_norm(parts.optimized, parts.grad_clip_norm);
+  return s;
+}
+
+double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len) {
+  const double enc = model.vision_encoder->forward_flops() * (model.encoder_frozen() ? 1 : 3);
+  const double ada =
+      model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (any_trainable(*model.adapter) ? 3 : 1);
+  return static_cast<double>(samples) * (3 * model.forward_flops_per_sample(text_len) + enc + ada);
+}
+
+}  // namespace forge

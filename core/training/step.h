@@ -1,0 +1,49 @@
+// The gradient half of a training step, shared by `forge train` and
+// `forge bench`: forward and backward over the micro-batches (bf16 autocast
+// when the precision says so), gradients averaged across ranks and clipped.
+// The caller decides whether the optimizer steps (the trainer skips a
+// non-finite one).
+#pragma once
+
+#include <functional>
+
+#include "core/data/data.h"
+#include "core/distributed/data_parallel.h"
+#include "core/distributed/dist.h"
+#include "core/model/vlm.h"
+#include "core/training/optim.h"
+#include "core/training/precision.h"
+#include "forge/export.h"
+
+namespace forge {
+
+struct FORGE_API StepParts {
+  VLMImpl& model;
+  DataParallel& dp;
+  Distributed& dist;
+  const ParamGroups& optimized;  // what the optimizer updates (the shards when sharded)
+  Precision precision;
+  at::Device device;
+  double z_loss_weight = 0;
+  double grad_clip_norm = 1.0;
+};
+
+struct FORGE_API StepStats {
+  double loss = 0;           // mean over micro-batches and ranks
+  double grad_norm = 0;      // before clipping
+  int64_t label_tokens = 0;  // over every rank
+  int64_t samples = 0;       // over every rank
+  double data_wait_s = 0;    // this rank's time in next_batch
+};
+
+// Runs `accum` micro-batches drawn from next_batch and leaves the averaged,
+// clipped gradients on parts.optimized.
+FORGE_API StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch);
+
+// FLOPs of one training step over `samples` samples of `text_len` tokens
+// (D12: every trained FLOP): 3x the decoder's forward (forward + backward),
+// the tower's forward once when frozen and 3x when trained, likewise the
+// adapter.
+FORGE_API double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len);
+
+}  // namespace forge
