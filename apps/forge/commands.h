@@ -49,6 +49,15 @@ struct DataSampleArgs {
   int64_t image_size = 0;
 };
 
+struct BenchArgs {
+  ConfigArgs config;
+  int64_t steps = 10;
+  int64_t warmup = 3;
+  std::string out;    // JSON result file ("" = stdout only)
+  std::string label;  // recorded in the result (e.g. "forge small joint_decoder bf16")
+  bool data_only = false;
+};
+
 // Loads args.config with its overrides and plugin folders into the process
 // registry, printing the config's warnings.
 LoadedConfig load_job(const ConfigArgs& args);
@@ -61,6 +70,7 @@ int cmd_validate(const ConfigArgs& args);
 int cmd_config_reference(const std::vector<std::string>& plugin_paths);
 int cmd_check_model(const ConfigArgs& args, int64_t batch);
 int cmd_train(const ConfigArgs& args);
+int cmd_bench(const BenchArgs& args);
 int cmd_generate(const GenerateArgs& args);
 int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
              const std::vector<std::string>& plugin_paths);

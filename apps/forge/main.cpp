@@ -93,6 +93,21 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   add_plugin_path(train);
 
+  forge::app::BenchArgs bench_args;
+  auto* bench = app.add_subcommand(
+      "bench", "Time the training step of a config's model on synthetic batches of its shape: step time, tokens/s, "
+               "FLOP/s, MFU, the machine's GEMM rate at the model's shapes, peak memory; writes a JSON result");
+  bench->add_option("config", cfg.config, "The TOML config (e.g. configs/bench/small.toml)")->required();
+  bench->add_option("--steps", bench_args.steps, "Timed steps (or batches with --data-only)")->default_val(10)
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--warmup", bench_args.warmup, "Untimed steps first")->default_val(3)->check(CLI::NonNegativeNumber);
+  bench->add_option("--out", bench_args.out, "Write the JSON result to this file too");
+  bench->add_option("--label", bench_args.label, "A name stored in the result");
+  bench->add_flag("--data-only", bench_args.data_only,
+                  "Time the data path instead (dataset, image decode and preprocessing, tokenizer, collate): "
+                  "samples/s");
+  add_plugin_path(bench);
+
   forge::app::GenerateArgs gen;
   auto* generate = app.add_subcommand("generate", "Caption an image with a trained checkpoint (KV-cache decoding)");
   generate->add_option("--checkpoint", gen.checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
@@ -187,7 +202,7 @@ int main(int argc, char** argv) {
   int rc = forge::kExitOk;
   try {
     if (!overrides.empty() && !validate->parsed() && !check->parsed() && !train->parsed() &&
-        !data_check->parsed() && !data_sample->parsed()) {
+        !bench->parsed() && !data_check->parsed() && !data_sample->parsed()) {
       throw forge::UsageError("config overrides (" + overrides.front() +
                               ") apply only to commands that take a config");
     }
@@ -209,6 +224,9 @@ int main(int argc, char** argv) {
       rc = forge::launch_local_ranks(nproc, rank_args);
     } else if (train->parsed()) {
       rc = forge::app::cmd_train(cfg);
+    } else if (bench->parsed()) {
+      bench_args.config = cfg;
+      rc = forge::app::cmd_bench(bench_args);
     } else if (generate->parsed()) {
       rc = forge::app::cmd_generate(gen);
     } else if (eval->parsed()) {

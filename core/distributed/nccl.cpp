@@ -14,6 +14,7 @@ namespace forge::detail {
 #ifdef FORGE_WITH_NCCL
 
 bool nccl_available() { return true; }
+std::string nccl_version() { return c10d::getNcclVersion(); }
 
 c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
                                                     std::chrono::milliseconds timeout, const at::Device& device) {
@@ -30,6 +31,7 @@ c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10
 #else
 
 bool nccl_available() { return false; }
+std::string nccl_version() { return ""; }
 
 c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>&, int, int,
                                                     std::chrono::milliseconds, const at::Device&) {

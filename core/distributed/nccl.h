@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <string>
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -14,6 +15,8 @@ namespace forge::detail {
 
 // True when this build includes c10d's NCCL backend.
 bool nccl_available();
+// NCCL's version ("2.27.7"), or "" without NCCL.
+std::string nccl_version();
 
 // A NCCL process group of `world` ranks bound to `device` (a CUDA device).
 // Throws when nccl_available() is false.

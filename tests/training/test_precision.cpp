@@ -1,0 +1,126 @@
+// bf16 on CPUs (D5: bf16 compute over fp32 masters), its error against fp32,
+// and forge bench's smoke run (CI runs the harness on the tiny shape; no
+// timing is asserted).
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/config/loader.h"
+#include "core/model/vlm.h"
+#include "core/training/loss.h"
+#include "core/training/precision.h"
+#include "tests/unit/test_helpers.h"
+
+using namespace forge;
+using forge::test::builtin_registry;
+using forge::test::TempDir;
+
+namespace {
+
+struct Pass {
+  at::Tensor logits;
+  double loss = 0;
+  at::Tensor grad;  // every parameter's gradient, flattened and joined
+};
+
+Pass forward_backward(VLMImpl& model, const at::Tensor& px, const at::Tensor& ids, const Precision& p) {
+  model.zero_grad();
+  Pass out;
+  LossValue lv;
+  {
+    AutocastScope autocast(p);
+    VLMOutput o = model.forward(px, ids, ids);
+    out.logits = o.logits;
+    lv = cross_entropy(o.logits, o.targets);
+  }
+  lv.loss.backward();
+  out.loss = lv.loss.item<double>();
+  std::vector<at::Tensor> gs;
+  for (const auto& param : model.parameters())
+    if (param.grad().defined()) gs.push_back(param.grad().flatten());
+  out.grad = at::cat(gs);
+  return out;
+}
+
+double relative(const at::Tensor& a, const at::Tensor& ref) {
+  return (a.to(at::kFloat) - ref).norm().item<double>() / ref.norm().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("mixed_precision = bf16 means bf16 compute on CUDA and on CPUs with bf16 matrix units", "[precision]") {
+  const Precision cpu = resolve_precision("bf16", at::Device(at::kCPU));
+  CHECK(cpu.bf16 == !cpu_bf16_isa().empty());
+  CHECK_THAT(cpu.reason, Catch::Contains(cpu.bf16 ? cpu_bf16_isa() : "computing in fp32"));
+  CHECK(resolve_precision("bf16", at::Device(at::kCUDA)).bf16);
+  CHECK_FALSE(resolve_precision("fp32", at::Device(at::kCPU)).bf16);
+  CHECK_FALSE(resolve_precision("fp32", at::Device(at::kCUDA)).bf16);
+  CHECK(resolve_precision("fp32", at::Device(at::kCPU)).describe() == "fp32");
+}
+
+TEST_CASE("bf16 autocast on a CPU stays within bf16's error of fp32, for every arch, over fp32 masters",
+          "[precision]") {
+  Precision bf16;
+  bf16.bf16 = true;  // whatever this CPU has: the numerics are the same, only slower without AMX
+  for (const std::string arch : {"joint_decoder", "cross_attention", "mot"}) {
+    DYNAMIC_SECTION(arch) {
+      std::string toml = forge::test::tiny_vlm_toml(arch);
+      toml.replace(toml.find("dim = 32"), 8, "dim = 64");
+      LoadedConfig cfg = load_config_text(toml, "t.toml", builtin_registry());
+      VLM model = build_vlm(cfg.job, builtin_registry());
+      model->train();
+      at::manual_seed(3);
+      at::Tensor px = at::rand({4, 3, 16, 16});
+      at::Tensor ids = at::randint(0, 64, {4, 12});
+      const Pass ref = forward_backward(*model, px, ids, Precision{});
+      const Pass low = forward_backward(*model, px, ids, bf16);
+      CHECK(ref.logits.scalar_type() == at::kFloat);
+      CHECK(low.logits.scalar_type() == at::kBFloat16);  // the bf16 path really ran
+      for (const auto& p : model->parameters()) CHECK(p.scalar_type() == at::kFloat);  // masters stay fp32
+      CHECK(low.grad.scalar_type() == at::kFloat);
+      // bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %): a few of those, not more.
+      CHECK(relative(low.logits, ref.logits) < 0.02);
+      CHECK(std::abs(low.loss - ref.loss) / ref.loss < 0.005);
+      CHECK(relative(low.grad, ref.grad) < 0.05);
+      CHECK(relative(low.logits, ref.logits) > 0);  // and it is not fp32 in disguise
+    }
+  }
+}
+
+TEST_CASE("forge bench times the tiny shape for every arch and writes its result", "[precision][bench]") {
+  TempDir d;
+  for (const std::string arch : {"joint_decoder", "cross_attention", "mot"}) {
+    const std::string out = d.str() + "/" + arch + ".json";
+    auto r = forge::test::run(std::string(FORGE_BIN) + " bench " FORGE_SOURCE_DIR "/configs/bench/tiny.toml --steps 2 "
+                              "--warmup 1 --out " + out + " --vlm.arch=" + arch + " --train.device=cpu");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    std::ifstream f(out);
+    const auto j = nlohmann::json::parse(f);
+    CHECK(j["arch"] == arch);
+    CHECK(j["timed_steps"] == 2);
+    CHECK(j["step_times_s"].size() == 2);
+    CHECK(j["step_time_median_s"].get<double>() > 0);
+    CHECK(j["step_time_p90_s"].get<double>() >= j["step_time_median_s"].get<double>());
+    CHECK(j["flops_per_step"].get<double>() > 0);
+    CHECK(j["gemm_flops_per_s"].get<double>() > 0);
+    CHECK(j["mfu"].get<double>() > 0);
+    CHECK(j["peak_memory_bytes"].get<double>() > 0);
+    CHECK(j["precision"] == (cpu_bf16_isa().empty() ? "fp32" : "bf16"));
+    CHECK(std::isfinite(j["last_loss"].get<double>()));
+    CHECK(j["versions"]["torch"].get<std::string>().rfind("2.", 0) == 0);
+    CHECK_THAT(r.output, Catch::Contains("MFU") && Catch::Contains("GEMM rate"));
+  }
+  auto data = forge::test::run(std::string(FORGE_BIN) + " bench --data-only " FORGE_SOURCE_DIR
+                               "/configs/bench/tiny.toml --steps 3 --warmup 1 --out " + d.str() + "/data.json");
+  INFO(data.output);
+  REQUIRE(data.code == 0);
+  std::ifstream f(d.str() + "/data.json");
+  CHECK(nlohmann::json::parse(f)["samples_per_s"].get<double>() > 0);
+  auto bad = forge::test::run(std::string(FORGE_BIN) + " bench " FORGE_SOURCE_DIR
+                              "/configs/bench/tiny.toml --model.dim=-3");
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.output, Catch::Contains("model.dim"));
+}
