@@ -1,0 +1,93 @@
+"""forge against the PyTorch eager baseline (bench/baseline/), in one run.
+
+For each arch and precision it runs `forge bench` and the baseline
+alternately, --rounds times each, and reports the ratio of the medians of
+their median step times (forge / baseline: below 1 means forge is faster),
+with forge's achieved FLOP/s against the measured GEMM rate.
+
+    python bench/side_by_side.py [--shape small] [--rounds 3] [--steps 10] [--out bench/results/F.json]
+
+Run it on an idle machine: the two share the CPU cores in turn, never at once.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(cmd, out):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-3000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="small", help="configs/bench/<shape>.toml")
+    ap.add_argument("--arch", action="append", help="repeatable; default: all three")
+    ap.add_argument("--precision", action="append", choices=["fp32", "bf16"], help="repeatable; default: both")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--forge", default=os.path.join(ROOT, "build", "bin", "forge"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    config = os.path.join(ROOT, "configs", "bench", a.shape + ".toml")
+    archs = a.arch or ["joint_decoder", "cross_attention", "mot"]
+    precisions = a.precision or ["fp32", "bf16"]
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="forge-side-by-side-")
+    for arch in archs:
+        for prec in precisions:
+            forge_t, base_t, last = [], [], None
+            for r in range(a.rounds):
+                fo = os.path.join(tmp, f"forge-{arch}-{prec}-{r}.json")
+                last = run_json([a.forge, "bench", config, "--steps", str(a.steps), "--warmup", str(a.warmup),
+                                 "--out", fo, "--log-level=warn", f"--vlm.arch={arch}",
+                                 f"--train.mixed_precision={prec}", f"--train.device={a.device}"], fo)
+                if last["precision"] != prec:
+                    sys.exit(f"forge ran {last['precision']} for {prec}: {last['precision_reason']}")
+                forge_t.append(last["step_time_median_s"])
+                bo = os.path.join(tmp, f"base-{arch}-{prec}-{r}.json")
+                base = run_json([sys.executable, os.path.join(ROOT, "bench", "baseline", "run.py"), config,
+                                 "--arch", arch, "--precision", prec, "--device", a.device, "--steps", str(a.steps),
+                                 "--warmup", str(a.warmup), "--out", bo], bo)
+                base_t.append(base["step_time_median_s"])
+            f, b = statistics.median(forge_t), statistics.median(base_t)
+            row = {"arch": arch, "precision": prec, "forge_step_s": f, "baseline_step_s": b, "ratio": f / b,
+                   "forge_rounds_s": forge_t, "baseline_rounds_s": base_t,
+                   "forge_flops_per_s": last["flops_per_step"] / f, "gemm_flops_per_s": last["gemm_flops_per_s"],
+                   "fraction_of_gemm": last["flops_per_step"] / f / last["gemm_flops_per_s"],
+                   "attention_backend": last["attention_backend"], "parameters": last["parameters"]}
+            rows.append(row)
+            print(f"{arch:16s} {prec}: forge {f:.4f} s, baseline {b:.4f} s, ratio {f / b:.3f}; "
+                  f"forge {row['forge_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * row['fraction_of_gemm']:.1f} % of "
+                  f"the {prec} GEMM rate", flush=True)
+    result = {"kind": "side_by_side", "shape": a.shape, "config": os.path.relpath(config, ROOT),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "platform": platform.platform()},
+              "versions": last["versions"], "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows}
+    print("\n| arch | precision | forge (s) | baseline (s) | forge / baseline | forge / GEMM rate |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['precision']} | {r['forge_step_s']:.4f} | {r['baseline_step_s']:.4f} | "
+              f"{r['ratio']:.3f} | {100 * r['fraction_of_gemm']:.1f} % |")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwritten to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
