@@ -63,7 +63,9 @@ void OptimizerConfig::visit(ConfigVisitor& v) {
   v.field("eps", eps, "AdamW epsilon.", Bounds::positive());
   v.field("decay_embeddings", decay_embeddings,
           "forge: also apply weight decay to the token embedding (KempnerForge does; forge does not by default).");
-  v.unimplemented("fused", "LibTorch's AdamW has no fused kernel option");
+  v.field("fused", fused,
+          "One fused AdamW kernel per parameter group (at::_fused_adamw_; CPU and CUDA) instead of per-tensor ops. "
+          "Same update and state; the last bits of the weights may differ from the unfused path.");
   for (const char* k : {"muon_momentum", "muon_ns_steps", "muon_adam_lr", "schedule_free_warmup_steps"})
     v.unimplemented(k, "forge implements AdamW only");
 }

@@ -41,6 +41,7 @@ struct FORGE_API OptimizerConfig {
   std::vector<double> betas{0.9, 0.95};
   double eps = 1e-8;
   bool decay_embeddings = false;
+  bool fused = true;
   void visit(ConfigVisitor& v);
 };
 

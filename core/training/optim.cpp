@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "core/training/fused_adamw.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
@@ -51,6 +52,7 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const
   auto nd = std::make_unique<torch::optim::AdamWOptions>(opts);
   nd->weight_decay(0.0);
   pg.emplace_back(no_decay, std::move(nd));
+  if (cfg.fused) return std::make_unique<FusedAdamW>(std::move(pg), opts);
   return std::make_unique<torch::optim::AdamW>(std::move(pg), opts);
 }
 

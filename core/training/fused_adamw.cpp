@@ -1,0 +1,63 @@
+#include "core/training/fused_adamw.h"
+
+#include <ATen/ops/_fused_adamw.h>
+
+#include <map>
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "forge/error.h"
+
+namespace forge {
+
+at::Tensor FusedAdamW::step(LossClosure closure) {
+  at::NoGradGuard no_grad;
+  at::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups()) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    if (o.amsgrad()) throw InvalidArgument("FusedAdamW: amsgrad is not supported");
+    // One kernel call per (device, dtype): every list passed must agree on both.
+    std::map<std::tuple<int, int, int>, std::vector<size_t>> buckets;
+    auto& params = group.params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor& p = params[i];
+      if (!p.grad().defined()) continue;
+      if (p.grad().is_sparse()) throw InvalidArgument("FusedAdamW: sparse gradients are not supported");
+      buckets[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}]
+          .push_back(i);
+    }
+    for (const auto& [key, idx] : buckets) {
+      std::vector<at::Tensor> ps, grads, m, v, steps;
+      for (size_t i : idx) {
+        const at::Tensor& p = params[i];
+        auto& slot = state()[p.unsafeGetTensorImpl()];
+        if (!slot) {
+          auto s = std::make_unique<torch::optim::AdamWParamState>();
+          s->step(0);
+          s->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+          s->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+          slot = std::move(s);
+        }
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+        s.step(s.step() + 1);
+        ps.push_back(p);
+        grads.push_back(p.grad());
+        m.push_back(s.exp_avg());
+        v.push_back(s.exp_avg_sq());
+        // The kernel reads the (already incremented) step count as a float tensor on the parameter's device.
+        steps.push_back(at::scalar_tensor(static_cast<double>(s.step()),
+                                          at::TensorOptions().dtype(at::kFloat).device(p.device())));
+      }
+      at::_fused_adamw_(ps, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, o.lr(), std::get<0>(o.betas()),
+                        std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false);
+    }
+  }
+  return loss;
+}
+
+}  // namespace forge

@@ -1,0 +1,21 @@
+// AdamW whose update is one fused kernel per parameter group
+// (at::_fused_adamw_, vectorised on CPUs, a multi-tensor kernel on CUDA)
+// instead of LibTorch's seven tensor ops per parameter. Same math, same
+// state (exp_avg, exp_avg_sq and an integer step per parameter, kept in
+// torch::optim::AdamW's state map), so checkpoints do not depend on which
+// one ran.
+#pragma once
+
+#include <torch/optim/adamw.h>
+
+#include "forge/export.h"
+
+namespace forge {
+
+class FORGE_API FusedAdamW final : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  at::Tensor step(LossClosure closure = nullptr) override;
+};
+
+}  // namespace forge
