@@ -262,9 +262,9 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
                                         slice->start + len, S));
     h = h.narrow(1, slice->start, len);
   }
-  at::Tensor logits = output_head(h);
   if (cache) cache->length += S;
-  return logits;
+  if (modality.output_slice() && modality.output_slice()->hidden) return h;
+  return output_head(h);
 }
 
 }  // namespace forge

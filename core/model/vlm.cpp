@@ -94,19 +94,32 @@ ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tenso
 }
 
 VLMOutput VLMImpl::forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels) {
+  return run(pixel_values, input_ids, labels, /*hidden=*/false);
+}
+
+VLMOutput VLMImpl::forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids,
+                                  const at::Tensor& labels) {
+  return run(pixel_values, input_ids, labels, /*hidden=*/true);
+}
+
+const at::Tensor& VLMImpl::output_weight() const { return transformer->output_head->proj->weight; }
+
+VLMOutput VLMImpl::run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
+                       bool hidden) {
   ModalityContext ctx = compose(pixel_values, input_ids);
   const int64_t T = input_ids.size(1);
   if (labels.defined() && (labels.sizes() != input_ids.sizes()))
     throw InvalidArgument(fmt::format("VLM: labels {} must match input_ids {}", util::shape(labels), util::shape(input_ids)));
   VLMOutput out;
+  at::Tensor& result = hidden ? out.hidden : out.logits;
   if (residual_tokens_ > 0) {
     // D1: position N-1+t predicts token t; the last image position predicts the first text token.
-    out.logits = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{residual_tokens_ - 1, T}));
+    result = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{residual_tokens_ - 1, T, hidden}));
     out.targets = labels;
   } else {
     if (T < 2) throw InvalidArgument("VLM: with no image positions in the residual stream, text needs >= 2 tokens");
     // D1: text position t predicts token t + 1.
-    out.logits = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{0, T - 1}));
+    result = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{0, T - 1, hidden}));
     if (labels.defined()) out.targets = labels.narrow(1, 1, T - 1);
   }
   return out;

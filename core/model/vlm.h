@@ -24,7 +24,8 @@ class Registry;
 // Logits and the targets they predict, position for position: logits[:, t]
 // is computed from the residual position just before target token t (D1).
 struct FORGE_API VLMOutput {
-  at::Tensor logits;   // (B, T', V)
+  at::Tensor logits;   // (B, T', V); undefined when hidden states were asked for
+  at::Tensor hidden;   // (B, T', D): the output head's input, when asked for instead of logits
   at::Tensor targets;  // (B, T') with -100 = ignored; undefined when no labels were given
 };
 
@@ -40,6 +41,11 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   // first text token. Without (cross-attention), logit t comes from text
   // position t and predicts token t + 1: T' = T - 1.
   VLMOutput forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels = {});
+  // The same positions as forward, stopped before the output head (out.hidden):
+  // for a loss that applies the head itself (linear_cross_entropy).
+  VLMOutput forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels);
+  // The output head's weight (V, D).
+  const at::Tensor& output_weight() const;
 
   // (B, N, D) visual tokens: encoder (under inference mode when frozen), then adapter.
   at::Tensor encode_images(const at::Tensor& pixel_values);
@@ -64,6 +70,7 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   std::shared_ptr<ModalityStrategy> strategy;
 
  private:
+  VLMOutput run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels, bool hidden);
   int64_t visual_tokens_ = 0;
   int64_t residual_tokens_ = 0;
   int64_t max_text_len_ = 0;

@@ -18,4 +18,14 @@ struct FORGE_API LossValue {
 // backward runs and every gradient is zero (D10).
 FORGE_API LossValue cross_entropy(const at::Tensor& logits, const at::Tensor& targets, double z_loss_weight = 0.0);
 
+// The same loss from the output head's input: cross_entropy(hidden @ weight^T,
+// targets, z_loss_weight) without the (B, T, V) logits. Rows are done in
+// chunks: each chunk's logits are computed (in the autocast dtype, else the
+// hidden states'), reduced in fp32, and turned into their gradients at once,
+// so no full-vocabulary tensor is kept and no second pass over the logits
+// runs in backward. For training (it computes gradients in forward when
+// hidden or weight requires them).
+FORGE_API LossValue linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                         double z_loss_weight = 0.0);
+
 }  // namespace forge

@@ -29,8 +29,9 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
     LossValue lv;
     {
       AutocastScope autocast(parts.precision);
-      VLMOutput out = parts.model.forward(px, ids, labels);
-      lv = cross_entropy(out.logits, out.targets, parts.z_loss_weight);
+      // The output head runs inside the loss, chunk by chunk: no (B, T, vocab) logits are kept.
+      VLMOutput out = parts.model.forward_hidden(px, ids, labels);
+      lv = linear_cross_entropy(out.hidden, parts.model.output_weight(), out.targets, parts.z_loss_weight);
     }
     parts.dp.before_backward(micro + 1 == accum);
     (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros

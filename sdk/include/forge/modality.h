@@ -16,6 +16,9 @@ namespace forge {
 struct OutputSlice {
   int64_t start = 0;
   int64_t length = -1;  // -1: to the end
+  // Return the final-normed hidden states of those positions instead of
+  // logits (training applies the output head inside the loss, chunk by chunk).
+  bool hidden = false;
 };
 
 // The bundle that flows into the decoder. Every field is optional (an
