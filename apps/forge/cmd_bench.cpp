@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <torch/csrc/autograd/profiler_kineto.h>
+
 #include "apps/forge/commands.h"
 #include "core/config/loader.h"
 #include "core/data/datasets.h"
@@ -165,6 +167,24 @@ int cmd_bench(const BenchArgs& a) {
     loss = st.loss;
   }
   const double peak_bytes = peak_memory_bytes(device);
+  if (!a.profile.empty()) {  // one more step under the Kineto profiler, as a Chrome trace
+    namespace prof = torch::profiler::impl;
+    std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+    if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+    const prof::ProfilerConfig pc(device.is_cuda() ? prof::ProfilerState::KINETO_GPU_FALLBACK
+                                                   : prof::ProfilerState::KINETO,
+                                  /*report_input_shapes=*/true, /*profile_memory=*/false);
+    torch::autograd::profiler::prepareProfiler(pc, activities);
+    torch::autograd::profiler::enableProfiler(pc, activities);
+    optimizer->zero_grad(true);
+    dp.begin_step();
+    compute_gradients(parts, accum, [&] { return batch; });
+    optimizer->step();
+    device_sync(device);
+    torch::autograd::profiler::disableProfiler()->save(a.profile);
+    std::cout << "profile of one step written to " << a.profile << " (chrome://tracing, or "
+              << "python bench/profile_summary.py " << a.profile << ")\n";
+  }
 
   const ModelConfig& m = job.model;
   const int64_t B = job.train.batch_size * accum * dist->world(), T = vlm.max_text_len;

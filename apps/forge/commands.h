@@ -56,6 +56,7 @@ struct BenchArgs {
   std::string out;    // JSON result file ("" = stdout only)
   std::string label;  // recorded in the result (e.g. "forge small joint_decoder bf16")
   bool data_only = false;
+  std::string profile;  // Chrome trace of one more step ("" = none)
 };
 
 // Loads args.config with its overrides and plugin folders into the process

@@ -106,6 +106,8 @@ int main(int argc, char** argv) {
   bench->add_flag("--data-only", bench_args.data_only,
                   "Time the data path instead (dataset, image decode and preprocessing, tokenizer, collate): "
                   "samples/s");
+  bench->add_option("--profile", bench_args.profile,
+                    "After the timed steps, profile one more step (Kineto) and write its Chrome trace here");
   add_plugin_path(bench);
 
   forge::app::GenerateArgs gen;

@@ -9,6 +9,7 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <dlfcn.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -82,6 +83,8 @@ nlohmann::json runtime_versions(const at::Device& device) {
     j["cuda_devices"] = hooks.deviceCount();
   }
   j["nccl"] = detail::nccl_version();
+  // Which malloc serves the process (the forge host links tcmalloc when the build found it).
+  j["allocator"] = dlsym(RTLD_DEFAULT, "tc_malloc") ? "tcmalloc" : "glibc";
   return j;
 }
 
