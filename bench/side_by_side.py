@@ -22,8 +22,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_json(cmd, out):
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_json(cmd, out, env=None):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-3000:]}")
     with open(out) as f:
@@ -41,6 +41,10 @@ def main():
     ap.add_argument("--forge", default=os.path.join(ROOT, "build", "bin", "forge"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config override for both forge and the baseline (repeatable)")
+    ap.add_argument("--baseline-preload", default="",
+                    help="LD_PRELOAD for the baseline too (e.g. libtcmalloc_minimal.so.4), to compare like with like")
     a = ap.parse_args()
     config = os.path.join(ROOT, "configs", "bench", a.shape + ".toml")
     archs = a.arch or ["joint_decoder", "cross_attention", "mot"]
@@ -54,14 +58,16 @@ def main():
                 fo = os.path.join(tmp, f"forge-{arch}-{prec}-{r}.json")
                 last = run_json([a.forge, "bench", config, "--steps", str(a.steps), "--warmup", str(a.warmup),
                                  "--out", fo, "--log-level=warn", f"--vlm.arch={arch}",
-                                 f"--train.mixed_precision={prec}", f"--train.device={a.device}"], fo)
+                                 f"--train.mixed_precision={prec}", f"--train.device={a.device}"]
+                                + [f"--{s}" for s in a.set], fo)
                 if last["precision"] != prec:
                     sys.exit(f"forge ran {last['precision']} for {prec}: {last['precision_reason']}")
                 forge_t.append(last["step_time_median_s"])
                 bo = os.path.join(tmp, f"base-{arch}-{prec}-{r}.json")
                 base = run_json([sys.executable, os.path.join(ROOT, "bench", "baseline", "run.py"), config,
                                  "--arch", arch, "--precision", prec, "--device", a.device, "--steps", str(a.steps),
-                                 "--warmup", str(a.warmup), "--out", bo], bo)
+                                 "--warmup", str(a.warmup), "--out", bo] + [f"--set={s}" for s in a.set], bo,
+                                env=dict(os.environ, LD_PRELOAD=a.baseline_preload) if a.baseline_preload else None)
                 base_t.append(base["step_time_median_s"])
             f, b = statistics.median(forge_t), statistics.median(base_t)
             row = {"arch": arch, "precision": prec, "forge_step_s": f, "baseline_step_s": b, "ratio": f / b,
@@ -77,7 +83,8 @@ def main():
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "platform": platform.platform()},
-              "versions": last["versions"], "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows}
+              "versions": last["versions"], "overrides": a.set, "baseline_preload": a.baseline_preload,
+              "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows}
     print("\n| arch | precision | forge (s) | baseline (s) | forge / baseline | forge / GEMM rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -136,6 +136,33 @@ class MoTBlock(nn.Module):
         return torch.cat(out, 1)
 
 
+class SiglipTower(nn.Module):
+    """A SigLIP vision tower (pre-norm ViT, post-layernorm), randomly initialised, as forge's encoder/siglip."""
+
+    def __init__(self, image_size, patch, dim, layers, heads, mlp):
+        super().__init__()
+        self.h = heads
+        self.patch_embedding = nn.Conv2d(3, dim, patch, stride=patch)
+        self.position_embedding = nn.Embedding((image_size // patch) ** 2, dim)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            self.layers.append(nn.ModuleDict({
+                "layer_norm1": nn.LayerNorm(dim, eps=1e-6), "q": nn.Linear(dim, dim), "k": nn.Linear(dim, dim),
+                "v": nn.Linear(dim, dim), "o": nn.Linear(dim, dim), "layer_norm2": nn.LayerNorm(dim, eps=1e-6),
+                "fc1": nn.Linear(dim, mlp), "fc2": nn.Linear(mlp, dim)}))
+        self.post_layernorm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, pixels):
+        x = self.patch_embedding(pixels).flatten(2).transpose(1, 2) + self.position_embedding.weight
+        B, N, D = x.shape
+        for L in self.layers:
+            y = L["layer_norm1"](x)
+            q, k, v = (L[n](y).view(B, N, self.h, D // self.h).transpose(1, 2) for n in "qkv")
+            x = x + L["o"](F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D))
+            x = x + L["fc2"](F.gelu(L["fc1"](L["layer_norm2"](x)), approximate="tanh"))
+        return self.post_layernorm(x)
+
+
 def ffn_hidden(dim, explicit=None):  # forge's and KempnerForge's rule: 4 * dim * 2/3, up to a multiple of 256
     return explicit if explicit else (int(4 * dim * (2.0 / 3.0)) + 255) // 256 * 256
 

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -182,4 +183,96 @@ TEST_CASE("the fused AdamW makes LibTorch's AdamW updates and keeps its state la
   }
   CHECK(s2.back().first == "b.step");
   CHECK(s2.back().second.item<int64_t>() == 5);  // skipped once
+}
+
+TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without the logits", "[loss]") {
+  at::manual_seed(5);
+  const int64_t B = 3, T = 7, D = 16, V = 1000;  // one chunk
+  for (double z : {0.0, 1e-3}) {
+    for (const char* which : {"some ignored", "all ignored"}) {
+      DYNAMIC_SECTION("z " << z << ", " << which) {
+        at::Tensor h0 = at::randn({B, T, D}), w0 = at::randn({V, D}) * 0.3;
+        at::Tensor tgt = at::randint(0, V, {B, T});
+        if (std::string(which) == "all ignored")
+          tgt.fill_(-100);
+        else
+          tgt.index_put_({0, at::indexing::Slice(0, 3)}, -100);
+        at::Tensor h1 = h0.clone().requires_grad_(true), w1 = w0.clone().requires_grad_(true);
+        at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+        LossValue ref = cross_entropy(at::linear(h1, w1), tgt, z);
+        LossValue got = linear_cross_entropy(h2, w2, tgt, z);
+        (ref.loss * 0.5).backward();  // a scaled loss (grad accumulation) scales the gradients
+        (got.loss * 0.5).backward();
+        CHECK(got.tokens == ref.tokens);
+        CHECK(got.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(1e-6).margin(1e-7));
+        CHECK(at::allclose(h2.grad(), h1.grad(), 1e-4, 1e-7));
+        CHECK(at::allclose(w2.grad(), w1.grad(), 1e-4, 1e-7));
+        if (got.tokens == 0) {  // D10: zero loss and zero gradients, with a graph
+          CHECK(got.loss.item<double>() == 0.0);
+          CHECK(h2.grad().abs().max().item<double>() == 0.0);
+        }
+      }
+    }
+  }
+  SECTION("rows in many chunks, a frozen head, bf16 autocast") {
+    const int64_t Vbig = 40000;  // 838 rows per chunk: 3 chunks for 2000 rows
+    at::Tensor h0 = at::randn({2, 1000, D}), w0 = at::randn({Vbig, D}) * 0.3;
+    at::Tensor tgt = at::randint(0, Vbig, {2, 1000});
+    at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
+    LossValue ref = cross_entropy(at::linear(h1, w0), tgt);
+    LossValue got = linear_cross_entropy(h2, w0, tgt);
+    ref.loss.backward();
+    got.loss.backward();
+    CHECK(got.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(1e-6));
+    CHECK(at::allclose(h2.grad(), h1.grad(), 1e-4, 1e-7));
+    Precision bf16;
+    bf16.bf16 = true;
+    at::Tensor h3 = h0.clone().requires_grad_(true), w3 = w0.clone().requires_grad_(true);
+    LossValue low;
+    {
+      AutocastScope autocast(bf16);
+      low = linear_cross_entropy(h3, w3, tgt);
+    }
+    low.loss.backward();
+    CHECK(low.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(0.01));
+    CHECK(h3.grad().scalar_type() == at::kFloat);
+    CHECK(w3.grad().scalar_type() == at::kFloat);
+    CHECK((h3.grad() - h1.grad()).norm().item<double>() / h1.grad().norm().item<double>() < 0.05);
+  }
+}
+
+TEST_CASE("docs/performance.md: every command runs", "[docs][bench]") {
+  // Its sh blocks, one command per line, with the build's forge and Python and a scratch folder for /tmp.
+  TempDir d;
+  std::ifstream in(FORGE_SOURCE_DIR "/docs/performance.md");
+  std::vector<std::string> commands;
+  bool in_sh = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("```", 0) == 0) {
+      in_sh = !in_sh && line == "```sh";
+      continue;
+    }
+    if (!in_sh || line.empty()) continue;
+    auto replace_all = [&](const std::string& from, const std::string& to) {
+      for (size_t at = line.find(from); at != std::string::npos; at = line.find(from, at + to.size()))
+        line.replace(at, from.size(), to);
+    };
+    replace_all("build/bin/forge", FORGE_BIN);
+    replace_all("/tmp/", d.str() + "/");
+    if (line.rfind("python ", 0) == 0) line = std::string(FORGE_PYTHON) + line.substr(6);
+    if (line.find("side_by_side.py") != std::string::npos) line += " --forge " + std::string(FORGE_BIN);
+    commands.push_back(line);
+  }
+  REQUIRE(commands.size() == 6);
+  for (const auto& c : commands) {
+    INFO(c);
+    auto r = forge::test::run("cd " FORGE_SOURCE_DIR " && " + c);
+    INFO(r.output);
+    CHECK(r.code == 0);
+    if (c.find("profile_summary") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("aten::mm"));
+    if (c.find("side_by_side") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("| joint_decoder | fp32 |"));
+    if (c.find("--data-only") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("samples/s"));
+  }
+  CHECK(std::filesystem::exists(d.path() / "tiny.json"));
+  CHECK(std::filesystem::exists(d.path() / "tiny-trace.json"));
 }
