@@ -104,6 +104,11 @@ VLMOutput VLMImpl::forward_hidden(const at::Tensor& pixel_values, const at::Tens
 
 const at::Tensor& VLMImpl::output_weight() const { return transformer->output_head->proj->weight; }
 
+at::Tensor VLMImpl::targets_of(const at::Tensor& labels) const {
+  if (!labels.defined() || residual_tokens_ > 0) return labels;
+  return labels.narrow(1, 1, labels.size(1) - 1);
+}
+
 VLMOutput VLMImpl::run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
                        bool hidden) {
   ModalityContext ctx = compose(pixel_values, input_ids);
@@ -115,12 +120,12 @@ VLMOutput VLMImpl::run(const at::Tensor& pixel_values, const at::Tensor& input_i
   if (residual_tokens_ > 0) {
     // D1: position N-1+t predicts token t; the last image position predicts the first text token.
     result = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{residual_tokens_ - 1, T, hidden}));
-    out.targets = labels;
+    out.targets = targets_of(labels);
   } else {
     if (T < 2) throw InvalidArgument("VLM: with no image positions in the residual stream, text needs >= 2 tokens");
     // D1: text position t predicts token t + 1.
     result = transformer->forward(input_ids, ctx.with_output_slice(OutputSlice{0, T - 1, hidden}));
-    if (labels.defined()) out.targets = labels.narrow(1, 1, T - 1);
+    if (labels.defined()) out.targets = targets_of(labels);
   }
   return out;
 }

@@ -46,6 +46,9 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   VLMOutput forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels);
   // The output head's weight (V, D).
   const at::Tensor& output_weight() const;
+  // What forward's `targets` are for these labels (D1): all of them when
+  // image tokens lead the residual stream, else all but the first.
+  at::Tensor targets_of(const at::Tensor& labels) const;
 
   // (B, N, D) visual tokens: encoder (under inference mode when frozen), then adapter.
   at::Tensor encode_images(const at::Tensor& pixel_values);

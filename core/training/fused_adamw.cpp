@@ -1,5 +1,6 @@
 #include "core/training/fused_adamw.h"
 
+#include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_fused_adamw.h>
 
 #include <map>
@@ -44,15 +45,19 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
           slot = std::move(s);
         }
         auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+        DeviceStep& d = device_steps_[p.unsafeGetTensorImpl()];
+        if (d.count != s.step())  // first step, or a state loaded since
+          d.tensor = at::scalar_tensor(static_cast<double>(s.step()),
+                                       at::TensorOptions().dtype(at::kFloat).device(p.device()));
         s.step(s.step() + 1);
+        d.count = s.step();
         ps.push_back(p);
         grads.push_back(p.grad());
         m.push_back(s.exp_avg());
         v.push_back(s.exp_avg_sq());
-        // The kernel reads the (already incremented) step count as a float tensor on the parameter's device.
-        steps.push_back(at::scalar_tensor(static_cast<double>(s.step()),
-                                          at::TensorOptions().dtype(at::kFloat).device(p.device())));
+        steps.push_back(d.tensor);
       }
+      at::_foreach_add_(steps, 1.0);  // the kernel reads the incremented count
       at::_fused_adamw_(ps, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, o.lr(), std::get<0>(o.betas()),
                         std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false);
     }

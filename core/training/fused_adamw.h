@@ -8,6 +8,8 @@
 
 #include <torch/optim/adamw.h>
 
+#include <map>
+
 #include "forge/export.h"
 
 namespace forge {
@@ -16,6 +18,17 @@ class FORGE_API FusedAdamW final : public torch::optim::AdamW {
  public:
   using torch::optim::AdamW::AdamW;
   at::Tensor step(LossClosure closure = nullptr) override;
+
+ private:
+  // The kernel reads each parameter's step count as a float tensor on its
+  // device. They live here between steps and are incremented on the device,
+  // so a step copies nothing from the host; `count` is the integer step they
+  // stand for (a state loaded from a checkpoint makes them stale).
+  struct DeviceStep {
+    at::Tensor tensor;
+    int64_t count = -1;
+  };
+  std::map<const void*, DeviceStep> device_steps_;
 };
 
 }  // namespace forge

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "forge/export.h"
 
 namespace forge {
@@ -25,7 +27,9 @@ FORGE_API LossValue cross_entropy(const at::Tensor& logits, const at::Tensor& ta
 // so no full-vocabulary tensor is kept and no second pass over the logits
 // runs in backward. For training (it computes gradients in forward when
 // hidden or weight requires them).
+// `valid_targets` (the count of targets != -100, when the caller knows it
+// from the labels on the host) spares a device-to-host sync.
 FORGE_API LossValue linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                                         double z_loss_weight = 0.0);
+                                         double z_loss_weight = 0.0, std::optional<int64_t> valid_targets = {});
 
 }  // namespace forge

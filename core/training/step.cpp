@@ -18,7 +18,7 @@ bool any_trainable(const torch::nn::Module& m) {
 
 StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch) {
   StepStats s;
-  double loss_sum = 0;
+  at::Tensor loss_sum;  // on the device: read once per step, not once per micro-batch
   for (int64_t micro = 0; micro < accum; ++micro) {
     const auto td = Clock::now();
     Batch batch = next_batch();
@@ -26,21 +26,23 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
     at::Tensor px = batch.pixel_values.to(parts.device, true), ids = batch.input_ids.to(parts.device, true),
                labels = batch.labels.to(parts.device, true);
     s.samples += px.size(0);
+    // Counted from the host's labels: no device sync between the forward and the loss.
+    const int64_t valid = parts.model.targets_of(batch.labels).ne(-100).sum().item<int64_t>();
     LossValue lv;
     {
       AutocastScope autocast(parts.precision);
       // The output head runs inside the loss, chunk by chunk: no (B, T, vocab) logits are kept.
       VLMOutput out = parts.model.forward_hidden(px, ids, labels);
-      lv = linear_cross_entropy(out.hidden, parts.model.output_weight(), out.targets, parts.z_loss_weight);
+      lv = linear_cross_entropy(out.hidden, parts.model.output_weight(), out.targets, parts.z_loss_weight, valid);
     }
     parts.dp.before_backward(micro + 1 == accum);
     (lv.loss / static_cast<double>(accum)).backward();  // D10: an all-ignored batch adds exact zeros
-    loss_sum += lv.loss.item<double>();
+    loss_sum = loss_sum.defined() ? loss_sum + lv.loss.detach() : lv.loss.detach();
     s.label_tokens += lv.tokens;
   }
   parts.dp.finish_gradients();  // every rank's gradients averaged
   Distributed& dist = parts.dist;
-  s.loss = dist.sum(loss_sum / static_cast<double>(accum)) / dist.world();
+  s.loss = dist.sum(loss_sum.item<double>() / static_cast<double>(accum)) / dist.world();
   s.label_tokens = static_cast<int64_t>(dist.sum(static_cast<double>(s.label_tokens)));
   s.samples *= dist.world();
   s.grad_norm = parts.dp.clip_grad_norm(parts.optimized, parts.grad_clip_norm);
