@@ -38,7 +38,7 @@ class Mlp(nn.Module):  # SwiGLU
 
 
 def rope_tables(head_dim, positions, theta):
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)).float()
+    inv = (1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))).float().to(positions.device)
     freqs = positions.float()[:, None] * inv[None, :]
     return freqs.cos(), freqs.sin()  # (S, head_dim / 2): halves rotated, as forge and HF
 
