@@ -136,7 +136,7 @@ int cmd_bench(const BenchArgs& a) {
     if (p.value().requires_grad()) trainable.insert(p.key());
   auto dist = Distributed::from_env(job.distributed, device);
   DataParallel dp(job.distributed, *dist);
-  dp.attach(*model, device);
+  dp.attach(*model, device, precision.compute_dtype());
   const ParamGroups groups = dp.optimizer_groups(make_param_groups(*model, trainable, job.optimizer.decay_embeddings));
   auto optimizer = make_adamw(groups, job.optimizer);
   model->train();

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "forge/error.h"
+#include "forge/logging.h"
 
 namespace forge {
 
@@ -51,7 +52,7 @@ std::string prefix_of(const torch::nn::Module& root, const torch::nn::Module* m)
 }
 }  // namespace
 
-void DataParallel::attach(VLMImpl& model, const at::Device& device) {
+void DataParallel::attach(VLMImpl& model, const at::Device& device, at::ScalarType gather_dtype) {
   if (!shard_) {
     model.to(device);
     return;
@@ -66,6 +67,10 @@ void DataParallel::attach(VLMImpl& model, const at::Device& device) {
   fsdp_ = std::make_unique<FullyShardedModel>(model, prefixes, shard_group_ ? *shard_group_ : dist_,
                                               replica_group_.get(), device);
   fsdp_->set_prefetch(prefetch_);
+  fsdp_->set_gather_dtype(gather_dtype);
+  if (gather_dtype != at::kFloat)
+    log()->info("sharded: weights all-gathered in {}, gradients reduce-scattered in fp32, shards and AdamW state fp32",
+                c10::toString(gather_dtype));
   const size_t layers = model.transformer->layer_list().size();
   std::vector<std::shared_ptr<ParamUnit>> units, tower_units;
   for (size_t i = 0; i < layers; ++i) units.push_back(fsdp_->unit(i));

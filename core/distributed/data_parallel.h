@@ -36,8 +36,10 @@ class FORGE_API DataParallel {
   // Takes over the model once its weights are final (built, broadcast,
   // loaded) and puts it on `device`: a sharded run splits the weights here,
   // keeps its chunks on `device` and frees the whole copies, so the whole
-  // model is never on the device; a replicated one moves it there.
-  void attach(VLMImpl& model, const at::Device& device);
+  // model is never on the device; a replicated one moves it there. Sharded
+  // runs all-gather weights in `gather_dtype` (bf16 under bf16 compute, as
+  // FSDP2's MixedPrecisionPolicy) and reduce gradients in fp32.
+  void attach(VLMImpl& model, const at::Device& device, at::ScalarType gather_dtype = at::kFloat);
   // The optimizer's tensors: the parameters, or their shards. Replicated:
   // also sets up the gradient buckets over them.
   ParamGroups optimizer_groups(const ParamGroups& whole);

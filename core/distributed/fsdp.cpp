@@ -65,6 +65,7 @@ class ShardedUnit final : public ParamUnit {
   }
 
   void set_prefetch(bool on) { prefetch_ = on; }
+  void set_gather_dtype(at::ScalarType dtype) { gather_dtype_ = dtype; }
 
   void prefetch() override {
     if (!prefetch_ || depth_ > 0 || pending_ || ps_.empty()) return;  // off, already whole, or on its way
@@ -152,12 +153,14 @@ class ShardedUnit final : public ParamUnit {
     std::vector<at::Tensor> parts;
     for (auto* p : ps_) parts.push_back(p->shard.detach());
     at::Tensor send = at::cat(parts);
+    if (gather_dtype_ && send.scalar_type() != *gather_dtype_) send = send.to(*gather_dtype_);
     recv_ = at::empty({dist_.world() * size_}, send.options());
     pending_ = dist_.all_gather_async(recv_, send);
   }
   std::unique_ptr<Distributed::Pending> pending_;
   at::Tensor recv_;
   bool prefetch_ = true;
+  std::optional<at::ScalarType> gather_dtype_;
   Distributed& dist_;
   Distributed* replicas_;
   std::vector<ShardedParam*> ps_;
@@ -270,6 +273,11 @@ void FullyShardedModel::gather_root() { root_->gather(); }
 
 void FullyShardedModel::set_prefetch(bool on) {
   for (auto& u : units_) u->set_prefetch(on);
+}
+
+void FullyShardedModel::set_gather_dtype(at::ScalarType dtype) {
+  for (auto& u : units_) u->set_gather_dtype(dtype);
+  root_->set_gather_dtype(dtype);
 }
 
 void FullyShardedModel::reduce_root_grads() {

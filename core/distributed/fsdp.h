@@ -47,6 +47,12 @@ class FORGE_API FullyShardedModel final : public ShardView {
                     Distributed* replicas = nullptr, std::optional<at::Device> device = std::nullopt);
   // Whether ParamUnit::prefetch starts gathering early (else it does nothing).
   void set_prefetch(bool on);
+  // The dtype the units' all-gathers send (FSDP2's MixedPrecisionPolicy
+  // param_dtype): bf16 halves the bytes on the wire, and the whole parameters
+  // then hold the bf16-rounded masters (autocast would round them for the
+  // matmuls anyway). Gradients are reduce-scattered in fp32 whatever this is;
+  // shards, moments and checkpoints stay fp32 (D5). Default: the shards' dtype.
+  void set_gather_dtype(at::ScalarType dtype);
   ~FullyShardedModel() override;
 
   std::shared_ptr<ParamUnit> unit(size_t i) const;

@@ -229,7 +229,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     BuildContext ctx{named_logger("plugin.arch." + vlm.arch), job.train.seed};
     model->transformer->hooks().prepare_fresh_run(*model->transformer, ctx);  // e.g. MoT warm start (D4)
   }
-  dp.attach(*model, device);  // sharded: from here on each rank holds only its part of the weights
+  dp.attach(*model, device, precision.compute_dtype());  // sharded: from here on each rank holds only its part of the weights
 
   // ---------------------------------------------------------------- optimizer
   const ParamGroups whole_groups = make_param_groups(*model, trainable, job.optimizer.decay_embeddings);
