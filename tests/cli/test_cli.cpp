@@ -1,4 +1,5 @@
 // The forge host as a user runs it: exit codes and messages.
+#include "forge/version.h"
 #include "tests/unit/test_helpers.h"
 
 using forge::test::run;
@@ -11,7 +12,7 @@ const std::string kForge = FORGE_BIN;
 TEST_CASE("forge --version prints forge, SDK, ABI, torch and CUDA versions", "[cli]") {
   auto r = run(kForge + " --version");
   CHECK(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("forge 0.2.0") && Catch::Contains("plugin ABI 2") &&
+  CHECK_THAT(r.output, Catch::Contains("forge 0.3.0") && Catch::Contains("plugin ABI 3") &&
                            Catch::Contains("LibTorch 2.11.0") && Catch::Contains("CUDA"));
 }
 
@@ -37,7 +38,7 @@ TEST_CASE("forge plugins lists fixture plugins with their verdicts", "[cli][plug
   auto r = run(kForge + " plugins --plugin-path " FORGE_FIXTURE_PLUGIN_DIR);
   CHECK(r.code == 0);
   CHECK_THAT(r.output, Catch::Contains("fixture_good") && Catch::Contains("1.2.3"));
-  CHECK_THAT(r.output, Catch::Contains("field abi_version: expected 2, got 999"));
+  CHECK_THAT(r.output, Catch::Contains("field abi_version: expected " + std::to_string(FORGE_PLUGIN_ABI) + ", got 999"));
   CHECK_THAT(r.output, Catch::Contains("not a shared library"));
   CHECK_THAT(r.output, Catch::Contains("fixture refuses to register"));
   // The built-in plugins are listed too, after the fixture folder.

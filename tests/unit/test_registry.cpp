@@ -53,17 +53,17 @@ TEST_CASE("each bad fixture is rejected with its own message", "[plugins]") {
     return r->error;
   };
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_abi.so"),
-             Catch::Contains("field abi_version: expected 2, got 999"));
+             Catch::Contains("field abi_version: expected " + std::to_string(FORGE_PLUGIN_ABI) + ", got 999"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_torch.so"),
              Catch::Contains("field torch_version") && Catch::Contains("1.13.1"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_sdk.so"),
-             Catch::Contains("field sdk_version: expected 0.2.x, got '9.0.0'") &&
+             Catch::Contains("field sdk_version: expected 0.3.x, got '9.0.0'") &&
                  Catch::Contains("rebuild the plugin against this SDK"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_cxxabi.so"),
              Catch::Contains("field cxx11_abi: expected 1, got 0"));
   CHECK_THAT(reason("libforge_adapter_fixture_misnamed.so"),
              Catch::Contains("file name says adapter/fixture_misnamed") && Catch::Contains("adapter/something_else"));
-  CHECK_THAT(reason("libforge_adapter_fixture_missing_entry.so"), Catch::Contains("missing entry symbol forge_plugin_v2"));
+  CHECK_THAT(reason("libforge_adapter_fixture_missing_entry.so"), Catch::Contains("missing entry symbol forge_plugin_v3"));
   CHECK_THAT(reason("libforge_adapter_fixture_unresolved.so"),
              Catch::Contains("cannot be loaded") && Catch::Contains("forge_fixture_symbol_nobody_defines"));
   CHECK_THAT(reason("libforge_adapter_fixture_throws.so"),
@@ -78,7 +78,7 @@ TEST_CASE("a config that needs a rejected plugin fails with the loader's message
     FAIL("expected a PluginError");
   } catch (const PluginError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("libforge_adapter_fixture_wrong_abi.so was found but rejected") &&
-                                          Catch::Contains("expected 2, got 999"));
+                                          Catch::Contains("expected " + std::to_string(FORGE_PLUGIN_ABI) + ", got 999"));
     CHECK(e.exit_code() == 2);
   }
 }
@@ -119,7 +119,7 @@ TEST_CASE("loading the same file twice is not a duplicate", "[plugins]") {
 
 TEST_CASE("same-named entry symbols resolve to their own library", "[plugins]") {
   // Both libraries are loaded RTLD_LOCAL by the registry; asking each handle
-  // for forge_plugin_v2 must give that library's own descriptor.
+  // for forge_plugin_v3 must give that library's own descriptor.
   fixture_registry();
   using Entry = const PluginDescriptor* (*)();
   std::string dir = FORGE_FIXTURE_PLUGIN_DIR;
@@ -127,22 +127,22 @@ TEST_CASE("same-named entry symbols resolve to their own library", "[plugins]") 
   void* e = dlopen((dir + "/libforge_encoder_fixture_good.so").c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
   REQUIRE(a);  // already loaded by the registry (RTLD_NOLOAD)
   REQUIRE(e);
-  auto fa = reinterpret_cast<Entry>(dlsym(a, "forge_plugin_v2"));
-  auto fe = reinterpret_cast<Entry>(dlsym(e, "forge_plugin_v2"));
+  auto fa = reinterpret_cast<Entry>(dlsym(a, "forge_plugin_v3"));
+  auto fe = reinterpret_cast<Entry>(dlsym(e, "forge_plugin_v3"));
   REQUIRE(fa);
   REQUIRE(fe);
   CHECK(fa != fe);
   CHECK(std::string(fa()->kind) == "adapter");
   CHECK(std::string(fe()->kind) == "encoder");
   // Nothing leaks into the global namespace.
-  CHECK(dlsym(RTLD_DEFAULT, "forge_plugin_v2") == nullptr);
+  CHECK(dlsym(RTLD_DEFAULT, "forge_plugin_v3") == nullptr);
 }
 
 TEST_CASE("plugins export only their entry symbol", "[plugins]") {
   std::string so = Registry::builtin_plugin_dir() + "/libforge_adapter_avgpool.so";
   auto r = forge::test::run("nm -D --defined-only " + so);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("forge_plugin_v2"));
+  CHECK_THAT(r.output, Catch::Contains("forge_plugin_v3"));
   size_t lines = std::count(r.output.begin(), r.output.end(), '\n');
   CHECK(lines == 1);
 }
