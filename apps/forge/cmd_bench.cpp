@@ -206,7 +206,7 @@ int cmd_bench(const BenchArgs& a) {
     gemm_json.push_back({{"what", g.what}, {"m", g.m}, {"k", g.k}, {"n", g.n}, {"flops_per_s", g.flops_per_s}});
   }
   const std::string attention =
-      sdpa_backend(job.train.batch_size, m.n_heads, residual, m.head_dim(), dtype, device);
+      sdpa_backend(job.train.batch_size, m.n_heads, m.kv_heads(), residual, m.head_dim(), dtype, device);
   double params = 0;
   for (const auto& [k, p] : nn::unique_named_parameters(*model)) params += static_cast<double>(p.numel());
   if (dp.sharded()) params = static_cast<double>(dp.fsdp()->total_numel());

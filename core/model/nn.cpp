@@ -111,13 +111,18 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const a
   }
   const int64_t Hkv = k.size(1);
   if (H % Hkv != 0) throw InvalidArgument(fmt::format("{} query heads are not a multiple of {} KV heads", H, Hkv));
-  // GQA inside the kernel: each group of query heads reads its KV head in place (no repeated K/V copies).
-  const bool gqa = H != Hkv;
   const int64_t S_kv = k.size(2);
   const bool need_mask = in.doc_ids.defined() || in.key_padding_mask.defined() || (start > 0 && S > 1);
   if (!need_mask) {
-    // Training and prefill: plain causal. A single decode token attends to the whole cache.
-    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/S > 1, std::nullopt, gqa);
+    // Training and prefill: plain causal. A single decode token attends to the whole cache. GQA inside the
+    // kernel: each group of query heads reads its KV head in place (no repeated K/V copies).
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/S > 1, std::nullopt, H != Hkv);
+  }
+  // With a mask, CUDA's flash kernel is out and the memory-efficient one takes no GQA: repeat K/V so the
+  // efficient kernel stays eligible instead of the math fallback.
+  if (H != Hkv) {
+    k = k.repeat_interleave(H / Hkv, 1);
+    v = v.repeat_interleave(H / Hkv, 1);
   }
   auto lopts = at::TensorOptions().dtype(at::kLong).device(q.device());
   at::Tensor qpos = at::arange(start, start + S, lopts).unsqueeze(1);
@@ -135,7 +140,7 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const a
   }
   // NaN guard: a query with no allowed key attends to everything instead.
   allowed = allowed | allowed.any(-1, /*keepdim=*/true).logical_not();
-  return at::scaled_dot_product_attention(q, k, v, allowed.unsqueeze(1), 0.0, false, std::nullopt, gqa);
+  return at::scaled_dot_product_attention(q, k, v, allowed.unsqueeze(1), 0.0, false);
 }
 
 // ------------------------------------------------------------ Attention

@@ -42,11 +42,13 @@ GemmRate measure_gemm(const std::string& what, int64_t m, int64_t k, int64_t n, 
   return GemmRate{what, m, k, n, 2.0 * static_cast<double>(m) * static_cast<double>(k) * static_cast<double>(n) / t};
 }
 
-std::string sdpa_backend(int64_t batch, int64_t heads, int64_t seq, int64_t head_dim, at::ScalarType dtype,
-                         const at::Device& device) {
+std::string sdpa_backend(int64_t batch, int64_t heads, int64_t kv_heads, int64_t seq, int64_t head_dim,
+                         at::ScalarType dtype, const at::Device& device) {
   auto opts = at::TensorOptions().dtype(dtype).device(device);
   at::Tensor q = at::empty({batch, heads, seq, head_dim}, opts);
-  const auto choice = static_cast<at::SDPBackend>(at::_fused_sdp_choice(q, q, q, {}, 0.0, /*is_causal=*/true));
+  at::Tensor kv = at::empty({batch, kv_heads, seq, head_dim}, opts);
+  const auto choice = static_cast<at::SDPBackend>(
+      at::_fused_sdp_choice(q, kv, kv, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/heads != kv_heads));
   switch (choice) {
     case at::SDPBackend::math: return "math";
     case at::SDPBackend::flash_attention: return device.is_cuda() ? "flash" : "flash (CPU kernel)";

@@ -26,11 +26,12 @@ struct FORGE_API GemmRate {
 FORGE_API GemmRate measure_gemm(const std::string& what, int64_t m, int64_t k, int64_t n, at::ScalarType dtype,
                                 const at::Device& device);
 
-// The kernel at::scaled_dot_product_attention picks for causal attention
-// over (batch, heads, seq, head_dim) inputs: "flash", "efficient", "cudnn",
-// "math", ...
-FORGE_API std::string sdpa_backend(int64_t batch, int64_t heads, int64_t seq, int64_t head_dim, at::ScalarType dtype,
-                                   const at::Device& device);
+// The kernel at::scaled_dot_product_attention picks for the decoder's
+// training call: causal, no mask, (batch, heads, seq, head_dim) queries over
+// kv_heads keys and values (GQA inside the kernel when fewer): "flash",
+// "efficient", "cudnn", "math", ...
+FORGE_API std::string sdpa_backend(int64_t batch, int64_t heads, int64_t kv_heads, int64_t seq, int64_t head_dim,
+                                   at::ScalarType dtype, const at::Device& device);
 
 // Peak bytes: on CUDA the caching allocator's peak since reset_peak_memory;
 // on the CPU the process's peak resident set (it cannot be reset).

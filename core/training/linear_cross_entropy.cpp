@@ -26,9 +26,11 @@ int64_t chunk_elements(const at::Device& d) { return d.is_cpu() ? int64_t{1} << 
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   // hidden (N, D), weight (V, D), targets (N) with -100 = ignored; returns the scalar loss.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, double z_loss_weight, int64_t n_valid, at::ScalarType dtype) {
+                            const at::Tensor& targets, double z_loss_weight, int64_t n_valid, at::ScalarType dtype,
+                            bool grad_enabled) {
     const int64_t N = hidden.size(0), V = weight.size(0);
-    const bool want_h = hidden.requires_grad(), want_w = weight.requires_grad();
+    // Gradients are made here, in forward: only when autograd will ask for them.
+    const bool want_h = grad_enabled && hidden.requires_grad(), want_w = grad_enabled && weight.requires_grad();
     const double denom = static_cast<double>(std::max<int64_t>(n_valid, 1));
     const at::Tensor W = weight.to(dtype), H = hidden.to(dtype);
     auto f32 = hidden.options().dtype(at::kFloat).requires_grad(false);
@@ -45,12 +47,15 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       at::Tensor logits = at::mm(h, W.t()).to(at::kFloat);  // (c, V)
       const at::Tensor lse = at::logsumexp(logits, 1);
       const at::Tensor picked = logits.gather(1, safe_t).squeeze(1);
-      loss_sum.add_(((lse - picked) * validf).sum());
-      if (z_loss_weight > 0) z_sum.add_((lse * lse * validf).sum());
+      // where, not a product with 0: an ignored row's inf or NaN logits must not reach the sum (as cross_entropy).
+      const at::Tensor zero = at::zeros({}, lse.options());
+      loss_sum.add_(at::where(valid, lse - picked, zero).sum());
+      if (z_loss_weight > 0) z_sum.add_(at::where(valid, lse * lse, zero).sum());
       if (!want_h && !want_w) continue;
       // d loss / d logits = (softmax * (1 + 2 z lse) - onehot) * valid / denom, in place over the logits.
       at::Tensor g = logits.sub_(lse.unsqueeze(1)).exp_();
-      g.mul_((validf * (1.0 + 2.0 * z_loss_weight * lse) / denom).unsqueeze(1));
+      g.mul_(((1.0 + 2.0 * z_loss_weight * lse) / denom).unsqueeze(1));
+      g.masked_fill_(valid.logical_not().unsqueeze(1), 0.0);  // ignored rows: exact zeros, whatever their logits
       g.scatter_add_(1, safe_t, (validf * (-1.0 / denom)).unsqueeze(1));
       const at::Tensor gd = g.to(dtype);
       if (want_h) grad_h.narrow(0, r0, c).copy_(at::mm(gd, W));
@@ -70,7 +75,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     at::Tensor gh = ctx->saved_data["grad_h"].toTensor(), gw = ctx->saved_data["grad_w"].toTensor();
     return {gh.defined() ? gh * g.to(gh.scalar_type()) : at::Tensor(), gw.defined() ? gw * g.to(gw.scalar_type())
                                                                                     : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -88,7 +93,8 @@ LossValue linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weigh
                                                                                           weight.scalar_type());
   const at::Tensor tgt = targets.flatten();
   const int64_t n = valid_targets ? *valid_targets : tgt.ne(-100).sum().item<int64_t>();
-  at::Tensor loss = LinearCrossEntropy::apply(hidden.flatten(0, 1), weight, tgt, z_loss_weight, n, dtype);
+  at::Tensor loss = LinearCrossEntropy::apply(hidden.flatten(0, 1), weight, tgt, z_loss_weight, n, dtype,
+                                              at::GradMode::is_enabled());
   return LossValue{loss, n};
 }
 
