@@ -257,8 +257,8 @@ TEST_CASE("docs/performance.md: every command runs", "[docs][bench]") {
       for (size_t at = line.find(from); at != std::string::npos; at = line.find(from, at + to.size()))
         line.replace(at, from.size(), to);
     };
+    replace_all("/tmp/", d.str() + "/");  // first: the build's own path may be under /tmp
     replace_all("build/bin/forge", FORGE_BIN);
-    replace_all("/tmp/", d.str() + "/");
     if (line.rfind("python ", 0) == 0) line = std::string(FORGE_PYTHON) + line.substr(6);
     if (line.find("side_by_side.py") != std::string::npos) line += " --forge " + std::string(FORGE_BIN);
     commands.push_back(line);
