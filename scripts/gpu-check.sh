@@ -47,10 +47,10 @@ say "GPU tests (test_cuda)"
 timeout 300 "$build/bin/test_cuda" --durations yes >"$out/test_cuda.log" 2>&1 || rc=1
 tail -25 "$out/test_cuda.log" | tee -a "$log"
 
-say "default recipe on the GPU: forge train configs/shapes.toml --train.device=cuda ($(elapsed))"
+say "default recipe on the GPU: forge train configs/shapes.toml --train.device=cuda --train.mixed_precision=bf16 ($(elapsed))"
 run=/tmp/forge-gpu-shapes
 rm -rf "$run"
-timeout 300 "$forge" train "$root/configs/shapes.toml" --train.device=cuda --checkpoint.dir=$run \
+timeout 300 "$forge" train "$root/configs/shapes.toml" --train.device=cuda --train.mixed_precision=bf16 --checkpoint.dir=$run \
   >"$out/train_shapes.log" 2>&1 || rc=1
 grep -E "device|step 1/|step 1000/|eval final|checkpoint .*step_00001000|error" "$out/train_shapes.log" | tee -a "$log"
 "$forge" data sample --split heldout -n 4 --out /tmp/forge-gpu-samples | tee -a "$log"
@@ -64,7 +64,7 @@ say "a larger model on the GPU: step time, tokens/s, MFU ($(elapsed))"
 for arch in joint_decoder cross_attention mot; do
   extra=""
   [ $arch = cross_attention ] && extra="--vlm.cross_attention_every_n_layers=4"
-  timeout 240 "$forge" train "$root/configs/shapes.toml" --train.device=cuda --vlm.arch=$arch $extra \
+  timeout 240 "$forge" train "$root/configs/shapes.toml" --train.device=cuda --train.mixed_precision=bf16 --vlm.arch=$arch $extra \
     --model.dim=2048 --model.n_layers=16 --model.n_heads=16 --model.n_kv_heads=8 --model.max_seq_len=96 \
     --vision_encoder.feature_dim=768 --vision_encoder.num_layers=4 --vision_encoder.num_heads=12 \
     --train.batch_size=128 --train.max_steps=30 --metrics.log_interval=10 --data.num_workers=6 \

@@ -142,7 +142,12 @@ int cmd_bench(const BenchArgs& a) {
   model->train();
   if (model->encoder_frozen()) model->vision_encoder->eval();
 
-  const Batch batch = synthetic_batch(job, *model);
+  Batch batch = synthetic_batch(job, *model);
+  if (device.is_cuda()) {  // as the trainer's loader with data.pin_memory: each step's copy to the GPU is async
+    batch.pixel_values = batch.pixel_values.pin_memory();
+    batch.input_ids = batch.input_ids.pin_memory();
+    batch.labels = batch.labels.pin_memory();
+  }
   StepParts parts{*model, dp, *dist, groups, precision, device, job.train.z_loss_weight, job.train.grad_clip_norm};
   const int64_t accum = job.train.grad_accum_steps;
   std::vector<double> step_s, optim_s;
