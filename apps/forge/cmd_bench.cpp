@@ -63,15 +63,8 @@ int bench_data(const BenchArgs& a, const LoadedConfig& cfg) {
   const JobConfig& job = cfg.job;
   auto logger = log();
   VLM model = build_vlm(job, Registry::global());  // the encoder's preprocessing and the residual layout
-  auto tokenizer = make_tokenizer(job.data);
-  auto collator = std::make_shared<Collator>(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0,
-                                             job.data.chat_template);
-  LoaderOptions lo;
-  lo.batch_size = job.train.batch_size;
-  lo.seed = static_cast<uint64_t>(job.train.effective_data_seed());
-  lo.workers = job.data.num_workers;
-  lo.prefetch = job.data.prefetch_factor;
-  lo.skip_bad = job.data.bad_rows == "skip";
+  auto collator = make_collator(job, make_tokenizer(job.data), *model);
+  const LoaderOptions lo = train_loader_options(job, at::Device(at::kCPU));  // one rank; batches stay unpinned
   auto ds = make_dataset(job, "train");
   DataLoader loader(ds, collator, model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
   logger->info("data: {}; {} worker thread(s), batches of {}", ds->describe(), lo.workers, lo.batch_size);
@@ -155,12 +148,15 @@ int cmd_bench(const BenchArgs& a) {
   reset_peak_memory(device);
   logger->info("{} warm-up and {} timed steps of batch {} x {} micro-batch(es)", a.warmup, a.steps,
                job.train.batch_size, accum);
+  auto gradients = [&] {  // the trainer's step up to the update
+    optimizer->zero_grad(true);
+    dp.begin_step();
+    return compute_gradients(parts, accum, [&] { return batch; });
+  };
   for (int64_t s = 0; s < a.warmup + a.steps; ++s) {
     device_sync(device);
     const auto t0 = Clock::now();
-    optimizer->zero_grad(true);
-    dp.begin_step();
-    StepStats st = compute_gradients(parts, accum, [&] { return batch; });
+    const StepStats st = gradients();
     device_sync(device);
     const auto t1 = Clock::now();
     optimizer->step();
@@ -181,9 +177,7 @@ int cmd_bench(const BenchArgs& a) {
                                   /*report_input_shapes=*/true, /*profile_memory=*/false);
     torch::autograd::profiler::prepareProfiler(pc, activities);
     torch::autograd::profiler::enableProfiler(pc, activities);
-    optimizer->zero_grad(true);
-    dp.begin_step();
-    compute_gradients(parts, accum, [&] { return batch; });
+    gradients();
     optimizer->step();
     device_sync(device);
     torch::autograd::profiler::disableProfiler()->save(a.profile);

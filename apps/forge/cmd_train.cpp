@@ -137,9 +137,7 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   const JobConfig& job = r.cfg.job;
   auto held = make_dataset(job, "heldout");
   if (!held) throw UserError("the checkpoint's config has no held-out data (eval.dataset_path)");
-  auto tokenizer = make_tokenizer(job.data);
-  auto collator = std::make_shared<Collator>(tokenizer, job.vlm->max_text_len, r.model->residual_image_tokens() == 0,
-                                             job.data.chat_template);
+  auto collator = make_collator(job, make_tokenizer(job.data), *r.model);
   LoaderOptions lo;
   lo.batch_size = job.train.batch_size;
   lo.shuffle = false;

@@ -37,11 +37,16 @@ VLMImpl::VLMImpl(std::shared_ptr<VisionEncoder> encoder, std::shared_ptr<VisionA
 }
 VLMImpl::~VLMImpl() = default;
 
-bool VLMImpl::encoder_frozen() const {
-  for (const auto& p : vision_encoder->parameters(true))
-    if (p.requires_grad()) return false;
-  return true;
+namespace {
+bool any_trainable(const torch::nn::Module& m) {
+  for (const auto& p : m.parameters(true))
+    if (p.requires_grad()) return true;
+  return false;
 }
+}  // namespace
+
+bool VLMImpl::encoder_frozen() const { return !any_trainable(*vision_encoder); }
+bool VLMImpl::adapter_frozen() const { return !any_trainable(*adapter); }
 
 void VLMImpl::set_activation_checkpointing(int64_t every) {
   transformer->set_activation_checkpointing(every);

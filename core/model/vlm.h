@@ -61,6 +61,8 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   int64_t max_text_len() const { return max_text_len_; }
   // True when no encoder parameter requires grad (then it runs without autograd).
   bool encoder_frozen() const;
+  // True when no adapter parameter requires grad (its FLOPs count once, D12).
+  bool adapter_frozen() const;
   // train.activation_checkpointing: recompute every `every`-th decoder layer
   // and tower block (0: none) in backward.
   void set_activation_checkpointing(int64_t every);

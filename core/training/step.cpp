@@ -8,12 +8,6 @@ namespace forge {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-
-bool any_trainable(const torch::nn::Module& m) {
-  for (const auto& p : m.parameters(true))
-    if (p.requires_grad()) return true;
-  return false;
-}
 }  // namespace
 
 StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch) {
@@ -52,7 +46,7 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
 double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len) {
   const double enc = model.vision_encoder->forward_flops() * (model.encoder_frozen() ? 1 : 3);
   const double ada =
-      model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (any_trainable(*model.adapter) ? 3 : 1);
+      model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (model.adapter_frozen() ? 1 : 3);
   return static_cast<double>(samples) * (3 * model.forward_flops_per_sample(text_len) + enc + ada);
 }
 

@@ -149,6 +149,25 @@ double log_rank_memory(const torch::nn::Module& model, const DataParallel& dp, D
 
 void request_stop() { g_stop = true; }
 
+std::shared_ptr<Collator> make_collator(const JobConfig& job, std::shared_ptr<Tokenizer> tokenizer,
+                                        const VLMImpl& model) {
+  return std::make_shared<Collator>(std::move(tokenizer), job.vlm->max_text_len, model.residual_image_tokens() == 0,
+                                    job.data.chat_template);
+}
+
+LoaderOptions train_loader_options(const JobConfig& job, const at::Device& device, int64_t rank, int64_t world) {
+  LoaderOptions lo;
+  lo.batch_size = job.train.batch_size;
+  lo.seed = static_cast<uint64_t>(job.train.effective_data_seed());
+  lo.workers = job.data.num_workers;
+  lo.prefetch = job.data.prefetch_factor;
+  lo.pin_memory = device.is_cuda() && job.data.pin_memory;
+  lo.skip_bad = job.data.bad_rows == "skip";
+  lo.rank = rank;
+  lo.world = world;
+  return lo;
+}
+
 double peak_flops(const MetricsConfig& m, const at::Device& device) {
   if (m.peak_tflops > 0) return m.peak_tflops * 1e12;
   return device.is_cuda() ? 989e12 : 1e12;  // H100/H200 bf16 dense; KempnerForge's CPU convention
@@ -247,19 +266,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   }
 
   // ---------------------------------------------------------------- data
-  auto collator = std::make_shared<Collator>(tokenizer, vlm.max_text_len, model->residual_image_tokens() == 0,
-                                             job.data.chat_template);
+  auto collator = make_collator(job, tokenizer, *model);
   const Preprocess prep = model->vision_encoder->preprocess();
   const int64_t image_size = job.data.hf_image_size;
-  LoaderOptions lo;
-  lo.batch_size = job.train.batch_size;
-  lo.seed = static_cast<uint64_t>(job.train.effective_data_seed());
-  lo.workers = job.data.num_workers;
-  lo.prefetch = job.data.prefetch_factor;
-  lo.pin_memory = device.is_cuda() && job.data.pin_memory;
-  lo.skip_bad = job.data.bad_rows == "skip";
-  lo.rank = dist->rank();
-  lo.world = dist->world();
+  const LoaderOptions lo = train_loader_options(job, device, dist->rank(), dist->world());
   auto train_set = make_dataset(job, "train");
   DataLoader loader(train_set, collator, prep, image_size, lo);
   logger->info("data: {}; {} batches of {} per epoch; tokenizer {}", train_set->describe(), loader.batches_per_epoch(),

@@ -44,6 +44,15 @@ FORGE_API TrainSummary train(const LoadedConfig& config, Registry& registry, con
 // CUDA, device LOCAL_RANK (0 when unset) becomes the current device.
 FORGE_API at::Device pick_device(const std::string& want);
 
+// The collator `model` reads: vlm.max_text_len tokens, BOS first when no
+// image tokens lead the residual stream (cross-attention), data.chat_template.
+FORGE_API std::shared_ptr<Collator> make_collator(const JobConfig& job, std::shared_ptr<Tokenizer> tokenizer,
+                                                  const VLMImpl& model);
+// The training loader's options from [train] and [data], for rank `rank` of
+// `world` ranks training on `device` (pinned batches only for CUDA).
+FORGE_API LoaderOptions train_loader_options(const JobConfig& job, const at::Device& device, int64_t rank = 0,
+                                             int64_t world = 1);
+
 // Ask a running train() to stop after its current step (as a signal does).
 FORGE_API void request_stop();
 
