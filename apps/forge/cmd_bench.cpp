@@ -160,6 +160,7 @@ int cmd_bench(const BenchArgs& a) {
     device_sync(device);
     const auto t1 = Clock::now();
     optimizer->step();
+    finish_step(*model, true);
     device_sync(device);
     if (s >= a.warmup) {
       step_s.push_back(since(t0));
@@ -179,6 +180,7 @@ int cmd_bench(const BenchArgs& a) {
     torch::autograd::profiler::enableProfiler(pc, activities);
     gradients();
     optimizer->step();
+    finish_step(*model, true);
     device_sync(device);
     torch::autograd::profiler::disableProfiler()->save(a.profile);
     std::cout << "profile of one step written to " << a.profile << " (chrome://tracing, or "

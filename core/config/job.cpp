@@ -126,13 +126,18 @@ void DataConfig::visit(ConfigVisitor& v) {
   v.field("shapes_seed", shapes_seed, "forge: seed that draws the embedded dataset (fixed per split).");
   v.field("blank_images", blank_images,
           "forge: replace every image by a blank one (a control run: the captions' image words drop to chance).");
-  v.unimplemented("hf_dataset_name", "use type = \"jsonl\" with a manifest");
+  v.unsupported("hf_dataset_name",
+                "Hugging Face datasets; convert the data to a JSONL manifest (type = \"jsonl\", path = ...)", "\"\"");
   for (const char* k : {"hf_dataset_split", "hf_dataset_config", "hf_dataset_image_field", "hf_dataset_text_field",
                         "hf_dataset_prompt_field", "hf_streaming"})
     v.unimplemented(k, "Hugging Face datasets; use type = \"jsonl\"");
-  for (const char* k : {"dataset_path", "file_pattern", "pack_sequences", "datasets", "mix_temperature", "phases",
-                        "anneal_start_step", "anneal_weights"})
-    v.unimplemented(k, "text-only pretraining data");
+  v.unsupported("dataset_path", "text-only pretraining data", "\"\"");
+  v.unsupported("file_pattern", "text-only pretraining data", "\"\"");
+  v.unsupported("pack_sequences", "sequence packing of text-only pretraining data", "false");
+  v.unsupported("datasets", "dataset mixtures", "[]");
+  v.unsupported("phases", "data phases", "[]");
+  for (const char* k : {"mix_temperature", "anneal_start_step", "anneal_weights"})
+    v.unimplemented(k, "dataset mixtures and phases");
   v.require(type != "jsonl" || !path.empty(), "path", "type = \"jsonl\" needs path = \"<manifest.jsonl>\"");
 }
 
@@ -150,7 +155,7 @@ void CheckpointConfig::visit(ConfigVisitor& v) {
   v.unimplemented("async_mode", "checkpoints are written synchronously");
   v.unimplemented("dyn_ckpt_window", "");
   v.unimplemented("export_dtype", "");
-  v.unimplemented("exclude_from_loading", "");
+  v.unsupported("exclude_from_loading", "partial checkpoint loading", "[]");
 }
 
 void MetricsConfig::visit(ConfigVisitor& v) {
@@ -173,8 +178,10 @@ void EvalConfig::visit(ConfigVisitor& v) {
   v.field("steps", steps, "Held-out batches per evaluation.", Bounds::positive());
   v.field("dataset_path", dataset_path,
           "Held-out JSONL manifest for data.type = \"jsonl\"; the embedded dataset brings its own held-out split.");
-  for (const char* k : {"file_pattern", "hf_dataset_name", "hf_dataset_config", "hf_dataset_split"})
-    v.unimplemented(k, "Hugging Face / token-file eval data");
+  v.unsupported("file_pattern", "token-file eval data; give a JSONL manifest as dataset_path", "\"\"");
+  v.unsupported("hf_dataset_name", "Hugging Face eval data; give a JSONL manifest as dataset_path", "\"\"");
+  for (const char* k : {"hf_dataset_config", "hf_dataset_split"})
+    v.unimplemented(k, "Hugging Face eval data");
 }
 
 void DistributedConfig::visit(ConfigVisitor& v) {
@@ -199,10 +206,10 @@ void DistributedConfig::visit(ConfigVisitor& v) {
           "Process-group backend per device, \"cpu:gloo,cuda:nccl\" (or one name for both): Gloo on CPUs, NCCL on "
           "GPUs (a build without nccl.h uses Gloo over host memory, with a warning).");
   v.field("nccl_timeout_sec", nccl_timeout_sec, "Timeout of collectives, in seconds.", Bounds::positive());
-  v.unimplemented("tp", "tensor parallelism");
-  v.unimplemented("pp", "pipeline parallelism");
-  v.unimplemented("ep", "expert parallelism");
-  v.unimplemented("cp", "context parallelism");
+  v.unsupported("tp", "tensor parallelism", "1");
+  v.unsupported("pp", "pipeline parallelism", "1");
+  v.unsupported("ep", "expert parallelism", "1");
+  v.unsupported("cp", "context parallelism", "1");
   v.unimplemented("pp_schedule", "pipeline parallelism");
 }
 

@@ -29,8 +29,12 @@ const std::vector<std::string> kSections = {"model", "vision_encoder", "adapter"
                                             "eval",  "distributed", "plugins"};
 // Sections KempnerForge has and forge does not implement: accepted, one warning each.
 const std::vector<std::pair<std::string, std::string>> kUnimplementedSections = {
-    {"video", "video datasets are not implemented by forge"},
     {"profiling", "run a profiler around `forge train` instead"},
+};
+// Sections KempnerForge has that would change what is trained: an error (no silent downgrade).
+const std::vector<std::pair<std::string, std::string>> kRefusedSections = {
+    {"video", "forge does not train on video yet; remove [video] (its clips would otherwise be replaced by the "
+              "image data)"},
 };
 
 // One override "--a.b.c=value" merged into `root`.
@@ -67,6 +71,8 @@ void apply_override(toml::table& root, const std::string& arg, Diagnostics& diag
     toml::node* n = t->get(parts[i]);
     if (!n && i == 0 && std::find(kSections.begin(), kSections.end(), parts[0]) == kSections.end() &&
         std::none_of(kUnimplementedSections.begin(), kUnimplementedSections.end(),
+                     [&](const auto& u) { return u.first == parts[0]; }) &&
+        std::none_of(kRefusedSections.begin(), kRefusedSections.end(),
                      [&](const auto& u) { return u.first == parts[0]; })) {
       std::string hint = util::did_you_mean(parts[0], kSections);
       diags.error(nullptr, "",
@@ -218,6 +224,12 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
     bool known = std::find(kSections.begin(), kSections.end(), key) != kSections.end();
     auto unimpl = std::find_if(kUnimplementedSections.begin(), kUnimplementedSections.end(),
                                [&](const auto& p) { return p.first == key; });
+    auto refused = std::find_if(kRefusedSections.begin(), kRefusedSections.end(),
+                                [&](const auto& p) { return p.first == key; });
+    if (refused != kRefusedSections.end()) {
+      diags.error(&v, key, refused->second);
+      continue;
+    }
     if (unimpl != kUnimplementedSections.end()) {
       diags.warning(&v, key,
                     fmt::format("section accepted for compatibility with KempnerForge, but forge does not implement "
@@ -501,6 +513,8 @@ std::string config_reference_markdown(Registry& registry) {
   out += "## Sections accepted and ignored\n\n";
   for (const auto& [name, note] : kUnimplementedSections)
     out += fmt::format("- `[{}]`{}{}\n", name, note.empty() ? "" : ": ", note);
+  out += "\n## Sections refused\n\n";
+  for (const auto& [name, note] : kRefusedSections) out += fmt::format("- `[{}]`: {}\n", name, note);
   return out;
 }
 

@@ -30,6 +30,15 @@ void apply_init_from_hf(const toml::table& root, JobConfig& job, config::Diagnos
   const std::string dir = fs::absolute(job.model.init_from_hf, abs_ec).lexically_normal().string();
   const toml::node* at_key = model_key(root, "init_from_hf");
   const toml::node* anchor = at_key ? at_key : root.get("model");
+  if (job.model.num_experts > 0) {
+    const toml::node* n = model_key(root, "num_experts");
+    diags.error(n ? n : anchor, "model.num_experts",
+                fmt::format("num_experts = {} asks for mixture-of-experts layers, but init_from_hf loads a dense "
+                            "decoder and forge does not upcycle dense MLPs into experts; remove num_experts or "
+                            "init_from_hf",
+                            job.model.num_experts));
+    return;
+  }
   hf::LlmConfig llm;
   try {
     llm = hf::read_llm_config(dir, job.model);

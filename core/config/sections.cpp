@@ -43,6 +43,9 @@ std::string Bounds::describe() const {
 
 TableList::~TableList() = default;
 ConfigVisitor::~ConfigVisitor() = default;
+void ConfigVisitor::unsupported(std::string_view key, std::string_view note, std::string_view) {
+  unimplemented(key, note);
+}
 
 // ------------------------------------------------------------ [model]
 
@@ -104,12 +107,41 @@ void ModelConfig::visit(ConfigVisitor& v) {
                           rope_high_freq_factor, rope_low_freq_factor));
   v.unimplemented("model_type", "the VLM decoder is chosen by [vlm] arch; init_from_hf reads a folder's model_type");
   v.unimplemented("sdpa_backend", "LibTorch chooses the attention kernel");
-  for (const char* k : {"num_experts", "moe_top_k", "moe_frequency", "moe_router", "moe_shared_experts",
-                        "moe_aux_loss_weight", "moe_capacity_factor", "moe_sequence_aux_loss_weight",
-                        "moe_gradient_scale", "moe_bias_schedule", "moe_packed_experts", "moe_expert_ffn_multiplier",
-                        "moe_router_z_loss_weight"}) {
-    v.unimplemented(k, "mixture-of-experts layers; forge builds dense MLPs");
-  }
+  v.field("num_experts", num_experts,
+          "Routed experts of each MoE layer; 0 builds dense MLPs everywhere. See docs/moe.md.",
+          Bounds::non_negative());
+  v.field("moe_top_k", moe_top_k, "Experts each token is sent to (1..num_experts).", Bounds::positive());
+  v.field("moe_frequency", moe_frequency, "Layer i is an MoE layer when (i + 1) % moe_frequency == 0.",
+          Bounds::positive());
+  v.field("moe_router", moe_router,
+          "softmax_topk: softmax over experts, top-k renormalised, load-balancing aux loss; sigmoid_topk: sigmoid "
+          "scores plus a bias nudged toward uniform use (no aux loss unless moe_sequence_aux_loss_weight > 0).",
+          {"softmax_topk", "sigmoid_topk"});
+  v.field("moe_shared_experts", moe_shared_experts, "> 0 adds one shared expert that every token goes through.",
+          Bounds::non_negative());
+  v.field("moe_aux_loss_weight", moe_aux_loss_weight, "Weight of the routers' aux losses in the objective.",
+          Bounds::non_negative());
+  v.field("moe_capacity_factor", moe_capacity_factor,
+          "> 0: per top-k slot each expert keeps its first ceil(tokens * top_k / num_experts * factor) tokens; "
+          "later ones are dropped (the residual carries them). 0: no dropping.",
+          Bounds::non_negative());
+  v.field("moe_sequence_aux_loss_weight", moe_sequence_aux_loss_weight,
+          "sigmoid_topk: weight of its balance loss inside the aux loss (0: none).", Bounds::non_negative());
+  v.field("moe_gradient_scale", moe_gradient_scale,
+          "In training, scale each expert's outputs by (average tokens per expert) / (its tokens).");
+  v.field("moe_bias_schedule", moe_bias_schedule,
+          "sigmoid_topk: rate of the bias nudge over training (cosine_decay to 0; linear_warmup over the first "
+          "10 %).",
+          {"constant", "cosine_decay", "linear_warmup"});
+  v.field("moe_packed_experts", moe_packed_experts,
+          "Store the experts as three (num_experts, in, out) tensors up_w, down_w, gate_w instead of one MLP each.");
+  v.field("moe_expert_ffn_multiplier", moe_expert_ffn_multiplier,
+          "Expert hidden size = max(16, 16 * round(trunc(FFN hidden * multiplier) / 16)).", Bounds::positive());
+  v.field("moe_router_z_loss_weight", moe_router_z_loss_weight,
+          "Weight of the routers' z-loss mean(logsumexp(router logits)^2) in the objective.", Bounds::non_negative());
+  if (num_experts > 0)
+    v.require(moe_top_k <= num_experts, "moe_top_k",
+              fmt::format("moe_top_k = {} must be <= num_experts = {}", moe_top_k, num_experts));
   if (explicit_head_dim) {
     v.require(*explicit_head_dim % 2 == 0, "head_dim", fmt::format("head_dim = {} must be even for RoPE", *explicit_head_dim));
   } else if (n_heads > 0) {

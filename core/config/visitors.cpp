@@ -313,6 +313,23 @@ void TomlReader::unimplemented(std::string_view key, std::string_view note) {
                              note.empty() ? "" : ": ", note));
 }
 
+void TomlReader::unsupported(std::string_view key, std::string_view note, std::string_view neutral) {
+  known_.emplace_back(key);
+  const toml::node* n = node(key);
+  if (!n) return;
+  std::ostringstream os;  // the value as TOML text
+  if (auto str = n->as_string())
+    os << TomlWriter::format_string(str->get());
+  else if (!n->is_table())
+    n->visit([&](auto&& v) { os << v; });
+  const std::string shown = n->is_table() ? "a table" : os.str();
+  const bool empty_array = neutral == "[]" && n->is_array() && n->as_array()->empty();
+  if (shown == neutral || empty_array) return;
+  error(key, fmt::format("got {}: forge does not implement {}. Training without it would differ from what the key "
+                         "asks for, so the key is refused: remove it (or set {} = {})",
+                         shown, note, key, neutral));
+}
+
 void TomlReader::require(bool ok, std::string_view key, const std::string& message) {
   if (!ok) error(key, message);
 }
@@ -541,6 +558,10 @@ void DocWriter::unimplemented(std::string_view key, std::string_view note) {
   rows_.push_back(Row{prefix_ + std::string(key), "", "", "", std::string(note), false});
 }
 
+void DocWriter::unsupported(std::string_view key, std::string_view note, std::string_view neutral) {
+  rows_.push_back(Row{prefix_ + std::string(key), "", "", "", std::string(note), false, std::string(neutral)});
+}
+
 static std::string md_escape(std::string s) {
   std::string out;
   for (char c : s) {
@@ -557,10 +578,10 @@ static std::string md_escape(std::string s) {
 
 std::string DocWriter::markdown() const {
   std::string out = "| key | type | default | accepted | meaning |\n|---|---|---|---|---|\n";
-  std::vector<const Row*> ignored;
+  std::vector<const Row*> ignored, refused;
   for (const auto& r : rows_) {
     if (!r.implemented) {
-      ignored.push_back(&r);
+      (r.neutral.empty() ? ignored : refused).push_back(&r);
       continue;
     }
     out += fmt::format("| `{}` | {} | `{}` | {} | {} |\n", r.key, r.type, md_escape(r.default_value),
@@ -580,6 +601,13 @@ std::string DocWriter::markdown() const {
     out += "\nAccepted for compatibility with KempnerForge and ignored, with one warning each:";
     for (const auto& [note, keys] : by_note)
       out += "\n- " + util::join(keys, ", ") + (note.empty() ? "" : " (" + note + ")");
+    out += "\n";
+  }
+  if (!refused.empty()) {
+    out += "\nKempnerForge keys that change what is trained, which forge does not implement: accepted only at the "
+           "value shown (which changes nothing), an error otherwise:";
+    for (const Row* r : refused)
+      out += fmt::format("\n- `{} = {}` ({})", r->key, r->neutral, r->help);
     out += "\n";
   }
   return out;

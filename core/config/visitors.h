@@ -60,6 +60,7 @@ class FORGE_API TomlReader final : public ConfigVisitor {
   void field(std::string_view key, StringListMap& value, std::string_view help) override;
   void tables(std::string_view key, TableList& list, std::string_view help) override;
   void unimplemented(std::string_view key, std::string_view note) override;
+  void unsupported(std::string_view key, std::string_view note, std::string_view neutral) override;
   void require(bool ok, std::string_view key, const std::string& message) override;
   void warn(std::string_view key, const std::string& message) override;
   bool reading() const override { return true; }
@@ -131,6 +132,7 @@ class FORGE_API DocWriter final : public ConfigVisitor {
     std::string rule;           // bounds / choices
     std::string help;
     bool implemented = true;
+    std::string neutral;  // unsupported keys: the one value accepted
   };
   explicit DocWriter(std::string prefix = "") : prefix_(std::move(prefix)) {}
 
@@ -146,6 +148,7 @@ class FORGE_API DocWriter final : public ConfigVisitor {
   void field(std::string_view key, StringListMap& value, std::string_view help) override;
   void tables(std::string_view key, TableList& list, std::string_view help) override;
   void unimplemented(std::string_view key, std::string_view note) override;
+  void unsupported(std::string_view key, std::string_view note, std::string_view neutral) override;
   void require(bool, std::string_view, const std::string&) override {}
   void warn(std::string_view, const std::string&) override {}
   bool reading() const override { return false; }

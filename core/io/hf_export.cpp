@@ -397,6 +397,11 @@ void export_parts(const ExportRequest& req, Staging& st, ExportReport& rep) {
 
   std::set<const void*> taken;
   Tensors text = hf_text_weights(model, &taken);
+  if (text.empty() && job.model.num_experts > 0)
+    throw UserError(fmt::format("export: the decoder has mixture-of-experts layers (model.num_experts = {}), and the "
+                                "exported language model is a dense Llama-family decoder; there is no dense "
+                                "language model to export",
+                                job.model.num_experts));
   if (text.empty())
     throw UserError(
         fmt::format("export: the {} arch gives no dense text decoder (DecoderHooks::dense_text_weights is "

@@ -17,17 +17,22 @@ DecoderLayer::~DecoderLayer() = default;
 
 // ------------------------------------------------------------ TransformerBlock
 
-TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& cfg) {
+TransformerBlockImpl::TransformerBlockImpl(const ModelConfig& cfg, int64_t layer_index) {
   attention_norm = register_module("attention_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
   attention = register_module("attention", nn::Attention(nn::attention_options(cfg)));
   mlp_norm = register_module("mlp_norm", nn::Norm(cfg.dim, cfg.norm_type, cfg.norm_eps));
-  mlp = register_module("mlp", nn::Mlp(cfg.dim, cfg.ffn_hidden(), cfg.activation, cfg.mlp_bias));
+  if (nn::is_moe_layer(cfg, layer_index))
+    moe = register_module("mlp", nn::MoE(nn::moe_options(cfg)));
+  else
+    mlp = register_module("mlp", nn::Mlp(cfg.dim, cfg.ffn_hidden(), cfg.activation, cfg.mlp_bias));
 }
 TransformerBlockImpl::~TransformerBlockImpl() = default;
 
+at::Tensor TransformerBlockImpl::feed_forward(const at::Tensor& x) { return moe ? moe(x) : mlp(x); }
+
 at::Tensor TransformerBlockImpl::forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) {
   at::Tensor x = h + attention->forward(attention_norm(h), step.attention, kv);
-  return x + mlp(mlp_norm(x));
+  return x + feed_forward(mlp_norm(x));
 }
 
 // ------------------------------------------------------------ DenseWeights
@@ -53,8 +58,8 @@ bool DenseWeights::copy_to(const std::string& name, at::Tensor dst, bool require
 
 DecoderHooks::~DecoderHooks() = default;
 
-std::shared_ptr<DecoderLayer> DecoderHooks::make_layer(int64_t, const ModelConfig& cfg) {
-  return std::make_shared<TransformerBlockImpl>(cfg);
+std::shared_ptr<DecoderLayer> DecoderHooks::make_layer(int64_t index, const ModelConfig& cfg) {
+  return std::make_shared<TransformerBlockImpl>(cfg, index);
 }
 void DecoderHooks::add_modules(DecoderImpl&) {}
 at::Tensor DecoderHooks::rope_positions(int64_t start, int64_t length, const at::Device& device) const {
@@ -72,9 +77,14 @@ int64_t DecoderHooks::load_dense(DecoderImpl& decoder, const DenseWeights& w) {
   int64_t n = 0;
   const auto& layers = decoder.layer_list();
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (!std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i]))
+    auto block = std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i]);
+    if (!block)
       throw InvalidArgument(fmt::format("decoder layer {} is not a TransformerBlock: its arch must override "
                                         "DecoderHooks::load_dense to take pretrained dense weights",
+                                        i));
+    if (block->moe)
+      throw InvalidArgument(fmt::format("decoder layer {} is a mixture-of-experts layer: dense pretrained weights "
+                                        "do not fit it (forge does not upcycle MLPs into experts)",
                                         i));
     for (auto& [name, p] : nn::unique_named_parameters(*layers[i])) n += w.copy_to(fmt::format("layers.{}.{}", i, name), p);
   }
@@ -88,7 +98,8 @@ std::vector<std::pair<std::string, at::Tensor>> DecoderHooks::dense_text_weights
   std::vector<std::pair<std::string, at::Tensor>> out;
   const auto& layers = decoder.layer_list();
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (!std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i])) return {};
+    auto block = std::dynamic_pointer_cast<TransformerBlockImpl>(layers[i]);
+    if (!block || block->moe) return {};  // no dense decoder: an arch's own layers, or experts
     for (auto& [name, p] : nn::unique_named_parameters(*layers[i])) out.emplace_back(fmt::format("layers.{}.{}", i, name), p);
   }
   out.emplace_back("token_embedding.embedding.weight", decoder.token_embedding->embedding->weight);

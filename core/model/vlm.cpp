@@ -141,8 +141,14 @@ double VLMImpl::forward_flops_per_sample(int64_t T) const {
                V = m.vocab_size;
   const double S = static_cast<double>(residual_tokens_ + T);
   const double attn_params = D * H * hd + 2 * D * Hkv * hd + H * hd * D;
-  const double mlp_params = (m.activation == "silu" ? 3 : 2) * D * F;
-  double flops = S * L * (2 * (attn_params + mlp_params) + 4 * H * hd * S);  // matmuls + attention scores
+  const double mats = m.activation == "silu" ? 3 : 2;
+  // An MoE layer computes its router, top_k experts and the shared expert for each position.
+  const double Fe = static_cast<double>(nn::expert_hidden_size(m.ffn_hidden(), m.moe_expert_ffn_multiplier));
+  const double moe_params = D * static_cast<double>(m.num_experts) +
+                            (static_cast<double>(m.moe_top_k) + (m.moe_shared_experts > 0 ? 1 : 0)) * mats * D * Fe;
+  double mlp_params = 0;  // over all layers
+  for (int64_t i = 0; i < m.n_layers; ++i) mlp_params += nn::is_moe_layer(m, i) ? moe_params : mats * D * F;
+  double flops = S * (2 * (L * attn_params + mlp_params) + L * 4 * H * hd * S);  // matmuls + attention scores
   flops += 2 * D * V * static_cast<double>(T);                              // output head on text positions
   flops += transformer->hooks().extra_forward_flops(visual_tokens_, T);
   return flops;

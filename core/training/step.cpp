@@ -13,7 +13,10 @@ using Clock = std::chrono::steady_clock;
 StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch) {
   StepStats s;
   at::Tensor loss_sum;  // on the device: read once per step, not once per micro-batch
+  const auto participants = step_participants(parts.model);
+  const MicroBatch mb{parts.step, parts.max_steps, 1.0 / static_cast<double>(accum)};
   for (int64_t micro = 0; micro < accum; ++micro) {
+    for (auto& [name, p] : participants) p->begin_micro_batch(mb);
     const auto td = Clock::now();
     Batch batch = next_batch();
     s.data_wait_s += std::chrono::duration<double>(Clock::now() - td).count();
@@ -36,11 +39,24 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
   }
   parts.dp.finish_gradients();  // every rank's gradients averaged
   Distributed& dist = parts.dist;
+  if (dist.world() > 1)  // e.g. routing counts: every rank moves its balancing state alike
+    for (auto& [name, p] : participants)
+      for (const at::Tensor& t : p->step_statistics()) dist.all_reduce_sum(t);
   s.loss = dist.sum(loss_sum.item<double>() / static_cast<double>(accum)) / dist.world();
   s.label_tokens = static_cast<int64_t>(dist.sum(static_cast<double>(s.label_tokens)));
   s.samples *= dist.world();
   s.grad_norm = parts.dp.clip_grad_norm(parts.optimized, parts.grad_clip_norm);
   return s;
+}
+
+void finish_step(VLMImpl& model, bool updated) {
+  for (auto& [name, p] : step_participants(model)) p->end_step(updated);
+}
+
+StepReport participant_report(VLMImpl& model) {
+  StepReport r;
+  for (auto& [name, p] : step_participants(model)) p->report(name, r);
+  return r;
 }
 
 double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len) {

@@ -14,6 +14,7 @@
 #include "core/training/optim.h"
 #include "core/training/precision.h"
 #include "forge/export.h"
+#include "forge/step_participant.h"
 
 namespace forge {
 
@@ -26,6 +27,8 @@ struct FORGE_API StepParts {
   at::Device device;
   double z_loss_weight = 0;
   double grad_clip_norm = 1.0;
+  int64_t step = 0;       // optimizer steps done before this one (what StepParticipants see)
+  int64_t max_steps = 1;  // train.max_steps
 };
 
 struct FORGE_API StepStats {
@@ -39,6 +42,14 @@ struct FORGE_API StepStats {
 // Runs `accum` micro-batches drawn from next_batch and leaves the averaged,
 // clipped gradients on parts.optimized.
 FORGE_API StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch);
+
+// After the optimizer step (updated) or its skip: hands every StepParticipant
+// of the model its statistics, summed over ranks by compute_gradients.
+FORGE_API void finish_step(VLMImpl& model, bool updated);
+
+// The values the model's StepParticipants report for the last training
+// forward (e.g. MoE aux losses and expert counts). A host sync.
+FORGE_API StepReport participant_report(VLMImpl& model);
 
 // FLOPs of one training step over `samples` samples of `text_len` tokens
 // (D12: every trained FLOP): 3x the decoder's forward (forward + backward),

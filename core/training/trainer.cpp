@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -95,6 +96,19 @@ struct SignalScope {
     std::signal(SIGTERM, old_term);
   }
 };
+
+// " | aux_loss 1.001 router_z_loss 3.1 balance 0.42": the StepParticipants' sums, and
+// the smallest over the largest expert count when there are counts.
+std::string describe_report(const StepReport& r) {
+  std::string out;
+  for (const auto& [k, v] : r.sums) out += fmt::format(" {} {:.4g}", util::starts_with(k, "moe/") ? k.substr(4) : k, v);
+  double lo = std::numeric_limits<double>::infinity(), hi = 0;
+  for (const auto& [k, v] : r.series)
+    if (util::starts_with(k, "moe/expert_counts/"))
+      for (double c : v) lo = std::min(lo, c), hi = std::max(hi, c);
+  if (hi > 0) out += fmt::format(" balance {:.2f}", lo / hi);
+  return out.empty() ? out : " |" + out;
+}
 
 std::string describe_freeze(const std::vector<FreezeSpec>& specs) {
   std::vector<std::string> parts;
@@ -189,6 +203,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   DataParallel dp(job.distributed, *dist);
   const bool main_rank = dist->is_main();
   if (!main_rank) set_log_level("warn");  // rank 0 speaks for the job
+  if (dp.sharded() && job.model.num_experts > 0 && job.model.moe_router == "sigmoid_topk")
+    throw UserError("model.moe_router = \"sigmoid_topk\" cannot train sharded ([distributed] dp_shard > 1): its "
+                    "load-balancing bias is moved outside backward, on whole parameters; use dp_shard = 1 "
+                    "(replicated) or moe_router = \"softmax_topk\"");
   logger->info("device {}, {} CPU threads{}", device.str(), at::get_num_threads(),
                dist->world() > 1 ? ", " + dp.describe() : std::string());
   logger->info("precision: {} ({})", precision.describe(), precision.reason);
@@ -377,7 +395,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   int64_t last_saved = resume_from.empty() ? -1 : state.step;
   double ema_step = 0;
   const double peak = peak_flops(job.metrics, device);
-  StepParts step_parts{*model, dp, *dist, groups, precision, device, job.train.z_loss_weight, job.train.grad_clip_norm};
+  StepParts step_parts{*model, dp, *dist, groups, precision, device, job.train.z_loss_weight, job.train.grad_clip_norm,
+                       0, max_steps};
   while (state.step < max_steps) {
     if (stage_starts.count(state.step) && state.step != summary.start_step) {
       freeze_now = apply_freeze_at(state.step);
@@ -391,6 +410,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
 
     const auto t0 = Clock::now();
     const int64_t step_no = state.step + 1;
+    step_parts.step = state.step;
     const StepStats st = compute_gradients(step_parts, accum, [&] {
       Batch batch = loader.next();
       if (options.on_batch) options.on_batch(step_no, batch);
@@ -401,6 +421,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (!finite) {
       optimizer->zero_grad(true);
+      finish_step(*model, false);
       logger->warn("step {}: loss {} / grad norm {} is not finite; update skipped ({} in a row)", state.step + 1,
                    loss, grad_norm, nan_streak + 1);
       if (++nan_streak >= 10)
@@ -411,6 +432,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     } else {
       nan_streak = 0;
       optimizer->step();
+      finish_step(*model, true);
       state.tokens_seen += label_tokens;
       summary.losses.push_back(loss);
     }
@@ -429,10 +451,11 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       const double step_flops = train_step_flops(*model, samples, text_len);
       const double mfu = step_flops / dt / (peak * dist->world());
       const double tok_s = static_cast<double>(label_tokens) / dt;
+      const StepReport report = participant_report(*model);
       logger->info("step {}/{} | loss {:.4f} | lr {:.2e} | grad {:.3f} | {} tok/s | MFU {:.2f}% | {:.3f} s/step "
-                   "(data wait {:.3f}) | ETA {}",
+                   "(data wait {:.3f}){} | ETA {}",
                    state.step, max_steps, loss, lr, grad_norm, util::human_count(tok_s), 100 * mfu, dt, data_wait,
-                   util::human_duration(ema_step * static_cast<double>(max_steps - state.step)));
+                   describe_report(report), util::human_duration(ema_step * static_cast<double>(max_steps - state.step)));
       nlohmann::json row{{"step", state.step},         {"loss", loss},
                          {"lr", lr},                   {"grad_norm", grad_norm},
                          {"tokens_per_s", tok_s},      {"mfu", mfu},
@@ -440,6 +463,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
                          {"text_tokens", label_tokens}, {"tokens_seen", state.tokens_seen},
                          {"epoch", loader.state().epoch}};
       if (rank_state_bytes > 0) row["rank_state_bytes"] = rank_state_bytes;
+      for (const auto& [k, v] : report.sums) row[k] = v;
+      for (const auto& [k, v] : report.series) row[k] = v;
       metrics.write(row);
     }
     if (heldout && state.step % job.eval.interval == 0 && state.step != max_steps) run_eval("at");

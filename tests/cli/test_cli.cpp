@@ -12,7 +12,8 @@ const std::string kForge = FORGE_BIN;
 TEST_CASE("forge --version prints forge, SDK, ABI, torch and CUDA versions", "[cli]") {
   auto r = run(kForge + " --version");
   CHECK(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("forge 0.3.0") && Catch::Contains("plugin ABI 3") &&
+  CHECK_THAT(r.output, Catch::Contains("forge " FORGE_SDK_VERSION_STRING) &&
+                           Catch::Contains("plugin ABI " + std::to_string(FORGE_PLUGIN_ABI)) &&
                            Catch::Contains("LibTorch 2.11.0") && Catch::Contains("CUDA"));
 }
 

@@ -717,3 +717,96 @@ TEST_CASE("train.activation_checkpointing full and selective log the losses of n
   CHECK(losses["full"] == losses["none"]);
   CHECK(losses["selective"] == losses["none"]);
 }
+
+// Mixture of experts (spec 2.12) in the decoder: KempnerForge's
+// vlm_debug_moe shape (cross-attention, MoE every second layer) and a
+// sigmoid-router joint decoder train on the embedded data, log expert use,
+// save reference key names and resume bit-exact.
+TEST_CASE("MoE decoders train on the embedded data, log expert use and resume bit-exact", "[train][moe]") {
+  const std::vector<std::string> ca_moe = {"--vlm.arch=cross_attention", "--vlm.cross_attention_every_n_layers=2",
+                                           "--model.n_layers=2", "--model.num_experts=4", "--model.moe_frequency=2",
+                                           "--metrics.log_interval=1"};
+  {
+    TempDir d;
+    auto s = run(tiny(d.str(), [&] {
+      auto o = ca_moe;
+      o.push_back("--train.max_steps=40");
+      o.push_back("--scheduler.warmup_steps=5");
+      return o;
+    }()));
+    REQUIRE(s.losses.size() == 40);
+    double first = 0, last = 0;
+    for (int i = 0; i < 5; ++i) first += s.losses[i] / 5, last += s.losses[35 + i] / 5;
+    INFO("loss " << first << " -> " << last);
+    CHECK(last < first - 0.5);
+    std::ifstream m(d.path() / "metrics.jsonl");
+    std::string line;
+    int with_counts = 0;
+    while (std::getline(m, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (!j.contains("loss")) continue;
+      REQUIRE(j.contains("moe/expert_counts/transformer.layers.1.mlp"));
+      auto counts = j["moe/expert_counts/transformer.layers.1.mlp"].get<std::vector<double>>();
+      CHECK(counts.size() == 4);
+      double total = 0;
+      for (double c : counts) total += c;
+      CHECK(total == 4 * 56 * 2);  // batch 4 x 56 text positions x top-2
+      CHECK(j["moe/aux_loss"].get<double>() > 0);
+      CHECK(j.contains("moe/router_z_loss"));
+      CHECK_FALSE(j.contains("moe/expert_counts/transformer.layers.0.mlp"));  // layer 0 is dense
+      ++with_counts;
+    }
+    CHECK(with_counts == 40);
+    auto w = weights(resolve_checkpoint(d.str()));
+    CHECK(w.count("transformer.layers.1.mlp.router.gate.weight"));
+    CHECK(w.count("transformer.layers.1.mlp.experts.3.down_proj.weight"));
+    CHECK(w.count("transformer.layers.0.mlp.gate_proj.weight"));
+    CHECK(w.count("transformer.cross_attention_layers.0.mlp.up_proj.weight"));  // CA blocks stay dense
+  }
+  // Sigmoid router with shared and packed experts: k steps, resume, k steps = 2k steps, bit for bit (the
+  // balancing bias and its EMA included).
+  const std::vector<std::string> sig = {"--model.n_layers=2",          "--model.num_experts=3",
+                                        "--model.moe_top_k=2",         "--model.moe_router=sigmoid_topk",
+                                        "--model.moe_shared_experts=1", "--model.moe_packed_experts=true",
+                                        "--model.moe_capacity_factor=1.25", "--train.grad_accum_steps=2"};
+  const int k = 4;
+  TempDir a, b;
+  auto with = [&](std::vector<std::string> o, int steps) {
+    o.push_back("--train.max_steps=" + std::to_string(steps));
+    return o;
+  };
+  auto straight = run(tiny(a.str(), with(sig, 2 * k)));
+  run(tiny(b.str(), with(sig, k)));
+  auto second = run(tiny(b.str(), with(sig, 2 * k)));
+  CHECK(second.resumed);
+  REQUIRE(second.losses.size() == k);
+  for (int i = 0; i < k; ++i) CHECK(second.losses[i] == straight.losses[k + i]);
+  auto wa = weights(resolve_checkpoint(a.str())), wb = weights(resolve_checkpoint(b.str()));
+  REQUIRE(wa.count("transformer.layers.1.mlp.router.expert_ema"));
+  REQUIRE(wa.count("transformer.layers.1.mlp.up_w"));
+  CHECK_FALSE(at::equal(wa.at("transformer.layers.1.mlp.router.expert_bias"), torch::zeros({3})));
+  for (const auto& [name, t] : wa) {
+    INFO(name);
+    CHECK(at::equal(t, wb.at(name)));
+  }
+  // Frozen decoder: the router and experts do not move; the adapter does.
+  TempDir f;
+  std::vector<std::string> frozen = {"--model.n_layers=2", "--model.num_experts=3", "--model.moe_frequency=2",
+                                     "--train.max_steps=3", "--vlm.freeze=[{ module = \"transformer\", frozen = true }]"};
+  auto cfg = tiny(f.str(), frozen);
+  VLM init = build_vlm(cfg.job, builtin_registry());
+  run(cfg);
+  auto trained = weights(resolve_checkpoint(f.str()));
+  std::map<std::string, at::Tensor> before;
+  for (const auto& p : init->named_parameters(true)) before[p.key()] = p.value();
+  int moe_keys = 0;
+  for (const auto& [name, t] : trained) {
+    if (name.rfind("transformer.layers.1.mlp.", 0) == 0) {
+      INFO(name);
+      CHECK(at::equal(t, before.at(name)));
+      ++moe_keys;
+    }
+  }
+  CHECK(moe_keys == 1 + 3 * 3);  // gate + 3 SwiGLU experts
+  CHECK_FALSE(at::equal(trained.at("adapter.proj1.weight"), before.at("adapter.proj1.weight")));
+}

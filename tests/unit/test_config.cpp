@@ -98,19 +98,85 @@ TEST_CASE("TOML syntax errors carry line and column", "[config]") {
   CHECK_THAT(d[0].message, Catch::Contains("TOML syntax error"));
 }
 
-TEST_CASE("keys KempnerForge has and forge does not implement warn once each", "[config]") {
-  auto cfg = load_config_text("[model]\ndim = 64\nnum_experts = 0\n[train]\ncompile_model = false\n[profiling]\nenable = false\n",
-                              "t.toml", builtin_registry());
-  int experts = 0, compile = 0, profiling = 0;
+TEST_CASE("speed knobs KempnerForge has and forge does not implement warn once each", "[config]") {
+  auto cfg = load_config_text(
+      "[model]\ndim = 64\nsdpa_backend = \"flash\"\n[train]\ncompile_model = true\n[profiling]\nenable = false\n",
+      "t.toml", builtin_registry());
+  int sdpa = 0, compile = 0, profiling = 0;
   for (const auto& w : cfg.warnings) {
     CHECK(w.warning);
-    if (w.key == "model.num_experts") ++experts;
+    if (w.key == "model.sdpa_backend") ++sdpa;
     if (w.key == "train.compile_model") ++compile;
     if (w.key == "profiling") ++profiling;
   }
-  CHECK(experts == 1);
+  CHECK(sdpa == 1);
   CHECK(compile == 1);
   CHECK(profiling == 1);
+}
+
+TEST_CASE("no silent downgrade: keys that would change what is trained are errors unless neutral", "[config]") {
+  struct Case {
+    const char* toml;
+    const char* key;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"[data]\nhf_dataset_name = \"sayakpaul/coco-30-val-2014\"\n", "data.hf_dataset_name", "JSONL manifest"},
+      {"[data]\npack_sequences = true\n", "data.pack_sequences", "sequence packing"},
+      {"[data]\ndatasets = [{ path = \"a\" }]\n", "data.datasets", "dataset mixtures"},
+      {"[eval]\nhf_dataset_name = \"x\"\n", "eval.hf_dataset_name", "Hugging Face eval data"},
+      {"[distributed]\ntp = 2\n", "distributed.tp", "tensor parallelism"},
+      {"[distributed]\nep = 4\n", "distributed.ep", "expert parallelism"},
+      {"[checkpoint]\nexclude_from_loading = [\"optimizer\"]\n", "checkpoint.exclude_from_loading", "partial"},
+      {"[video]\nmax_frames = 8\n", "video", "video"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.toml);
+    auto d = config_errors(std::string("[model]\ndim = 64\n") + c.toml);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].key == c.key);
+    CHECK(d[0].line > 1);  // located in the file
+    CHECK_FALSE(d[0].warning);
+    CHECK_THAT(d[0].message, Catch::Contains(c.says));
+    if (std::string(c.key) != "video") CHECK_THAT(d[0].message, Catch::Contains("remove it (or set"));
+  }
+  // The neutral values change nothing: accepted without a word.
+  auto ok = load_config_text(
+      "[data]\nhf_dataset_name = \"\"\npack_sequences = false\ndatasets = []\n[distributed]\ntp = 1\npp = 1\nep = 1\n"
+      "cp = 1\n[checkpoint]\nexclude_from_loading = []\n",
+      "t.toml", builtin_registry());
+  CHECK(ok.warnings.empty());
+  // An override can neutralise a reference config's key.
+  LoadOptions o;
+  o.overrides = {"--data.hf_dataset_name="};
+  CHECK_NOTHROW(load_config(FORGE_SOURCE_DIR "/configs/reference/vlm_debug.toml", builtin_registry(), o));
+  CHECK_THAT(forge::test::error_of([] { load_config(FORGE_SOURCE_DIR "/configs/reference/vlm_debug.toml", builtin_registry()); }),
+             Catch::Contains("vlm_debug.toml:") && Catch::Contains("[data] hf_dataset_name: got \"sayakpaul"));
+}
+
+TEST_CASE("MoE keys: the reference's rules, and archs that do not build MoE layers say so", "[config][moe]") {
+  auto cfg = load_config_text("[model]\ndim = 64\nnum_experts = 4\nmoe_top_k = 1\nmoe_frequency = 2\n"
+                              "moe_router = \"sigmoid_topk\"\nmoe_expert_ffn_multiplier = 0.5\n",
+                              "t.toml", builtin_registry());
+  CHECK(cfg.warnings.empty());
+  CHECK(cfg.job.model.num_experts == 4);
+  CHECK(cfg.job.model.moe_router == "sigmoid_topk");
+  auto d = config_errors("[model]\ndim = 64\nnum_experts = 2\nmoe_top_k = 3\n");
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == "model.moe_top_k");
+  CHECK_THAT(d[0].message, Catch::Contains("must be <= num_experts = 2"));
+  d = config_errors("[model]\ndim = 64\nmoe_router = \"expert_choice\"\n");
+  REQUIRE(d.size() == 1);
+  CHECK_THAT(d[0].message, Catch::Contains("sigmoid_topk"));
+  d = config_errors("[model]\ndim = 64\nmoe_bias_schedule = \"cosine\"\n");
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == "model.moe_bias_schedule");
+  std::string mot = tiny_vlm_toml("mot");
+  mot.replace(mot.find("[model]\n"), 8, "[model]\nnum_experts = 4\n");
+  d = config_errors(mot);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].key == "vlm.arch");
+  CHECK_THAT(d[0].message, Catch::Contains("num_experts = 0"));
 }
 
 TEST_CASE("overrides apply after the file, in TOML syntax, and are validated the same way", "[config]") {

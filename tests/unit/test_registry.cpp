@@ -1,6 +1,8 @@
 // The plugin loader against good and deliberately broken plugin fixtures.
 #include <dlfcn.h>
 
+#include <fmt/format.h>
+
 #include "forge/plugin.h"
 #include "tests/unit/test_helpers.h"
 
@@ -57,13 +59,14 @@ TEST_CASE("each bad fixture is rejected with its own message", "[plugins]") {
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_torch.so"),
              Catch::Contains("field torch_version") && Catch::Contains("1.13.1"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_sdk.so"),
-             Catch::Contains("field sdk_version: expected 0.3.x, got '9.0.0'") &&
+             Catch::Contains(fmt::format("field sdk_version: expected {}.{}.x, got '9.0.0'", FORGE_SDK_VERSION_MAJOR,
+                                         FORGE_SDK_VERSION_MINOR)) &&
                  Catch::Contains("rebuild the plugin against this SDK"));
   CHECK_THAT(reason("libforge_adapter_fixture_wrong_cxxabi.so"),
              Catch::Contains("field cxx11_abi: expected 1, got 0"));
   CHECK_THAT(reason("libforge_adapter_fixture_misnamed.so"),
              Catch::Contains("file name says adapter/fixture_misnamed") && Catch::Contains("adapter/something_else"));
-  CHECK_THAT(reason("libforge_adapter_fixture_missing_entry.so"), Catch::Contains("missing entry symbol forge_plugin_v3"));
+  CHECK_THAT(reason("libforge_adapter_fixture_missing_entry.so"), Catch::Contains("missing entry symbol " FORGE_PLUGIN_ENTRY_NAME));
   CHECK_THAT(reason("libforge_adapter_fixture_unresolved.so"),
              Catch::Contains("cannot be loaded") && Catch::Contains("forge_fixture_symbol_nobody_defines"));
   CHECK_THAT(reason("libforge_adapter_fixture_throws.so"),
@@ -119,7 +122,7 @@ TEST_CASE("loading the same file twice is not a duplicate", "[plugins]") {
 
 TEST_CASE("same-named entry symbols resolve to their own library", "[plugins]") {
   // Both libraries are loaded RTLD_LOCAL by the registry; asking each handle
-  // for forge_plugin_v3 must give that library's own descriptor.
+  // for the entry symbol must give that library's own descriptor.
   fixture_registry();
   using Entry = const PluginDescriptor* (*)();
   std::string dir = FORGE_FIXTURE_PLUGIN_DIR;
@@ -127,22 +130,22 @@ TEST_CASE("same-named entry symbols resolve to their own library", "[plugins]") 
   void* e = dlopen((dir + "/libforge_encoder_fixture_good.so").c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
   REQUIRE(a);  // already loaded by the registry (RTLD_NOLOAD)
   REQUIRE(e);
-  auto fa = reinterpret_cast<Entry>(dlsym(a, "forge_plugin_v3"));
-  auto fe = reinterpret_cast<Entry>(dlsym(e, "forge_plugin_v3"));
+  auto fa = reinterpret_cast<Entry>(dlsym(a, FORGE_PLUGIN_ENTRY_NAME));
+  auto fe = reinterpret_cast<Entry>(dlsym(e, FORGE_PLUGIN_ENTRY_NAME));
   REQUIRE(fa);
   REQUIRE(fe);
   CHECK(fa != fe);
   CHECK(std::string(fa()->kind) == "adapter");
   CHECK(std::string(fe()->kind) == "encoder");
   // Nothing leaks into the global namespace.
-  CHECK(dlsym(RTLD_DEFAULT, "forge_plugin_v3") == nullptr);
+  CHECK(dlsym(RTLD_DEFAULT, FORGE_PLUGIN_ENTRY_NAME) == nullptr);
 }
 
 TEST_CASE("plugins export only their entry symbol", "[plugins]") {
   std::string so = Registry::builtin_plugin_dir() + "/libforge_adapter_avgpool.so";
   auto r = forge::test::run("nm -D --defined-only " + so);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.output, Catch::Contains("forge_plugin_v3"));
+  CHECK_THAT(r.output, Catch::Contains(FORGE_PLUGIN_ENTRY_NAME));
   size_t lines = std::count(r.output.begin(), r.output.end(), '\n');
   CHECK(lines == 1);
 }

@@ -359,6 +359,11 @@ class Plugin final : public ArchPlugin {
     v.require(h == m.n_heads && kv == m.kv_heads(), "mot_image_n_heads",
               fmt::format("image heads {}/{} (heads/kv heads) must equal the text's {}/{}", h, kv, m.n_heads,
                           m.kv_heads()));
+    v.require(m.num_experts == 0, "arch",
+              fmt::format("arch = \"mot\" with model.num_experts = {}: forge's MoT builds dense per-modality MLPs "
+                          "(mixture-of-experts layers are built for joint_decoder and cross_attention); set "
+                          "num_experts = 0 or choose another arch",
+                          m.num_experts));
   }
   std::shared_ptr<ModalityStrategy> make_strategy(const VLMConfig&) const override {
     return std::make_shared<Strategy>();

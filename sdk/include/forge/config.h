@@ -95,6 +95,12 @@ class FORGE_API ConfigVisitor {
   // A key KempnerForge accepts that forge does not implement: reading it
   // gives one warning (so reference configs validate), its value is ignored.
   virtual void unimplemented(std::string_view key, std::string_view note) = 0;
+  // A KempnerForge key that would change what is trained or on what data,
+  // which forge does not implement: its `neutral` value (TOML text of the
+  // value that changes nothing: "1", "\"\"", "false", "[]") is accepted
+  // silently, anything else is an error naming the key (no silent
+  // downgrade). Default: unimplemented(key, note).
+  virtual void unsupported(std::string_view key, std::string_view note, std::string_view neutral);
 
   // A rule over several fields. When `ok` is false the reader reports
   // `message` as an error located at `key` (other visitors ignore it).
@@ -141,6 +147,21 @@ struct FORGE_API ModelConfig {
   double rope_low_freq_factor = 1.0;         // llama3
   double rope_high_freq_factor = 4.0;        // llama3
   int64_t rope_original_max_seq_len = 8192;  // llama3
+  // Mixture of experts (spec 1.2 and 2.12): layer i's MLP is an MoE layer
+  // when num_experts > 0 and (i + 1) % moe_frequency == 0 (forge/moe.h).
+  int64_t num_experts = 0;
+  int64_t moe_top_k = 2;
+  int64_t moe_frequency = 1;
+  std::string moe_router = "softmax_topk";
+  int64_t moe_shared_experts = 0;  // > 0 builds exactly one shared expert
+  double moe_aux_loss_weight = 0.01;
+  double moe_capacity_factor = 0.0;
+  double moe_sequence_aux_loss_weight = 0.0;
+  bool moe_gradient_scale = false;
+  std::string moe_bias_schedule = "constant";
+  bool moe_packed_experts = false;
+  double moe_expert_ffn_multiplier = 1.0;
+  double moe_router_z_loss_weight = 0.0;
 
   void visit(ConfigVisitor& v);
 

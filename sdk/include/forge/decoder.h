@@ -13,6 +13,7 @@
 #include "forge/config.h"
 #include "forge/export.h"
 #include "forge/modality.h"
+#include "forge/moe.h"
 #include "forge/nn.h"
 #include "forge/param_unit.h"
 
@@ -48,16 +49,20 @@ class FORGE_API DecoderLayer : public torch::nn::Module {
 
 // Pre-norm block: h + attention(attention_norm(h)), then h + mlp(mlp_norm(h)).
 // Keys: attention_norm.*, attention.{q,k,v,o}_proj.weight, mlp_norm.*, mlp.*.
+// Layer `layer_index` gets a mixture-of-experts MLP (`moe`, under the same
+// key "mlp") when nn::is_moe_layer(cfg, layer_index), else a dense one (`mlp`).
 class FORGE_API TransformerBlockImpl : public DecoderLayer {
  public:
-  explicit TransformerBlockImpl(const ModelConfig& cfg);
+  TransformerBlockImpl(const ModelConfig& cfg, int64_t layer_index);
   ~TransformerBlockImpl() override;
   at::Tensor forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) override;
+  at::Tensor feed_forward(const at::Tensor& x);  // mlp(x) or moe(x)
 
   nn::Norm attention_norm{nullptr};
   nn::Attention attention{nullptr};
   nn::Norm mlp_norm{nullptr};
-  nn::Mlp mlp{nullptr};
+  nn::Mlp mlp{nullptr};  // dense layers
+  nn::MoE moe{nullptr};  // MoE layers
 };
 
 // Weights of a plain dense decoder under the reference's names, relative to
