@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +23,7 @@
 #include "core/util/strings.h"
 #include "forge/error.h"
 #include "forge/logging.h"
+#include "forge/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -128,6 +130,54 @@ int cmd_generate(const GenerateArgs& a) {
   std::cout << tokenizer->decode(gen) << std::endl;
   log()->info("{} tokens in {:.3f}s from {} ({} image tokens {})", gen.size(), secs, r.step_dir,
               model->visual_tokens(), model->residual_image_tokens() > 0 ? "prefilled once" : "through cross-attention");
+  return kExitOk;
+}
+
+int cmd_activations(const ActivationsArgs& a) {
+  Restored r = restore(a.checkpoint, a.device, a.plugin_paths);
+  const JobConfig& job = r.cfg.job;
+  VLM& model = r.model;
+  const int64_t L = job.model.n_layers;
+  std::set<int64_t> layers(a.layers.begin(), a.layers.end());
+  if (layers.empty())
+    for (int64_t i = 0; i < L; ++i) layers.insert(i);
+  for (int64_t i : layers)
+    if (i < 0 || i >= L)
+      throw UsageError(fmt::format("--layers {}: the decoder has layers 0..{}", i, L - 1));
+  Image img = read_image(a.image);
+  at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
+  auto tokenizer = make_tokenizer(job.data);
+  // The sample as training lays it out ([BOS] prompt text EOS), without padding.
+  Collator collator(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0, job.data.chat_template);
+  Example ex;
+  ex.prompt = a.prompt;
+  ex.text = a.text;
+  auto [ids, masked] = collator.tokens_of(ex);
+  if (static_cast<int64_t>(ids.size()) > job.vlm->max_text_len) {
+    log()->warn("--text is {} tokens; cut to vlm.max_text_len = {}", ids.size(), job.vlm->max_text_len);
+    ids.resize(static_cast<size_t>(job.vlm->max_text_len));
+  }
+  at::Tensor input = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
+  model->transformer->set_capture(layers);
+  {
+    torch::NoGradGuard no_grad;
+    model->forward(px.to(r.device), input.to(r.device));
+  }
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [i, h] : model->transformer->captured())
+    out.emplace_back(fmt::format("layers.{}", i), h.squeeze(0).to(at::kCPU, at::kFloat).contiguous());
+  out.emplace_back("input_ids", input.squeeze(0));
+  const int64_t N = model->residual_image_tokens();
+  std::map<std::string, std::string> meta{{"checkpoint", r.step_dir},
+                                          {"image", a.image},
+                                          {"image_positions", std::to_string(N)},
+                                          {"text_positions", std::to_string(input.size(1))},
+                                          {"arch", job.vlm->arch},
+                                          {"layout", N > 0 ? "[image tokens][text tokens]" : "[text tokens]"}};
+  safetensors::save(a.out, out, meta);
+  std::cout << fmt::format("{}: the residual stream after {} layer(s), each ({} positions, {} dims): {} image then {} "
+                           "text positions\n",
+                           a.out, layers.size(), N + input.size(1), job.model.dim, N, input.size(1));
   return kExitOk;
 }
 

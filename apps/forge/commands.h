@@ -32,6 +32,17 @@ struct GenerateArgs {
   std::vector<std::string> plugin_paths;
 };
 
+struct ActivationsArgs {
+  std::string checkpoint;
+  std::string image;
+  std::string text;
+  std::string prompt;
+  std::vector<int64_t> layers;  // empty: every layer
+  std::string out;
+  std::string device = "cpu";
+  std::vector<std::string> plugin_paths;
+};
+
 struct ExportArgs {
   std::string checkpoint;
   std::string format = "hf";
@@ -73,6 +84,7 @@ int cmd_check_model(const ConfigArgs& args, int64_t batch);
 int cmd_train(const ConfigArgs& args);
 int cmd_bench(const BenchArgs& args);
 int cmd_generate(const GenerateArgs& args);
+int cmd_activations(const ActivationsArgs& args);
 int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
              const std::vector<std::string>& plugin_paths);
 int cmd_export(const ExportArgs& args);

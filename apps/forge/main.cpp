@@ -130,6 +130,22 @@ int main(int argc, char** argv) {
 
   std::string eval_checkpoint, eval_device = "auto";
   int64_t eval_batches = 0;
+  forge::app::ActivationsArgs act;
+  auto* activations = app.add_subcommand(
+      "activations", "Write the decoder's residual stream after chosen layers for one image and text (safetensors)");
+  activations->add_option("--checkpoint", act.checkpoint, "A run folder (uses latest) or one step_<N> folder")
+      ->required();
+  activations->add_option("--image", act.image, "A PNG or JPEG file")->required()->check(CLI::ExistingFile);
+  activations->add_option("--text", act.text, "The caption, laid out as in training ([BOS] prompt text EOS)");
+  activations->add_option("--prompt", act.prompt, "Text before the caption (as in training)");
+  activations->add_option("--layers", act.layers, "Decoder layers, 0-based, comma-separated (default: every layer)")
+      ->delimiter(',');
+  activations->add_option("--out", act.out, "The .safetensors file to write: layers.<i> (positions x dim, fp32) and "
+                          "input_ids")
+      ->required();
+  activations->add_option("--device", act.device, "cpu (the default) or cuda")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  activations->add_option("--plugin-path", act.plugin_paths, "Extra plugin folder (repeatable)");
+
   auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint on its held-out data (loss, caption accuracy)");
   eval->add_option("--checkpoint", eval_checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
   eval->add_option("--batches", eval_batches, "Batches to evaluate (default: eval.steps)")->check(CLI::PositiveNumber);
@@ -231,6 +247,8 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_bench(bench_args);
     } else if (generate->parsed()) {
       rc = forge::app::cmd_generate(gen);
+    } else if (activations->parsed()) {
+      rc = forge::app::cmd_activations(act);
     } else if (eval->parsed()) {
       rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, eval_device, plugin_paths);
     } else if (export_cmd->parsed()) {

@@ -155,6 +155,14 @@ void DecoderImpl::set_activation_checkpointing(int64_t every) {
   ac_every_ = every;
 }
 
+void DecoderImpl::set_capture(std::set<int64_t> layers) {
+  for (int64_t i : layers)
+    if (i < 0 || i >= static_cast<int64_t>(layer_list_.size()))
+      throw InvalidArgument(fmt::format("decoder: no layer {} to capture (layers 0..{})", i, layer_list_.size() - 1));
+  capture_ = std::move(layers);
+  captured_.clear();
+}
+
 void DecoderImpl::set_layer_units(std::vector<std::shared_ptr<ParamUnit>> units) {
   if (!units.empty() && units.size() != layer_list_.size())
     throw InvalidArgument(fmt::format("decoder: {} parameter units for {} layers", units.size(), layer_list_.size()));
@@ -256,14 +264,16 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   if (checkpoint || sharded)
     for (const auto& p : named_parameters(true))
       if (p.value().requires_grad() && !util::starts_with(p.key(), "layers.")) shared_weights.push_back(p.value());
+  if (!capture_.empty()) captured_.clear();
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const bool recompute = checkpoint && (static_cast<int64_t>(i) + 1) % ac_every_ == 0;
     if (recompute || sharded) {
       h = block_layer(i, h, step, shared_weights, recompute);
-      continue;
+    } else {
+      h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
+      h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
     }
-    h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
-    h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
+    if (!capture_.empty() && capture_.count(static_cast<int64_t>(i))) captured_[static_cast<int64_t>(i)] = h.detach().clone();
   }
   h = hooks_->final_norm(h, step, *this);
   if (const auto& slice = modality.output_slice()) {

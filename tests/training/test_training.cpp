@@ -810,3 +810,62 @@ TEST_CASE("MoE decoders train on the embedded data, log expert use and resume bi
   CHECK(moe_keys == 1 + 3 * 3);  // gate + 3 SwiGLU experts
   CHECK_FALSE(at::equal(trained.at("adapter.proj1.weight"), before.at("adapter.proj1.weight")));
 }
+
+// forge activations: the residual stream after chosen layers, checked
+// against direct forwards: a model cut after layer 0 (built anew, weights
+// copied by name) gives layer 0's stream, and the final norm of the last
+// layer's stream is what the full forward hands the output head.
+TEST_CASE("forge activations writes the residual stream a direct forward computes", "[train][cli][activations]") {
+  TempDir d;
+  const std::string forge = FORGE_BIN;
+  const std::string run_dir = d.str() + "/run";
+  auto t = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --train.max_steps=2" +
+                            tiny_cli(run_dir) + " --model.n_layers=3 --log-level=warn");
+  INFO(t.output);
+  REQUIRE(t.code == 0);
+  REQUIRE(forge::test::run(forge + " data sample --split heldout --image-size 16 -n 1 --out " + d.str() + "/s").code ==
+          0);
+  const std::string image = d.str() + "/s/heldout_000000.png", out = d.str() + "/act.safetensors";
+  auto a = forge::test::run(forge + " activations --checkpoint " + run_dir + " --image " + image +
+                            " --text 'two red circles' --layers 0,2 --out " + out);
+  INFO(a.output);
+  REQUIRE(a.code == 0);
+  safetensors::File f(out);
+  std::set<std::string> names;
+  for (const auto& ti : f.tensors()) names.insert(ti.name);
+  CHECK(names == std::set<std::string>{"layers.0", "layers.2", "input_ids"});
+  at::Tensor ids = f.load("input_ids").unsqueeze(0), l0 = f.load("layers.0"), l2 = f.load("layers.2");
+
+  const std::string step = resolve_checkpoint(run_dir);
+  auto cfg = load_config(step + "/config.toml", builtin_registry());
+  VLM full = build_vlm(cfg.job, builtin_registry());
+  load_checkpoint_weights(step, *full);
+  full->eval();
+  at::Tensor px = preprocess_image(read_image(image), full->vision_encoder->preprocess(), cfg.job.data.hf_image_size)
+                      .unsqueeze(0);
+  const int64_t N = full->residual_image_tokens(), T = ids.size(1);
+  CHECK(l0.sizes() == std::vector<int64_t>{N + T, 32});
+  torch::NoGradGuard no_grad;
+  VLMOutput o = full->forward_hidden(px, ids, ids);
+  at::Tensor last = full->transformer->norm(l2.unsqueeze(0)).narrow(1, N - 1, T);
+  CHECK(at::allclose(last, o.hidden, 1e-6, 1e-6));
+
+  LoadOptions cut_opts;
+  cut_opts.overrides = {"--model.n_layers=1"};
+  auto cut_cfg = load_config(step + "/config.toml", builtin_registry(), cut_opts);
+  VLM cut = build_vlm(cut_cfg.job, builtin_registry());
+  std::map<std::string, at::Tensor> src;
+  for (const auto& p : full->named_parameters(true)) src[p.key()] = p.value();
+  for (auto& p : cut->named_parameters(true)) p.value().copy_(src.at(p.key()));
+  cut->eval();
+  cut->transformer->set_capture({0});
+  cut->forward(px, ids);
+  CHECK(at::allclose(cut->transformer->captured().at(0).squeeze(0), l0, 1e-6, 1e-6));
+  CHECK_FALSE(at::allclose(l0, l2, 1e-3, 1e-3));
+
+  auto bad = forge::test::run(forge + " activations --checkpoint " + run_dir + " --image " + image +
+                              " --text x --layers 3 --out " + d.str() + "/bad.safetensors");
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.output, Catch::Contains("--layers 3: the decoder has layers 0..2"));
+  CHECK_FALSE(std::filesystem::exists(d.str() + "/bad.safetensors"));
+}

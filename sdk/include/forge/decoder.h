@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -149,6 +150,13 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   void set_activation_checkpointing(int64_t every);
   int64_t activation_checkpointing() const { return ac_every_; }
 
+  // Interpretability (forge activations): each later forward keeps the
+  // residual stream after every layer in `layers` (after its after_layer hook,
+  // e.g. a cross-attention block), detached, in captured(). Empty (the
+  // default): nothing is kept and the forward pays one emptiness check.
+  void set_capture(std::set<int64_t> layers);
+  const std::map<int64_t, at::Tensor>& captured() const { return captured_; }
+
   // Fully sharded data parallelism: layer i's parameters live in units[i]
   // and are gathered only while it runs (forward and backward). Empty: the
   // layers own whole parameters (the default).
@@ -174,6 +182,8 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<DecoderLayer>> layer_list_;
   int64_t ac_every_ = 0;
   std::vector<std::shared_ptr<ParamUnit>> layer_units_;
+  std::set<int64_t> capture_;
+  std::map<int64_t, at::Tensor> captured_;
 };
 TORCH_MODULE(Decoder);
 
