@@ -38,6 +38,7 @@ apt_packages=(
   libtomlplusplus-dev libfmt-dev libspdlog-dev catch2 libboost-dev
   nlohmann-json3-dev libcli11-dev libstb-dev libicu-dev libgloo-dev
   libtcmalloc-minimal4
+  libavformat-dev libavcodec-dev libswscale-dev libavutil-dev ffmpeg
 )
 step "Debian packages" "check network access to the Debian mirror, or install these by hand: ${apt_packages[*]}"
 missing=()

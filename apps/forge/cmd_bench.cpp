@@ -100,7 +100,11 @@ Batch synthetic_batch(const JobConfig& job, VLMImpl& model) {
   const int64_t side = prep.image_size > 0 ? prep.image_size : (job.data.hf_image_size > 0 ? job.data.hf_image_size : 32);
   const int64_t B = job.train.batch_size, T = job.vlm->max_text_len;
   Batch b;
-  b.pixel_values = at::rand({B, 3, side, side}, gen, at::TensorOptions().dtype(at::kFloat));
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  // A video model takes whole clips, every frame real.
+  b.pixel_values = model.video() ? at::rand({B, model.frames_per_clip(), 3, side, side}, gen, opts)
+                                 : at::rand({B, 3, side, side}, gen, opts);
+  if (model.video()) b.frame_mask = at::ones({B, model.frames_per_clip()}, at::kBool);
   b.input_ids = at::randint(0, job.model.vocab_size, {B, T}, gen, at::TensorOptions().dtype(at::kLong));
   b.labels = b.input_ids.clone();
   return b;

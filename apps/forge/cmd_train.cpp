@@ -97,6 +97,12 @@ int cmd_generate(const GenerateArgs& a) {
   Restored r = restore(a.checkpoint, a.device, a.plugin_paths);
   const JobConfig& job = r.cfg.job;
   VLM& model = r.model;
+  if (std::string why = model->transformer->hooks().generation_refusal(); !why.empty())
+    throw UserError(fmt::format("{}: {}", a.checkpoint, why));
+  if (model->video())
+    throw UserError(fmt::format("{}: a video model ([video], {} frames a clip); forge generate captions single "
+                                "images, and captioning clips is not built yet. Evaluate it with forge eval",
+                                a.checkpoint, model->frames_per_clip()));
   Image img = read_image(a.image);
   at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
   auto tokenizer = make_tokenizer(job.data);
@@ -193,6 +199,7 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   lo.shuffle = false;
   lo.workers = 1;
   lo.skip_bad = job.data.bad_rows == "skip";
+  lo.frames = job.video ? job.video->max_frames : 0;
   DataLoader loader(held, collator, r.model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
   const Precision precision = resolve_precision(job.train.mixed_precision, r.device);
   EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, r.device, precision);
@@ -233,15 +240,25 @@ int cmd_data_sample(const DataSampleArgs& a) {
   for (int64_t i = 0; i < n; ++i) {
     Example ex = ds->get(static_cast<size_t>(i));
     std::string name = fmt::format("{}_{:06d}.png", a.split, i);
-    write_png((fs::path(a.out) / name).string(), ex.image);
-    nlohmann::json row{{"image", name}, {"text", ex.text}};
+    nlohmann::json row{{"text", ex.text}};
+    if (ex.frames.empty()) {
+      write_png((fs::path(a.out) / name).string(), ex.image);
+      row["image"] = name;
+    } else {  // a clip: its sampled frames, one PNG each
+      std::vector<std::string> frames;
+      for (size_t f = 0; f < ex.frames.size(); ++f) {
+        frames.push_back(fmt::format("{}_{:06d}_frame{:02d}.png", a.split, i, f));
+        write_png((fs::path(a.out) / frames.back()).string(), ex.frames[f]);
+      }
+      row["frames"] = frames;
+      name = fmt::format("{} ({} frames)", frames.front(), frames.size());
+    }
     if (!ex.prompt.empty()) row["prompt"] = ex.prompt;
     manifest << row.dump() << "\n";
     if (i < 5) std::cout << fmt::format("{}  {}\n", name, ex.text);
   }
-  std::cout << fmt::format("wrote {} samples of {} to {} (captions in {}/manifest.jsonl, usable as data.type = "
-                           "\"jsonl\")\n",
-                           n, ds->describe(), a.out, a.out);
+  std::cout << fmt::format("wrote {} samples of {} to {} (captions in {}/manifest.jsonl{})\n", n, ds->describe(),
+                           a.out, a.out, job.video ? "" : ", usable as data.type = \"jsonl\"");
   return kExitOk;
 }
 
@@ -266,11 +283,14 @@ int cmd_data_check(const ConfigArgs& args) {
     for (size_t i = 0; i < ds->size(); ++i) {
       try {
         Example ex = ds->get(i);
-        pixels += static_cast<int64_t>(ex.image.width) * ex.image.height;
-        preprocess_image(ex.image, prep, job.data.hf_image_size);
+        if (ex.frames.empty()) ex.frames.push_back(std::move(ex.image));
+        for (const Image& im : ex.frames) {
+          pixels += static_cast<int64_t>(im.width) * im.height;
+          preprocess_image(im, prep, job.data.hf_image_size);
+        }
         ++ok;
       } catch (const FormatError& e) {
-        ++bad["undecodable image"];
+        ++bad[job.video ? "undecodable video" : "undecodable image"];
         std::cout << "  " << e.what() << "\n";
       }
     }
@@ -280,9 +300,10 @@ int cmd_data_check(const ConfigArgs& args) {
     std::cout << fmt::format("{}: {}\n  rows scanned {}, usable {}, bad {}\n", split, ds->describe(), ok + nbad, ok,
                              nbad);
     for (const auto& [k, v] : bad) std::cout << fmt::format("    {:<18} {}\n", k, v);
-    std::cout << fmt::format("  decoded and preprocessed {} images in {:.2f}s: {:.0f} images/s ({:.1f} Mpixel/s, "
+    const char* unit = job.video ? "clips" : "images";
+    std::cout << fmt::format("  decoded and preprocessed {} {} in {:.2f}s: {:.0f} {}/s ({:.1f} Mpixel/s, "
                              "1 thread)\n",
-                             ok, secs, ok / std::max(secs, 1e-9), pixels / 1e6 / std::max(secs, 1e-9));
+                             ok, unit, secs, ok / std::max(secs, 1e-9), unit, pixels / 1e6 / std::max(secs, 1e-9));
   }
   return kExitOk;
 }

@@ -141,6 +141,39 @@ void DataConfig::visit(ConfigVisitor& v) {
   v.require(type != "jsonl" || !path.empty(), "path", "type = \"jsonl\" needs path = \"<manifest.jsonl>\"");
 }
 
+void VideoConfig::visit(ConfigVisitor& v) {
+  v.field("data_root", data_root,
+          "The clips: webvid, the dataset root (raw/<dataset_name>/data/<train|val>/partitions/*.csv with videoid "
+          "and name columns, videos under raw/videos/<split>/); jsonl, a folder with <split>.jsonl manifests of "
+          "{\"video\", \"text\", \"prompt\"} lines, video paths relative to the manifest.");
+  v.field("dataset_type", dataset_type, "How data_root is laid out.", {"webvid", "jsonl"});
+  v.field("dataset_name", dataset_name, "webvid: the corpus folder under raw/ holding the CSV manifests.");
+  v.field("sampling_policy", sampling_policy,
+          "Which frames a clip gives: uniform takes round(duration x fps) frames, clamped to [min_frames, "
+          "max_frames], evenly spaced from the first to the last instant.",
+          {"uniform"});
+  v.field("split", split, "The manifest to read.", {"train", "validation"});
+  v.field("max_samples", max_samples, "Read at most this many clips (0: all).", Bounds::non_negative());
+  v.field("max_frames", max_frames,
+          "Frames per clip the model takes; a clip with fewer is padded with masked frames.", Bounds::positive());
+  v.field("min_frames", min_frames, "Frames taken from even a short clip (its last frame repeats).",
+          Bounds::positive());
+  v.field("fps", fps, "Frames per second of clip time.", Bounds::positive());
+  v.field("frame_size", frame_size,
+          "Square frame size fed to the encoder; an encoder with a fixed size (siglip, clip) uses its own.",
+          Bounds::positive());
+  v.field("prompt", prompt, "Text before every caption, masked from the loss.");
+  v.field("pool_window", pool_window,
+          "forge: each frame's patch grid is pooled in pool_window x pool_window windows by the adapter (its "
+          "own weights, this window instead of [adapter] pool_window; adapters that do not pool average the "
+          "windows first).",
+          Bounds::positive());
+  v.unsupported("datasets", "mixtures of video corpora", "[]");
+  v.require(min_frames <= max_frames, "min_frames",
+            fmt::format("min_frames = {} exceeds max_frames = {}", min_frames, max_frames));
+  v.require(!data_root.empty(), "data_root", "[video] needs data_root, the folder holding the clips");
+}
+
 void CheckpointConfig::visit(ConfigVisitor& v) {
   v.field("dir", dir,
           "Run directory: step_<N>/ checkpoints, the latest pointer, metrics.jsonl and the resolved config.");

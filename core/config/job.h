@@ -76,6 +76,25 @@ struct FORGE_API DataConfig {
   void visit(ConfigVisitor& v);
 };
 
+// [video]: train on video clips instead of images (spec 1.7 and 4.4). Each
+// clip gives max_frames frames (fewer are padded and masked); each frame is
+// encoded by the tower and pooled by the adapter with pool_window.
+struct FORGE_API VideoConfig {
+  std::string data_root;                 // relative to the config file
+  std::string dataset_type = "webvid";   // "webvid" (the reference's CSV layout) | "jsonl" (forge's manifest)
+  std::string dataset_name = "webvid-10M";
+  std::string sampling_policy = "uniform";
+  std::string split = "train";           // "train" | "validation"
+  int64_t max_samples = 0;               // 0: all
+  int64_t max_frames = 16;
+  int64_t min_frames = 4;
+  double fps = 2.0;
+  int64_t frame_size = 224;
+  std::string prompt;
+  int64_t pool_window = 3;               // forge: the adapter's pooling window for frames
+  void visit(ConfigVisitor& v);
+};
+
 struct FORGE_API CheckpointConfig {
   std::string dir = "checkpoints";
   int64_t interval = 1000;
@@ -132,6 +151,7 @@ struct FORGE_API JobConfig {
   EvalConfig eval;
   DistributedConfig distributed;
   PluginsConfig plugins;
+  std::optional<VideoConfig> video;  // set: the job trains on video clips
 
   bool is_vlm() const { return vlm != nullptr; }
 };

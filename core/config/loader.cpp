@@ -24,7 +24,7 @@ using config::TomlWriter;
 
 namespace {
 
-const std::vector<std::string> kSections = {"model", "vision_encoder", "adapter", "vlm",    "train",
+const std::vector<std::string> kSections = {"model", "vision_encoder", "adapter", "vlm",    "video",   "train",
                                             "optimizer", "scheduler", "data", "checkpoint", "metrics",
                                             "eval",  "distributed", "plugins"};
 // Sections KempnerForge has and forge does not implement: accepted, one warning each.
@@ -32,10 +32,7 @@ const std::vector<std::pair<std::string, std::string>> kUnimplementedSections = 
     {"profiling", "run a profiler around `forge train` instead"},
 };
 // Sections KempnerForge has that would change what is trained: an error (no silent downgrade).
-const std::vector<std::pair<std::string, std::string>> kRefusedSections = {
-    {"video", "forge does not train on video yet; remove [video] (its clips would otherwise be replaced by the "
-              "image data)"},
-};
+const std::vector<std::pair<std::string, std::string>> kRefusedSections = {};
 
 // One override "--a.b.c=value" merged into `root`.
 void apply_override(toml::table& root, const std::string& arg, Diagnostics& diags) {
@@ -263,6 +260,16 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
   read_plain(job.metrics, "metrics");
   read_plain(job.eval, "eval");
   read_plain(job.distributed, "distributed");
+  if (root.get("video")) {
+    job.video.emplace();
+    read_plain(*job.video, "video");
+    if (!root.get("vlm"))
+      diags.error(root.get("video"), "video", "[video] trains a vision-language model: it needs [vlm] and [vision_encoder]");
+    if (const toml::table* dt = section(root, "data"); dt && dt->get("type"))
+      diags.error(dt->get("type"), "data.type",
+                  "a job with [video] reads its clips from [video] data_root; [data] gives only the tokenizer and the "
+                  "loader's settings, so remove data.type (and data.path)");
+  }
   if (!diags.has_errors()) apply_init_from_hf(root, job, diags);
 
   // Keys that belong to another variant of a dispatched section.
@@ -341,9 +348,13 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
       const EncoderInfo& info = out.encoder_info;
       auto ad_plugin = registry.adapter(job.adapter->type);
       try {
-        out.visual_tokens = ad_plugin->output_num_tokens(*job.adapter, info.num_tokens);
+        out.visual_tokens = job.video ? job.video->max_frames * pooled_token_count(info.num_tokens, job.video->pool_window)
+                                      : ad_plugin->output_num_tokens(*job.adapter, info.num_tokens);
       } catch (const UserError& e) {
-        diags.error(at("adapter", "pool_window"), "adapter.pool_window", e.what());
+        if (job.video)
+          diags.error(at("video", "pool_window"), "video.pool_window", e.what());
+        else
+          diags.error(at("adapter", "pool_window"), "adapter.pool_window", e.what());
       }
       TomlReader ar(section(root, "adapter"), "adapter", diags, root.get("adapter") ? root.get("adapter") : root.get("vlm"));
       ad_plugin->check(*job.adapter, info, ar);
@@ -353,9 +364,13 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
       out.residual_tokens = job.vlm->residual_stream_image_tokens(out.visual_tokens);
       int64_t required = out.residual_tokens + job.vlm->max_text_len;
       std::string layout = fmt::format(
-          "{} image tokens in the residual stream (encoder {}: {} tokens, adapter {}: {} tokens, arch {}) + "
+          "{} image tokens in the residual stream (encoder {}: {} tokens, adapter {}: {} tokens{}, arch {}) + "
           "vlm.max_text_len {} = {} positions",
           out.residual_tokens, job.vision_encoder->type, info.num_tokens, job.adapter->type, out.visual_tokens,
+          job.video ? fmt::format(" = video.max_frames {} x {} per frame at video.pool_window {}",
+                                  job.video->max_frames, out.visual_tokens / job.video->max_frames,
+                                  job.video->pool_window)
+                    : std::string(),
           job.vlm->arch, job.vlm->max_text_len, required);
       if (m.max_seq_len < required) {
         diags.error(at("model", "max_seq_len"), "model.max_seq_len",
@@ -365,8 +380,18 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
         diags.error(at("train", "seq_len"), "train.seq_len",
                     fmt::format("{} is too small: {}; set seq_len >= {}", job.train.seq_len, layout, required));
       }
-      // D6: the image size comes from the encoder.
-      if (info.preprocess.image_size > 0) {
+      // D6: the image size comes from the encoder. Video frames: video.frame_size, unless the encoder fixes it.
+      if (job.video) {
+        const toml::table* vt = section(root, "video");
+        const int64_t fixed = info.preprocess.image_size;
+        if (fixed > 0 && vt && vt->get("frame_size") && job.video->frame_size != fixed)
+          diags.error(at("video", "frame_size"), "video.frame_size",
+                      fmt::format("frames of {0}x{0} do not fit the encoder '{1}', which takes {2}x{2}; set "
+                                  "frame_size = {2} (or leave it out to use the encoder's size)",
+                                  job.video->frame_size, job.vision_encoder->type, fixed));
+        if (fixed > 0) job.video->frame_size = fixed;
+        job.data.hf_image_size = job.video->frame_size;  // the loader's size for every frame
+      } else if (info.preprocess.image_size > 0) {
         const toml::table* dt = section(root, "data");
         bool explicit_size = dt && dt->get("hf_image_size");
         if (!explicit_size) {
@@ -431,6 +456,7 @@ std::string to_toml(const JobConfig& job_in) {
   if (job.vision_encoder) sec("vision_encoder", *job.vision_encoder);
   if (job.adapter) sec("adapter", *job.adapter);
   if (job.vlm) sec("vlm", *job.vlm);
+  if (job.video) sec("video", *job.video);
   sec("train", job.train);
   sec("optimizer", job.optimizer);
   sec("scheduler", job.scheduler);
@@ -492,6 +518,10 @@ std::string config_reference_markdown(Registry& registry) {
   VLMConfig vlm;
   doc("vlm", vlm, "Makes the job a VLM. `arch` picks the arch plugin, which adds its own keys below.");
   out += plugin_rows("arch", all_keys(vlm), [&](const std::string& n) { return make_vlm_config(registry, n); });
+  VideoConfig video;
+  doc("video", video,
+      "Optional with [vlm]: train on video clips (docs/video.md). Each clip gives `max_frames` frames, each encoded "
+      "by the tower and pooled by the adapter; [data] then gives only the tokenizer and the loader's settings.");
   TrainConfig train;
   doc("train", train, "");
   OptimizerConfig opt;
@@ -513,8 +543,10 @@ std::string config_reference_markdown(Registry& registry) {
   out += "## Sections accepted and ignored\n\n";
   for (const auto& [name, note] : kUnimplementedSections)
     out += fmt::format("- `[{}]`{}{}\n", name, note.empty() ? "" : ": ", note);
-  out += "\n## Sections refused\n\n";
-  for (const auto& [name, note] : kRefusedSections) out += fmt::format("- `[{}]`: {}\n", name, note);
+  if (!kRefusedSections.empty()) {
+    out += "\n## Sections refused\n\n";
+    for (const auto& [name, note] : kRefusedSections) out += fmt::format("- `[{}]`: {}\n", name, note);
+  }
   return out;
 }
 

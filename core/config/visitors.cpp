@@ -278,6 +278,32 @@ void TomlReader::field(std::string_view key, StringListMap& value, std::string_v
   value = std::move(out);
 }
 
+void TomlReader::field(std::string_view key, IntMap& value, std::string_view, Bounds bounds) {
+  known_.emplace_back(key);
+  const toml::node* n = node(key);
+  if (!n) return;
+  auto tbl = n->as_table();
+  if (!tbl) {
+    error(key, expected("a table of integers (name = 4, ...)", *n));
+    return;
+  }
+  IntMap out = value;  // entries not given keep their defaults
+  for (auto&& [k, v] : *tbl) {
+    const std::string where = qualified(key) + "." + std::string(k.str());
+    auto i = v.as_integer();
+    if (!i) {
+      diags_.error(&v, where, expected("an integer", v));
+      return;
+    }
+    if (!bounds.contains(static_cast<double>(i->get()))) {
+      diags_.error(&v, where, fmt::format("got {}; {}", i->get(), bounds.describe()));
+      return;
+    }
+    out[std::string(k.str())] = i->get();
+  }
+  value = std::move(out);
+}
+
 void TomlReader::tables(std::string_view key, TableList& list, std::string_view) {
   known_.emplace_back(key);
   const toml::node* n = node(key);
@@ -470,6 +496,17 @@ void TomlWriter::field(std::string_view key, StringListMap& value, std::string_v
   put(key, out + (value.empty() ? "}" : " }"));
 }
 
+void TomlWriter::field(std::string_view key, IntMap& value, std::string_view, Bounds) {
+  std::string out = "{";
+  bool first = true;
+  for (const auto& [k, v] : value) {
+    out += first ? " " : ", ";
+    first = false;
+    out += fmt::format("{} = {}", format_key(k), v);
+  }
+  put(key, out + (value.empty() ? "}" : " }"));
+}
+
 void TomlWriter::tables(std::string_view key, TableList& list, std::string_view) {
   std::string out = "[";
   for (size_t i = 0; i < list.size(); ++i) {
@@ -534,6 +571,15 @@ void DocWriter::field(std::string_view key, std::vector<double>& value, std::str
 }
 void DocWriter::field(std::string_view key, StringListMap& value, std::string_view help) {
   row(key, "table of string lists", value.empty() ? "{}" : "see text", "", help);
+}
+void DocWriter::field(std::string_view key, IntMap& value, std::string_view help, Bounds bounds) {
+  TomlWriter w(true);
+  IntMap copy = value;
+  w.field(key, copy, help, bounds);
+  std::string s = w.str();  // "{ key = { a = 1 } }"
+  auto eq = s.find("= ");
+  std::string def = eq == std::string::npos ? s : s.substr(eq + 2, s.size() - eq - 4);
+  row(key, "table of integers", def, bounds.empty() ? "" : "each " + bounds.describe(), help);
 }
 void DocWriter::tables(std::string_view key, TableList& list, std::string_view help) {
   std::string def;

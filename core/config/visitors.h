@@ -58,6 +58,7 @@ class FORGE_API TomlReader final : public ConfigVisitor {
   void field(std::string_view key, std::vector<double>& value, std::string_view help, size_t length,
              Bounds bounds) override;
   void field(std::string_view key, StringListMap& value, std::string_view help) override;
+  void field(std::string_view key, IntMap& value, std::string_view help, Bounds bounds) override;
   void tables(std::string_view key, TableList& list, std::string_view help) override;
   void unimplemented(std::string_view key, std::string_view note) override;
   void unsupported(std::string_view key, std::string_view note, std::string_view neutral) override;
@@ -103,6 +104,7 @@ class FORGE_API TomlWriter final : public ConfigVisitor {
   void field(std::string_view key, std::vector<double>& value, std::string_view help, size_t length,
              Bounds bounds) override;
   void field(std::string_view key, StringListMap& value, std::string_view help) override;
+  void field(std::string_view key, IntMap& value, std::string_view help, Bounds bounds) override;
   void tables(std::string_view key, TableList& list, std::string_view help) override;
   void unimplemented(std::string_view, std::string_view) override {}
   void require(bool, std::string_view, const std::string&) override {}
@@ -146,6 +148,7 @@ class FORGE_API DocWriter final : public ConfigVisitor {
   void field(std::string_view key, std::vector<double>& value, std::string_view help, size_t length,
              Bounds bounds) override;
   void field(std::string_view key, StringListMap& value, std::string_view help) override;
+  void field(std::string_view key, IntMap& value, std::string_view help, Bounds bounds) override;
   void tables(std::string_view key, TableList& list, std::string_view help) override;
   void unimplemented(std::string_view key, std::string_view note) override;
   void unsupported(std::string_view key, std::string_view note, std::string_view neutral) override;

@@ -49,6 +49,7 @@ struct FORGE_API ImageWord {
 
 struct FORGE_API Example {
   Image image;
+  std::vector<Image> frames;  // a video clip's frames, in time order (then `image` is unused)
   std::string text;    // the caption: the part the loss trains on
   std::string prompt;  // optional; masked from the loss
   std::vector<ImageWord> image_words;
@@ -67,7 +68,8 @@ class FORGE_API Dataset {
 // ------------------------------------------------------------ batches
 
 struct FORGE_API Batch {
-  at::Tensor pixel_values;  // (B, 3, S, S) float
+  at::Tensor pixel_values;  // (B, 3, S, S) float; video: (B, F, 3, S, S), padding frames zero
+  at::Tensor frame_mask;    // video: (B, F) bool, true = a real frame; undefined for images
   at::Tensor input_ids;     // (B, T) int64, padded with the tokenizer's PAD
   at::Tensor labels;        // (B, T) int64: -100 on padding, BOS and prompt positions
   // Per sample: input_ids positions [begin, end) of each image word, and its kind.

@@ -18,7 +18,12 @@ namespace {
 bool blank_text(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
 }  // namespace
 
-JsonlDataset::JsonlDataset(const std::string& manifest, bool skip_bad, bool blank) : path_(manifest), blank_(blank) {
+JsonlDataset::JsonlDataset(const std::string& manifest, bool skip_bad, bool blank)
+    : JsonlDataset(manifest, JsonlOptions{skip_bad, blank, std::nullopt, 0, ""}) {}
+
+JsonlDataset::JsonlDataset(const std::string& manifest, const JsonlOptions& options) : path_(manifest), opt_(options) {
+  const bool skip_bad = opt_.skip_bad;
+  const std::string media = opt_.video ? "video" : "image";
   std::ifstream in(manifest);
   if (!in) throw UserError(fmt::format("{}: cannot open the manifest (data.path)", manifest));
   const fs::path base = fs::path(manifest).parent_path();
@@ -26,6 +31,7 @@ JsonlDataset::JsonlDataset(const std::string& manifest, bool skip_bad, bool blan
   int64_t n = 0;
   while (std::getline(in, line)) {
     ++n;
+    if (opt_.max_rows > 0 && static_cast<int64_t>(rows_.size()) >= opt_.max_rows) break;
     if (blank_text(line)) continue;
     ++lines_;
     // reason is "kind: detail"; the kind is what skip mode counts.
@@ -45,11 +51,12 @@ JsonlDataset::JsonlDataset(const std::string& manifest, bool skip_bad, bool blan
       continue;
     }
     if (!j.is_object()) {
-      bad("malformed JSON", "a line must be an object {\"image\": ..., \"text\": ...}");
+      bad("malformed JSON", fmt::format("a line must be an object {{\"{}\": ..., \"text\": ...}}", media));
       continue;
     }
-    if (!j.contains("image") || !j["image"].is_string()) {
-      bad("missing key", "\"image\" (a path to a PNG or JPEG file) is required");
+    if (!j.contains(media) || !j[media].is_string()) {
+      bad("missing key", opt_.video ? "\"video\" (a path to a video file) is required"
+                                    : "\"image\" (a path to a PNG or JPEG file) is required");
       continue;
     }
     if (!j.contains("text") || !j["text"].is_string()) {
@@ -62,17 +69,17 @@ JsonlDataset::JsonlDataset(const std::string& manifest, bool skip_bad, bool blan
     }
     Row r;
     r.line = n;
-    fs::path img(j["image"].get<std::string>());
+    fs::path img(j[media].get<std::string>());
     r.image = (img.is_absolute() ? img : base / img).lexically_normal().string();
     r.text = j["text"].get<std::string>();
-    if (j.contains("prompt") && j["prompt"].is_string()) r.prompt = j["prompt"].get<std::string>();
+    r.prompt = j.contains("prompt") && j["prompt"].is_string() ? j["prompt"].get<std::string>() : opt_.prompt;
     if (blank_text(r.text)) {
       bad("empty text", "the caption is empty");
       continue;
     }
     std::error_code ec;
     if (!fs::is_regular_file(r.image, ec)) {
-      bad("missing file", fmt::format("image {} does not exist", r.image));
+      bad("missing file", fmt::format("{} {} does not exist", media, r.image));
       continue;
     }
     rows_.push_back(std::move(r));
@@ -94,7 +101,7 @@ int64_t JsonlDataset::bad_count() const {
 }
 
 std::string JsonlDataset::describe() const {
-  return fmt::format("JSONL manifest {} ({} rows{})", path_, rows_.size(),
+  return fmt::format("JSONL {}manifest {} ({} rows{})", opt_.video ? "video " : "", path_, rows_.size(),
                      bad_count() ? fmt::format(", {} bad rows skipped", bad_count()) : std::string());
 }
 
@@ -104,12 +111,22 @@ Example JsonlDataset::get(size_t index) const {
   ex.text = r.text;
   ex.prompt = r.prompt;
   ex.source = fmt::format("{}:{}", path_, r.line);
+  if (opt_.video) {
+    try {
+      ex.frames = decode_clip(r.image, *opt_.video).frames;
+    } catch (const FormatError& e) {
+      throw FormatError(fmt::format("{}: undecodable video: {}", ex.source, e.what()));
+    }
+    if (opt_.blank_images)
+      for (auto& f : ex.frames) std::fill(f.rgb.begin(), f.rgb.end(), static_cast<uint8_t>(0));
+    return ex;
+  }
   try {
     ex.image = read_image(r.image);
   } catch (const FormatError& e) {
     throw FormatError(fmt::format("{}: undecodable image: {}", ex.source, e.what()));
   }
-  if (blank_) std::fill(ex.image.rgb.begin(), ex.image.rgb.end(), static_cast<uint8_t>(0));
+  if (opt_.blank_images) std::fill(ex.image.rgb.begin(), ex.image.rgb.end(), static_cast<uint8_t>(0));
   return ex;
 }
 

@@ -56,6 +56,19 @@ const std::vector<int64_t>& DataLoader::order(int64_t epoch) {
   return orders_.emplace(epoch, std::move(mine)).first->second;
 }
 
+std::pair<at::Tensor, at::Tensor> DataLoader::clip_pixels(const Example& ex) const {
+  const int64_t F = opt_.frames;
+  if (ex.frames.empty()) throw FormatError(fmt::format("{}: a video example without frames", ex.source));
+  const auto real = std::min<int64_t>(F, static_cast<int64_t>(ex.frames.size()));
+  std::vector<at::Tensor> frames;
+  for (int64_t f = 0; f < real; ++f) frames.push_back(preprocess_image(ex.frames[f], prep_, image_size_));
+  at::Tensor clip = at::zeros({F, 3, frames[0].size(1), frames[0].size(2)}, frames[0].options());
+  clip.narrow(0, 0, real).copy_(at::stack(frames));
+  at::Tensor mask = at::zeros({F}, at::kBool);
+  mask.narrow(0, 0, real).fill_(true);
+  return {clip, mask};
+}
+
 Batch DataLoader::build(int64_t epoch, int64_t k) {
   std::vector<int64_t> idx;
   {
@@ -64,27 +77,37 @@ Batch DataLoader::build(int64_t epoch, int64_t k) {
     idx.assign(o.begin() + k * opt_.batch_size, o.begin() + (k + 1) * opt_.batch_size);
   }
   std::vector<Example> examples;
-  std::vector<at::Tensor> pixels;
+  std::vector<at::Tensor> pixels, frame_masks;
   std::vector<std::string> skipped;
   for (int64_t i : idx) {
     try {
       Example ex = dataset_->get(static_cast<size_t>(i));
-      pixels.push_back(preprocess_image(ex.image, prep_, image_size_));
+      if (opt_.frames > 0) {
+        auto [clip, mask] = clip_pixels(ex);
+        pixels.push_back(std::move(clip));
+        frame_masks.push_back(std::move(mask));
+      } else {
+        pixels.push_back(preprocess_image(ex.image, prep_, image_size_));
+      }
       ex.image = Image{};  // the pixels are in the tensor now
+      ex.frames.clear();
       examples.push_back(std::move(ex));
     } catch (const FormatError& e) {
-      if (!opt_.skip_bad) throw;
+      if (!opt_.skip_bad)
+        throw FormatError(fmt::format("{} (set data.bad_rows = \"skip\" to skip and count bad examples)", e.what()));
       skipped.push_back(e.what());  // counted and logged when the batch is used (next()), not when prefetched
     }
   }
   if (examples.empty())
     throw UserError(fmt::format("every example of a batch failed to load (epoch {}, batch {})", epoch, k));
   Batch b = collator_->collate(examples, pixels);
+  if (!frame_masks.empty()) b.frame_mask = at::stack(frame_masks);
   b.skipped = std::move(skipped);
   if (opt_.pin_memory) {
     b.pixel_values = b.pixel_values.pin_memory();
     b.input_ids = b.input_ids.pin_memory();
     b.labels = b.labels.pin_memory();
+    if (b.frame_mask.defined()) b.frame_mask = b.frame_mask.pin_memory();
   }
   return b;
 }

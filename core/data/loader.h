@@ -39,6 +39,7 @@ struct FORGE_API LoaderOptions {
   int64_t prefetch = 2;  // batches built ahead
   bool pin_memory = false;
   bool skip_bad = false;  // an example that fails to load is dropped and counted, else its error is raised
+  int64_t frames = 0;     // video: frames per clip (pixel_values (B, F, 3, S, S) + frame_mask); 0: images
 };
 
 class FORGE_API DataLoader {
@@ -71,6 +72,8 @@ class FORGE_API DataLoader {
  private:
   struct Job;
   Batch build(int64_t epoch, int64_t k);
+  // A clip's frames as (F, 3, S, S), zero after its last real frame, and the (F,) mask of real frames.
+  std::pair<at::Tensor, at::Tensor> clip_pixels(const Example& ex) const;
   void count_skipped(const Batch& b);
   const std::vector<int64_t>& order(int64_t epoch);
   void enqueue_until(int64_t global);

@@ -36,6 +36,7 @@ class JsonCollector final : public ConfigVisitor {
     out[std::string(k)] = v;
   }
   void field(std::string_view k, StringListMap& v, std::string_view) override { out[std::string(k)] = v; }
+  void field(std::string_view k, IntMap& v, std::string_view, Bounds) override { out[std::string(k)] = v; }
   void tables(std::string_view, TableList&, std::string_view) override {}
   void unimplemented(std::string_view, std::string_view) override {}
   void require(bool, std::string_view, const std::string&) override {}

@@ -94,6 +94,8 @@ int64_t DecoderHooks::load_dense(DecoderImpl& decoder, const DenseWeights& w) {
   return n;
 }
 
+std::string DecoderHooks::generation_refusal() const { return ""; }
+
 std::vector<std::pair<std::string, at::Tensor>> DecoderHooks::dense_text_weights(DecoderImpl& decoder) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   const auto& layers = decoder.layer_list();

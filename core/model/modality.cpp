@@ -68,6 +68,20 @@ int64_t ModalityContext::prefix_length() const { return f_.prefix_embeds.defined
 ModalityStrategy::~ModalityStrategy() = default;
 ModalityContext ModalityStrategy::decode_context(const ModalityContext&) const { return ModalityContext(); }
 
+PrefixStrategy::PrefixStrategy(std::string name, bool modality_ids)
+    : name_(std::move(name)), modality_ids_(modality_ids) {}
+
+ModalityContext PrefixStrategy::compose(const at::Tensor& visual, const at::Tensor& input_ids) const {
+  ModalityContext::Fields f;
+  f.prefix_embeds = visual;
+  if (modality_ids_) {
+    const int64_t B = visual.size(0), N = visual.size(1), T = input_ids.size(1);
+    auto opts = at::TensorOptions().dtype(at::kLong).device(input_ids.device());
+    f.modality_ids = at::cat({at::zeros({B, N}, opts), at::ones({B, T}, opts)}, 1);
+  }
+  return ModalityContext(std::move(f));
+}
+
 // ------------------------------------------------------------ vision interfaces
 
 static double parameter_count(const torch::nn::Module& m) {
@@ -80,6 +94,9 @@ VisionEncoder::~VisionEncoder() = default;
 double VisionEncoder::forward_flops() const { return 2.0 * parameter_count(*this) * static_cast<double>(num_tokens()); }
 
 VisionAdapter::~VisionAdapter() = default;
+at::Tensor VisionAdapter::forward_window(const at::Tensor& features, int64_t window) {
+  return forward(window == 1 ? features : pool_grid(features, window));
+}
 double VisionAdapter::forward_flops(int64_t n) const {
   return 2.0 * parameter_count(*this) * static_cast<double>(output_num_tokens(n));
 }
@@ -103,6 +120,25 @@ int64_t pooled_token_count(int64_t n, int64_t window) {
   const int64_t side = square_grid_side(n);
   const int64_t per_side = (side + window - 1) / window;
   return per_side * per_side;
+}
+
+at::Tensor pool_grid(const at::Tensor& x, int64_t w) {
+  if (x.dim() != 3) throw InvalidArgument(fmt::format("pool_grid: tokens must be (B, N, C), got {}D", x.dim()));
+  if (w <= 0) throw UserError(fmt::format("pool_window must be > 0, got {}", w));
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  const int64_t side = square_grid_side(N);
+  const int64_t per = (side + w - 1) / w, padded = per * w;
+  at::Tensor grid = x.reshape({B, side, side, C}).permute({0, 3, 1, 2});  // (B, C, side, side)
+  at::Tensor real = at::ones({1, 1, side, side}, x.options());
+  if (padded != side) {
+    grid = at::constant_pad_nd(grid, {0, padded - side, 0, padded - side}, 0.0);
+    real = at::constant_pad_nd(real, {0, padded - side, 0, padded - side}, 0.0);
+  }
+  // Window sums over real cells / number of real cells.
+  at::Tensor sums = at::avg_pool2d(grid, {w, w}, {w, w}) * static_cast<double>(w * w);
+  at::Tensor counts = at::avg_pool2d(real, {w, w}, {w, w}) * static_cast<double>(w * w);
+  at::Tensor mean = sums / counts.clamp_min(1.0);
+  return mean.permute({0, 2, 3, 1}).reshape({B, per * per, C});
 }
 
 }  // namespace forge

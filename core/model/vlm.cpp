@@ -21,13 +21,18 @@ namespace forge {
 // ------------------------------------------------------------ VLM
 
 VLMImpl::VLMImpl(std::shared_ptr<VisionEncoder> encoder, std::shared_ptr<VisionAdapter> adapter_, Decoder transformer_,
-                 std::shared_ptr<ModalityStrategy> strategy_, int64_t max_text_len)
-    : strategy(std::move(strategy_)), max_text_len_(max_text_len) {
+                 std::shared_ptr<ModalityStrategy> strategy_, int64_t max_text_len, int64_t frames_per_clip,
+                 int64_t frame_window)
+    : strategy(std::move(strategy_)), frames_per_clip_(frames_per_clip), frame_window_(frame_window),
+      max_text_len_(max_text_len) {
   if (!encoder || !adapter_ || !transformer_ || !strategy) throw InvalidArgument("VLM: every part must be given");
+  if (frames_per_clip < 1 || (frames_per_clip > 1 && frame_window < 1))
+    throw InvalidArgument(fmt::format("VLM: {} frames per clip with pooling window {}", frames_per_clip, frame_window));
   vision_encoder = register_module("vision_encoder", encoder);
   adapter = register_module("adapter", adapter_);
   transformer = register_module("transformer", transformer_);
-  visual_tokens_ = adapter->output_num_tokens(vision_encoder->num_tokens());
+  visual_tokens_ = video() ? frames_per_clip_ * pooled_token_count(vision_encoder->num_tokens(), frame_window_)
+                           : adapter->output_num_tokens(vision_encoder->num_tokens());
   residual_tokens_ = strategy->residual_image_tokens(visual_tokens_);
   const int64_t need = residual_tokens_ + max_text_len_;
   if (need > transformer->config().max_seq_len)
@@ -56,9 +61,16 @@ void VLMImpl::set_activation_checkpointing(int64_t every) {
     log()->info("activation checkpointing: the decoder's layers (this vision encoder has no blocks to recompute)");
 }
 
-at::Tensor VLMImpl::encode_images(const at::Tensor& pixel_values) {
-  if (pixel_values.dim() != 4 || pixel_values.size(1) != 3)
-    throw InvalidArgument(fmt::format("VLM: pixel_values must be (B, 3, H, W), got {}", util::shape(pixel_values)));
+at::Tensor VLMImpl::encode_images(const at::Tensor& pixel_values_in) {
+  const int64_t F = frames_per_clip_;
+  if (video() ? pixel_values_in.dim() != 5 || pixel_values_in.size(1) != F || pixel_values_in.size(2) != 3
+              : pixel_values_in.dim() != 4 || pixel_values_in.size(1) != 3)
+    throw InvalidArgument(fmt::format("VLM: pixel_values must be {}, got {}",
+                                      video() ? fmt::format("(B, {}, 3, H, W): clips of {} frames", F, F)
+                                              : std::string("(B, 3, H, W)"),
+                                      util::shape(pixel_values_in)));
+  const int64_t B = pixel_values_in.size(0);
+  const at::Tensor pixel_values = video() ? pixel_values_in.flatten(0, 1) : pixel_values_in;  // frames in the batch
   at::Tensor feats;
   if (encoder_frozen()) {
     {
@@ -76,15 +88,43 @@ at::Tensor VLMImpl::encode_images(const at::Tensor& pixel_values) {
                                       vision_encoder->feature_dim()));
   auto params = adapter->parameters(true);
   if (!params.empty() && feats.scalar_type() != params.front().scalar_type()) feats = feats.to(params.front().scalar_type());
-  at::Tensor out = adapter->forward(feats);
-  const int64_t D = transformer->config().dim;
-  if (out.dim() != 3 || out.size(1) != visual_tokens_ || out.size(2) != D)
-    throw InvalidArgument(fmt::format("VLM: the adapter returned {}, expected (B, {}, {})", util::shape(out),
-                                      visual_tokens_, D));
-  return out;
+  at::Tensor out = video() ? adapter->forward_window(feats, frame_window_) : adapter->forward(feats);
+  const int64_t D = transformer->config().dim, per_image = visual_tokens_ / F;
+  if (out.dim() != 3 || out.size(1) != per_image || out.size(2) != D)
+    throw InvalidArgument(fmt::format("VLM: the adapter returned {}, expected (B, {}, {})", util::shape(out), per_image,
+                                      D));
+  return video() ? out.reshape({B, visual_tokens_, D}) : out;  // frames' tokens in time order
 }
 
-ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tensor& input_ids) {
+namespace {
+
+// Masks the visual tokens of padding frames: each frame's bit repeated over
+// its tokens. Image-prefix archs get a key padding mask over the residual
+// stream (text positions all real), and the padding tokens become zeros: the
+// last image position, which predicts the first text token (D1), may be one,
+// and its own residual must not carry what the padding pixels were.
+// Cross-attention gets an image mask.
+ModalityContext mask_frames(const ModalityContext& ctx, const at::Tensor& frame_mask, int64_t visual_tokens,
+                            int64_t text_len) {
+  const int64_t B = frame_mask.size(0), F = frame_mask.size(1);
+  at::Tensor visual = frame_mask.to(at::kBool).repeat_interleave(visual_tokens / F, 1);  // (B, N)
+  ModalityContext::Fields f = ctx.fields();
+  if (f.prefix_embeds.defined()) {
+    f.key_padding_mask = at::cat({visual, at::ones({B, text_len}, visual.options())}, 1);
+    f.prefix_embeds = f.prefix_embeds * visual.unsqueeze(-1).to(f.prefix_embeds.scalar_type());
+  }
+  else if (f.image_features.defined())
+    f.image_mask = visual;
+  else
+    throw InvalidArgument("VLM: a frame mask needs an arch that reads the visual tokens as a prefix or through "
+                          "cross-attention");
+  return ModalityContext(std::move(f));
+}
+
+}  // namespace
+
+ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tensor& input_ids,
+                                 const at::Tensor& frame_mask) {
   if (input_ids.dim() != 2 || input_ids.scalar_type() != at::kLong)
     throw InvalidArgument(fmt::format("VLM: input_ids must be (B, T) int64, got {} {}", util::shape(input_ids),
                                       util::dtype(input_ids)));
@@ -95,16 +135,21 @@ ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tenso
     throw InvalidArgument(fmt::format("VLM: the {} strategy put {} image positions in the residual stream but "
                                       "reports {}",
                                       strategy->name(), ctx.prefix_length(), residual_tokens_));
-  return ctx;
+  if (!frame_mask.defined()) return ctx;
+  if (!video() || frame_mask.sizes() != at::IntArrayRef{pixel_values.size(0), frames_per_clip_})
+    throw InvalidArgument(fmt::format("VLM: frame_mask {} must be (B, F) = ({}, {}) for a video model",
+                                      util::shape(frame_mask), pixel_values.size(0), frames_per_clip_));
+  return mask_frames(ctx, frame_mask, visual_tokens_, input_ids.size(1));
 }
 
-VLMOutput VLMImpl::forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels) {
-  return run(pixel_values, input_ids, labels, /*hidden=*/false);
+VLMOutput VLMImpl::forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
+                           const at::Tensor& frame_mask) {
+  return run(pixel_values, input_ids, labels, frame_mask, /*hidden=*/false);
 }
 
 VLMOutput VLMImpl::forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids,
-                                  const at::Tensor& labels) {
-  return run(pixel_values, input_ids, labels, /*hidden=*/true);
+                                  const at::Tensor& labels, const at::Tensor& frame_mask) {
+  return run(pixel_values, input_ids, labels, frame_mask, /*hidden=*/true);
 }
 
 const at::Tensor& VLMImpl::output_weight() const { return transformer->output_head->proj->weight; }
@@ -115,8 +160,8 @@ at::Tensor VLMImpl::targets_of(const at::Tensor& labels) const {
 }
 
 VLMOutput VLMImpl::run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
-                       bool hidden) {
-  ModalityContext ctx = compose(pixel_values, input_ids);
+                       const at::Tensor& frame_mask, bool hidden) {
+  ModalityContext ctx = compose(pixel_values, input_ids, frame_mask);
   const int64_t T = input_ids.size(1);
   if (labels.defined() && (labels.sizes() != input_ids.sizes()))
     throw InvalidArgument(fmt::format("VLM: labels {} must match input_ids {}", util::shape(labels), util::shape(input_ids)));
@@ -167,7 +212,10 @@ VLM build_vlm(const JobConfig& job, Registry& registry) {
   BuildContext actx{named_logger("plugin.adapter." + acfg.type), job.train.seed};
   auto adapter = registry.hold(
       "adapter", acfg.type, registry.adapter(acfg.type)->create(acfg, encoder->feature_dim(), job.model.dim, actx));
-  const int64_t n_visual = adapter->output_num_tokens(encoder->num_tokens());
+  const int64_t frames = job.video ? job.video->max_frames : 1;
+  const int64_t window = job.video ? job.video->pool_window : 0;
+  const int64_t n_visual = job.video ? frames * pooled_token_count(encoder->num_tokens(), window)
+                                     : adapter->output_num_tokens(encoder->num_tokens());
   auto arch = registry.arch(job.vlm->arch);
   auto strategy = registry.hold("arch", job.vlm->arch, arch->make_strategy(*job.vlm));
   auto hooks = registry.hold("arch", job.vlm->arch, arch->make_hooks(job.model, *job.vlm, n_visual));
@@ -176,7 +224,7 @@ VLM build_vlm(const JobConfig& job, Registry& registry) {
     const int64_t n = hf::load_llm_weights(*decoder, job.model.init_from_hf);
     log()->info("decoder: {} pretrained tensors from {} (init_from_hf)", n, job.model.init_from_hf);
   }
-  return VLM(encoder, adapter, decoder, strategy, job.vlm->max_text_len);
+  return VLM(encoder, adapter, decoder, strategy, job.vlm->max_text_len, frames, window);
 }
 
 Decoder build_text_decoder(const ModelConfig& cfg) { return Decoder(cfg, nullptr); }
@@ -346,7 +394,10 @@ at::Tensor decode_loop(at::Tensor logits, const GenerateOptions& o, Step step) {
   return at::stack(out, 1);
 }
 
-void check_prompt(const at::Tensor& prompt) {
+// The prompt's shape, and whether the arch can decode token by token at all.
+void check_generation(const DecoderImpl& decoder, const at::Tensor& prompt) {
+  const std::string refusal = decoder.hooks().generation_refusal();
+  if (!refusal.empty()) throw UserError("generate: " + refusal);
   if (prompt.dim() != 2 || prompt.scalar_type() != at::kLong)
     throw InvalidArgument(fmt::format("generate: prompt ids must be (B, P) int64, got {} {}", util::shape(prompt),
                                       util::dtype(prompt)));
@@ -355,7 +406,7 @@ void check_prompt(const at::Tensor& prompt) {
 }  // namespace
 
 at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt, const GenerateOptions& o) {
-  check_prompt(prompt);
+  check_generation(*model.transformer, prompt);
   torch::NoGradGuard no_grad;
   const int64_t N = model.residual_image_tokens();
   const int64_t P = prompt.size(1);
@@ -392,7 +443,7 @@ at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Te
 }
 
 at::Tensor generate_text(DecoderImpl& decoder, const at::Tensor& prompt, const GenerateOptions& o) {
-  check_prompt(prompt);
+  check_generation(decoder, prompt);
   torch::NoGradGuard no_grad;
   const int64_t P = prompt.size(1);
   if (P == 0) throw InvalidArgument("generate: text-only generation needs at least one prompt token");

@@ -31,34 +31,49 @@ struct FORGE_API VLMOutput {
 
 class FORGE_API VLMImpl : public torch::nn::Module {
  public:
+  // frames_per_clip > 1: a video model; each frame's patch tokens go through
+  // the adapter with `frame_window` (adapter->forward_window).
   VLMImpl(std::shared_ptr<VisionEncoder> encoder, std::shared_ptr<VisionAdapter> adapter, Decoder transformer,
-          std::shared_ptr<ModalityStrategy> strategy, int64_t max_text_len);
+          std::shared_ptr<ModalityStrategy> strategy, int64_t max_text_len, int64_t frames_per_clip = 1,
+          int64_t frame_window = 0);
   ~VLMImpl() override;
 
-  // pixel_values (B, 3, H, W); input_ids (B, T) int64; labels (B, T) or undefined.
+  // pixel_values (B, 3, H, W), or (B, F, 3, H, W) for a video model with
+  // frame_mask (B, F) bool (false: a padding frame, whose tokens no position
+  // attends to); input_ids (B, T) int64; labels (B, T) or undefined.
   // For an arch with image tokens in the residual stream (N of them), logit t
   // comes from position N - 1 + t, so the last image position predicts the
   // first text token. Without (cross-attention), logit t comes from text
   // position t and predicts token t + 1: T' = T - 1.
-  VLMOutput forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels = {});
+  VLMOutput forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels = {},
+                    const at::Tensor& frame_mask = {});
   // The same positions as forward, stopped before the output head (out.hidden):
   // for a loss that applies the head itself (linear_cross_entropy).
-  VLMOutput forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels);
+  VLMOutput forward_hidden(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
+                           const at::Tensor& frame_mask = {});
   // The output head's weight (V, D).
   const at::Tensor& output_weight() const;
   // What forward's `targets` are for these labels (D1): all of them when
   // image tokens lead the residual stream, else all but the first.
   at::Tensor targets_of(const at::Tensor& labels) const;
 
-  // (B, N, D) visual tokens: encoder (under inference mode when frozen), then adapter.
+  // (B, N, D) visual tokens: encoder (under inference mode when frozen), then
+  // adapter; a clip's frames are encoded one by one and their tokens
+  // concatenated in time order (N = F x tokens per frame).
   at::Tensor encode_images(const at::Tensor& pixel_values);
-  // The strategy's context for the decoder (no output slice).
-  ModalityContext compose(const at::Tensor& pixel_values, const at::Tensor& input_ids);
+  // The strategy's context for the decoder (no output slice); with a frame
+  // mask, padding frames' tokens are masked (key_padding_mask for archs with
+  // the image in the residual stream, image_mask for cross-attention).
+  ModalityContext compose(const at::Tensor& pixel_values, const at::Tensor& input_ids,
+                          const at::Tensor& frame_mask = {});
 
   // Image tokens per sample after the adapter, and how many sit in the residual stream.
   int64_t visual_tokens() const { return visual_tokens_; }
   int64_t residual_image_tokens() const { return residual_tokens_; }
   int64_t max_text_len() const { return max_text_len_; }
+  // Frames per video clip (1: an image model).
+  int64_t frames_per_clip() const { return frames_per_clip_; }
+  bool video() const { return frames_per_clip_ > 1 || frame_window_ > 0; }
   // True when no encoder parameter requires grad (then it runs without autograd).
   bool encoder_frozen() const;
   // True when no adapter parameter requires grad (its FLOPs count once, D12).
@@ -75,8 +90,11 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   std::shared_ptr<ModalityStrategy> strategy;
 
  private:
-  VLMOutput run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels, bool hidden);
+  VLMOutput run(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
+                const at::Tensor& frame_mask, bool hidden);
   int64_t visual_tokens_ = 0;
+  int64_t frames_per_clip_ = 1;
+  int64_t frame_window_ = 0;
   int64_t residual_tokens_ = 0;
   int64_t max_text_len_ = 0;
 };

@@ -25,7 +25,7 @@ EvalResult evaluate(VLMImpl& model, DataLoader& loader, int64_t batches, const a
     VLMOutput out;
     {
       AutocastScope autocast(precision);
-      out = model.forward(px, ids, labels);
+      out = model.forward(px, ids, labels, batch.frame_mask.defined() ? batch.frame_mask.to(device) : at::Tensor());
     }
     at::Tensor logits = out.logits.to(at::kFloat).flatten(0, 1);
     at::Tensor tgt = out.targets.flatten();

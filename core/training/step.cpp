@@ -29,7 +29,8 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
     {
       AutocastScope autocast(parts.precision);
       // The output head runs inside the loss, chunk by chunk: no (B, T, vocab) logits are kept.
-      VLMOutput out = parts.model.forward_hidden(px, ids, labels);
+      at::Tensor frames = batch.frame_mask.defined() ? batch.frame_mask.to(parts.device, true) : at::Tensor();
+      VLMOutput out = parts.model.forward_hidden(px, ids, labels, frames);
       lv = linear_cross_entropy(out.hidden, parts.model.output_weight(), out.targets, parts.z_loss_weight, valid);
     }
     parts.dp.before_backward(micro + 1 == accum);
@@ -60,9 +61,12 @@ StepReport participant_report(VLMImpl& model) {
 }
 
 double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len) {
-  const double enc = model.vision_encoder->forward_flops() * (model.encoder_frozen() ? 1 : 3);
+  // Every frame of a clip goes through the tower and the adapter (the
+  // adapter's count is its own window's: frames pool with [video] pool_window).
+  const auto frames = static_cast<double>(model.frames_per_clip());
+  const double enc = frames * model.vision_encoder->forward_flops() * (model.encoder_frozen() ? 1 : 3);
   const double ada =
-      model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (model.adapter_frozen() ? 1 : 3);
+      frames * model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (model.adapter_frozen() ? 1 : 3);
   return static_cast<double>(samples) * (3 * model.forward_flops_per_sample(text_len) + enc + ada);
 }
 

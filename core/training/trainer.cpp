@@ -177,6 +177,7 @@ LoaderOptions train_loader_options(const JobConfig& job, const at::Device& devic
   lo.prefetch = job.data.prefetch_factor;
   lo.pin_memory = device.is_cuda() && job.data.pin_memory;
   lo.skip_bad = job.data.bad_rows == "skip";
+  lo.frames = job.video ? job.video->max_frames : 0;
   lo.rank = rank;
   lo.world = world;
   return lo;

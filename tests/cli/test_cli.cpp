@@ -100,7 +100,7 @@ TEST_CASE("plugin folders named in the TOML are searched", "[cli][plugins]") {
 }
 
 TEST_CASE("forge check-model builds each arch from configs/ and runs forward/backward", "[cli][model]") {
-  for (const char* arch : {"joint_decoder", "cross_attention", "mot"}) {
+  for (const char* arch : {"joint_decoder", "cross_attention", "mot", "moma"}) {
     auto r = run(kForge + " check-model " FORGE_SOURCE_DIR "/configs/tiny_" + arch + ".toml");
     INFO(r.output);
     CHECK(r.code == 0);
@@ -114,10 +114,29 @@ TEST_CASE("forge plugins: every built-in plugin loads ok", "[cli][plugins]") {
   CHECK(r.code == 0);
   for (const char* p : {"encoder  random", "encoder  siglip", "encoder  clip", "adapter  mlp_2layer",
                         "adapter  linear", "adapter  avgpool", "adapter  attentional_pool", "arch     joint_decoder",
-                        "arch     cross_attention", "arch     mot"})
+                        "arch     cross_attention", "arch     mot", "arch     moma"})
     CHECK_THAT(r.output, Catch::Contains(p));
   CHECK_THAT(r.output, Catch::Contains("also registered as: siglip2"));
-  CHECK_THAT(r.output, Catch::Contains("10 plugin file(s): 10 ok, 0 rejected."));
+  CHECK_THAT(r.output, Catch::Contains("11 plugin file(s): 11 ok, 0 rejected."));
+}
+
+TEST_CASE("docs/moma.md: every command runs", "[cli][docs][moma]") {
+  forge::test::TempDir d;
+  auto commands = forge::test::doc_commands(FORGE_SOURCE_DIR "/docs/moma.md", d.str());
+  REQUIRE(commands.size() == 4);
+  for (const auto& c : commands) {
+    INFO(c);
+    auto r = run("cd " FORGE_SOURCE_DIR " && " + c + " 2>&1");
+    INFO(r.output);
+    CHECK(r.code == 0);
+  }
+  CHECK(std::filesystem::exists(d.path() / "forge-moma" / "latest"));
+  // And generation says why not.
+  REQUIRE(run(kForge + " data sample --split heldout -n 1 --out " + d.str() + "/s").code == 0);
+  auto g = run(kForge + " generate --checkpoint " + d.str() + "/forge-moma --image " + d.str() +
+               "/s/heldout_000000.png 2>&1");
+  CHECK(g.code == 2);
+  CHECK_THAT(g.output, Catch::Contains("expert choice") && Catch::Contains("forge eval"));
 }
 
 TEST_CASE("docs/configuration.md is what forge config-reference prints", "[cli][docs]") {

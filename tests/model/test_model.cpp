@@ -12,7 +12,10 @@ using forge::test::tiny_vlm_toml;
 
 namespace {
 
+// Causal archs (D1 checks, KV-cache generation); moma's expert choice is not
+// causal (tests/model/test_moma.cpp) but builds and round-trips like the rest.
 const char* kArchs[] = {"joint_decoder", "cross_attention", "mot"};
+const char* kAllArchs[] = {"joint_decoder", "cross_attention", "mot", "moma"};
 const char* kAdapters[] = {"mlp_2layer", "linear", "avgpool", "attentional_pool"};
 
 LoadedConfig load(const std::string& text, const std::vector<std::string>& overrides = {}) {
@@ -57,7 +60,7 @@ bool has_param(const torch::nn::Module& m, const std::string& name) {
 }  // namespace
 
 TEST_CASE("every arch x adapter builds and produces aligned logits", "[model][shapes]") {
-  for (const char* arch : kArchs) {
+  for (const char* arch : kAllArchs) {
     for (const char* adapter : kAdapters) {
       DYNAMIC_SECTION(arch << " + " << adapter) {
         VLM m = build(arch, adapter);
@@ -509,7 +512,7 @@ TEST_CASE("freeze specs: aliases, raw patterns, and a pattern that matches nothi
 
 TEST_CASE("a state dict saved by forge and reloaded reproduces the logits exactly", "[model][state]") {
   forge::test::TempDir dir;
-  for (const char* arch : kArchs) {
+  for (const char* arch : kAllArchs) {
     DYNAMIC_SECTION(arch) {
       VLM a = build(arch, "attentional_pool");
       {
@@ -519,6 +522,8 @@ TEST_CASE("a state dict saved by forge and reloaded reproduces the logits exactl
       std::string path = dir.str() + "/" + arch + ".safetensors";
       save_state_dict(*a, path);
       VLM b = build(arch, "attentional_pool", {"--train.seed=999"});
+      a->eval();  // no training-time randomness (MoMa's router noise)
+      b->eval();
       auto px = pixels(2);
       auto in = ids(2, 8);
       CHECK_FALSE(at::equal(a->forward(px, in).logits, b->forward(px, in).logits));

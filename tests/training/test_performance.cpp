@@ -244,21 +244,8 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
 TEST_CASE("docs/performance.md: every command runs", "[docs][bench]") {
   // Its sh blocks, one command per line, with the build's forge and Python and a scratch folder for /tmp.
   TempDir d;
-  std::ifstream in(FORGE_SOURCE_DIR "/docs/performance.md");
   std::vector<std::string> commands;
-  bool in_sh = false;
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("```", 0) == 0) {
-      in_sh = !in_sh && line == "```sh";
-      continue;
-    }
-    if (!in_sh || line.empty()) continue;
-    auto replace_all = [&](const std::string& from, const std::string& to) {
-      for (size_t at = line.find(from); at != std::string::npos; at = line.find(from, at + to.size()))
-        line.replace(at, from.size(), to);
-    };
-    replace_all("/tmp/", d.str() + "/");  // first: the build's own path may be under /tmp
-    replace_all("build/bin/forge", FORGE_BIN);
+  for (std::string line : forge::test::doc_commands(FORGE_SOURCE_DIR "/docs/performance.md", d.str())) {
     if (line.rfind("python ", 0) == 0) line = std::string(FORGE_PYTHON) + line.substr(6);
     if (line.find("side_by_side.py") != std::string::npos) line += " --forge " + std::string(FORGE_BIN);
     commands.push_back(line);

@@ -6,15 +6,7 @@ using forge::test::builtin_registry;
 using forge::test::config_errors;
 using forge::test::tiny_vlm_toml;
 
-namespace {
-
-const ConfigDiagnostic* find_diag(const std::vector<ConfigDiagnostic>& d, const std::string& key) {
-  for (const auto& x : d)
-    if (x.key == key && !x.warning) return &x;
-  return nullptr;
-}
-
-}  // namespace
+using forge::test::find_diag;
 
 TEST_CASE("defaults follow the reference when a section is absent", "[config]") {
   auto cfg = load_config_text("[model]\ndim = 64\nn_heads = 4\n", "t.toml", builtin_registry());
@@ -128,7 +120,6 @@ TEST_CASE("no silent downgrade: keys that would change what is trained are error
       {"[distributed]\ntp = 2\n", "distributed.tp", "tensor parallelism"},
       {"[distributed]\nep = 4\n", "distributed.ep", "expert parallelism"},
       {"[checkpoint]\nexclude_from_loading = [\"optimizer\"]\n", "checkpoint.exclude_from_loading", "partial"},
-      {"[video]\nmax_frames = 8\n", "video", "video"},
   };
   for (const auto& c : cases) {
     INFO(c.toml);
@@ -138,7 +129,7 @@ TEST_CASE("no silent downgrade: keys that would change what is trained are error
     CHECK(d[0].line > 1);  // located in the file
     CHECK_FALSE(d[0].warning);
     CHECK_THAT(d[0].message, Catch::Contains(c.says));
-    if (std::string(c.key) != "video") CHECK_THAT(d[0].message, Catch::Contains("remove it (or set"));
+    CHECK_THAT(d[0].message, Catch::Contains("remove it (or set"));
   }
   // The neutral values change nothing: accepted without a word.
   auto ok = load_config_text(
@@ -241,12 +232,12 @@ TEST_CASE("the vlm section dispatches on arch, and an arch override re-dispatche
 
 TEST_CASE("an unknown arch lists the registered ones and the folders searched", "[config][vlm]") {
   auto text = tiny_vlm_toml();
-  text.replace(text.find("\"joint_decoder\""), 15, "\"moma\"");
+  text.replace(text.find("\"joint_decoder\""), 15, "\"momo\"");
   auto d = config_errors(text);
   const auto* e = find_diag(d, "vlm.arch");
   REQUIRE(e);
   CHECK(e->line > 0);
-  CHECK_THAT(e->message, Catch::Contains("no arch plugin named 'moma'") && Catch::Contains("joint_decoder") &&
+  CHECK_THAT(e->message, Catch::Contains("no arch plugin named 'momo'") && Catch::Contains("joint_decoder") &&
                              Catch::Contains("Searched:"));
 }
 
@@ -359,5 +350,44 @@ TEST_CASE("a missing config file is a clear error", "[config]") {
   } catch (const ConfigError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("/nonexistent/forge.toml") && Catch::Contains("not found"));
     CHECK(e.exit_code() == 2);
+  }
+}
+
+TEST_CASE("[video]: its keys, the clip's token budget, and what a video job cannot have", "[config][video]") {
+  auto vlm = [](const std::string& video) {
+    auto t = tiny_vlm_toml();
+    return t.replace(t.find("[train]"), 7, "[video]\n" + video + "[train]");
+  };
+  // 2 frames x ceil(4 / 3)^2 tokens per frame (16 encoder tokens pooled 3 x 3).
+  auto ok = load_config_text(vlm("data_root = \"clips\"\nmax_frames = 2\nmin_frames = 1\n"), "t.toml", builtin_registry());
+  REQUIRE(ok.job.video);
+  CHECK(ok.job.video->pool_window == 3);
+  CHECK(ok.job.video->dataset_type == "webvid");
+  CHECK(ok.visual_tokens == 2 * 4);
+  CHECK(ok.job.data.hf_image_size == 224);  // frames at video.frame_size
+  CHECK(to_toml(ok.job).find("[video]\ndata_root = \"clips\"") != std::string::npos);
+
+  struct Case {
+    std::string toml;
+    const char* key;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"[model]\ndim = 64\n[video]\ndata_root = \"x\"\n", "video", "needs [vlm]"},
+      {vlm("data_root = \"x\"\nmax_frames = 2\nmin_frames = 3\n"), "video.min_frames", "exceeds max_frames = 2"},
+      {vlm("max_frames = 2\nmin_frames = 1\n"), "video.data_root", "needs data_root"},
+      {vlm("data_root = \"x\"\nmax_frames = 2\nmin_frames = 1\ndatasets = [\"a\"]\n"), "video.datasets", "mixtures"},
+      {vlm("data_root = \"x\"\nmax_frames = 2\nmin_frames = 1\n") + "[data]\ntype = \"jsonl\"\npath = \"m.jsonl\"\n",
+       "data.type", "reads its clips from [video]"},
+      {vlm("data_root = \"x\"\nmin_frames = 1\n"), "model.max_seq_len",
+       "video.max_frames 16 x 4 per frame at video.pool_window 3"},
+      {vlm("data_root = \"x\"\ndataset_type = \"hf\"\n"), "video.dataset_type", "\"webvid\", \"jsonl\""},
+  };
+  for (const auto& c : cases) {
+    INFO(c.toml);
+    auto d = config_errors(c.toml);
+    const auto* e = find_diag(d, c.key);
+    REQUIRE(e);
+    CHECK_THAT(e->message, Catch::Contains(c.says));
   }
 }

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "core/config/loader.h"
 #include "core/registry/registry.h"
@@ -77,6 +78,13 @@ inline std::vector<ConfigDiagnostic> config_errors(const std::string& text, cons
   return {};
 }
 
+// The error (not warning) about `key` among `d`, or null.
+inline const ConfigDiagnostic* find_diag(const std::vector<ConfigDiagnostic>& d, const std::string& key) {
+  for (const auto& x : d)
+    if (x.key == key && !x.warning) return &x;
+  return nullptr;
+}
+
 // The message of what `f` throws, or "(no error)".
 inline std::string error_of(const std::function<void()>& f) {
   try {
@@ -96,5 +104,30 @@ inline std::string tiny_vlm_toml(const std::string& arch = "joint_decoder", cons
          (arch == "cross_attention" ? "cross_attention_every_n_layers = 1\n" : "") +
          "[train]\nseq_len = 64\n";
 }
+
+#ifdef FORGE_BIN
+// The commands of a Markdown tutorial's ```sh blocks, one per line, as a test
+// runs them: /tmp/ becomes `scratch`/ and build/bin/forge the build's forge.
+inline std::vector<std::string> doc_commands(const std::string& markdown, const std::string& scratch) {
+  std::ifstream in(markdown);
+  std::vector<std::string> commands;
+  bool in_sh = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("```", 0) == 0) {
+      in_sh = !in_sh && line == "```sh";
+      continue;
+    }
+    if (!in_sh || line.empty()) continue;
+    auto replace_all = [&](const std::string& from, const std::string& to) {
+      for (size_t at = line.find(from); at != std::string::npos; at = line.find(from, at + to.size()))
+        line.replace(at, from.size(), to);
+    };
+    replace_all("/tmp/", scratch + "/");  // first: the build's own path may be under /tmp
+    replace_all("build/bin/forge", FORGE_BIN);
+    commands.push_back(line);
+  }
+  return commands;
+}
+#endif
 
 }  // namespace forge::test

@@ -26,8 +26,22 @@ class AttentionalPool final : public VisionAdapter {
     out_proj = register_module("out_proj", torch::nn::Linear(in, out));
   }
 
-  at::Tensor forward(const at::Tensor& x) override {
-    const int64_t B = x.size(0), N = x.size(1), C = x.size(2), w = window_;
+  at::Tensor forward(const at::Tensor& x) override { return pool(x, window_); }
+  at::Tensor forward_window(const at::Tensor& x, int64_t window) override { return pool(x, window); }
+  int64_t output_num_tokens(int64_t n) const override { return pooled_token_count(n, window_); }
+  double forward_flops(int64_t n) const override {
+    const double C = static_cast<double>(in_), W = static_cast<double>(output_num_tokens(n));
+    const double D = static_cast<double>(out_proj->weight.size(0));
+    // k, v over every patch; q, o, out per window; scores and mix per window.
+    return 2.0 * (2 * n * C * C + W * (2 * C * C + C * D)) + 4.0 * W * window_ * window_ * C;
+  }
+
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr}, out_proj{nullptr};
+
+ private:
+  // One token per w x w window: its mean queries the window's patches.
+  at::Tensor pool(const at::Tensor& x, int64_t w) {
+    const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
     const int64_t side = square_grid_side(N);
     const int64_t per = (side + w - 1) / w, padded = per * w, W = per * per, dh = C / heads_;
     at::Tensor grid = x.reshape({B, side, side, C});
@@ -50,17 +64,7 @@ class AttentionalPool final : public VisionAdapter {
     o = o.transpose(1, 2).reshape({B, W, C});
     return out_proj(o_proj(o));
   }
-  int64_t output_num_tokens(int64_t n) const override { return pooled_token_count(n, window_); }
-  double forward_flops(int64_t n) const override {
-    const double C = static_cast<double>(in_), W = static_cast<double>(output_num_tokens(n));
-    const double D = static_cast<double>(out_proj->weight.size(0));
-    // k, v over every patch; q, o, out per window; scores and mix per window.
-    return 2.0 * (2 * n * C * C + W * (2 * C * C + C * D)) + 4.0 * W * window_ * window_ * C;
-  }
 
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr}, out_proj{nullptr};
-
- private:
   int64_t in_, window_, heads_;
 };
 

@@ -8,22 +8,11 @@
 
 namespace forge::plugins::arch::joint_decoder {
 
-class Strategy final : public ModalityStrategy {
- public:
-  std::string name() const override { return "joint_decoder"; }
-  ModalityContext compose(const at::Tensor& visual, const at::Tensor&) const override {
-    ModalityContext::Fields f;
-    f.prefix_embeds = visual;
-    return ModalityContext(std::move(f));
-  }
-  int64_t residual_image_tokens(int64_t n) const override { return n; }
-};
-
 class Plugin final : public ArchPlugin {
  public:
   std::unique_ptr<VLMConfig> make_config() const override { return std::make_unique<VLMConfig>(); }
   std::shared_ptr<ModalityStrategy> make_strategy(const VLMConfig&) const override {
-    return std::make_shared<Strategy>();
+    return std::make_shared<PrefixStrategy>("joint_decoder", /*modality_ids=*/false);
   }
   std::shared_ptr<DecoderHooks> make_hooks(const ModelConfig&, const VLMConfig&, int64_t) const override {
     return std::make_shared<DecoderHooks>();

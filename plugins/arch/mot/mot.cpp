@@ -335,20 +335,6 @@ class Hooks final : public DecoderHooks {
   std::vector<nn::Norm> final_norms_;
 };
 
-class Strategy final : public ModalityStrategy {
- public:
-  std::string name() const override { return "mot"; }
-  ModalityContext compose(const at::Tensor& visual, const at::Tensor& input_ids) const override {
-    const int64_t B = visual.size(0), N = visual.size(1), T = input_ids.size(1);
-    ModalityContext::Fields f;
-    f.prefix_embeds = visual;
-    auto opts = at::TensorOptions().dtype(at::kLong).device(input_ids.device());
-    f.modality_ids = at::cat({at::zeros({B, N}, opts), at::ones({B, T}, opts)}, 1);
-    return ModalityContext(std::move(f));
-  }
-  int64_t residual_image_tokens(int64_t n) const override { return n; }
-};
-
 class Plugin final : public ArchPlugin {
  public:
   std::unique_ptr<VLMConfig> make_config() const override { return std::make_unique<Config>(); }
@@ -366,7 +352,7 @@ class Plugin final : public ArchPlugin {
                           m.num_experts));
   }
   std::shared_ptr<ModalityStrategy> make_strategy(const VLMConfig&) const override {
-    return std::make_shared<Strategy>();
+    return std::make_shared<PrefixStrategy>("mot", /*modality_ids=*/true);
   }
   std::shared_ptr<DecoderHooks> make_hooks(const ModelConfig& m, const VLMConfig& c, int64_t n_visual) const override {
     return std::make_shared<Hooks>(m, static_cast<const Config&>(c), n_visual);

@@ -68,6 +68,7 @@ class TableListOf final : public TableList {
 };
 
 using StringListMap = std::map<std::string, std::vector<std::string>>;
+using IntMap = std::map<std::string, int64_t>;
 
 class FORGE_API ConfigVisitor {
  public:
@@ -89,6 +90,8 @@ class FORGE_API ConfigVisitor {
                      size_t length = 0, Bounds bounds = {}) = 0;
   // A table whose values are lists of strings (e.g. [vlm.module_patterns]).
   virtual void field(std::string_view key, StringListMap& value, std::string_view help) = 0;
+  // A table whose values are integers, each within `bounds` (e.g. [vlm.moma_experts_per_modality]).
+  virtual void field(std::string_view key, IntMap& value, std::string_view help, Bounds bounds = {}) = 0;
   // An array of tables.
   virtual void tables(std::string_view key, TableList& list, std::string_view help) = 0;
 

@@ -123,6 +123,9 @@ class FORGE_API DecoderHooks {
   // Extra multiply-add FLOPs per sample in one forward that the dense
   // formula misses (e.g. cross-attention blocks), for MFU.
   virtual double extra_forward_flops(int64_t n_visual, int64_t text_len) const;
+  // Why this arch cannot generate text token by token (forge generate, the
+  // KV-cache decode), or empty when it can. Default: empty.
+  virtual std::string generation_refusal() const;
 };
 
 // The decoder ("transformer" in the VLM's state dict).

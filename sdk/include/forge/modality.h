@@ -31,7 +31,7 @@ struct OutputSlice {
 //   - shapes and dtypes agree (3-D embeddings, int64 modality_ids, bool masks
 //     with matching batch and length).
 // Per arch: joint_decoder = prefix_embeds (+ output_slice); cross_attention =
-// image_features (+ image_mask); mot = prefix_embeds + modality_ids
+// image_features (+ image_mask); mot, moma = prefix_embeds + modality_ids
 // (+ output_slice).
 class FORGE_API ModalityContext {
  public:
@@ -80,6 +80,21 @@ class FORGE_API ModalityStrategy {
   // nothing (the image already sits in the cache). Cross-attention keeps its
   // image features.
   virtual ModalityContext decode_context(const ModalityContext& prefill) const;
+};
+
+// The image tokens in front of the text in one residual stream
+// (prefix_embeds), with modality_ids (0 for the N image positions, 1 for the
+// T text positions) when `modality_ids` is set: joint_decoder, mot, moma.
+class FORGE_API PrefixStrategy final : public ModalityStrategy {
+ public:
+  PrefixStrategy(std::string name, bool modality_ids);
+  std::string name() const override { return name_; }
+  ModalityContext compose(const at::Tensor& visual, const at::Tensor& input_ids) const override;
+  int64_t residual_image_tokens(int64_t n_visual) const override { return n_visual; }
+
+ private:
+  std::string name_;
+  bool modality_ids_;
 };
 
 }  // namespace forge

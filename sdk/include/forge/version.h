@@ -8,13 +8,13 @@
 #pragma once
 
 #define FORGE_SDK_VERSION_MAJOR 0
-#define FORGE_SDK_VERSION_MINOR 4
+#define FORGE_SDK_VERSION_MINOR 5
 #define FORGE_SDK_VERSION_PATCH 0
-#define FORGE_SDK_VERSION_STRING "0.4.0"
+#define FORGE_SDK_VERSION_STRING "0.5.0"
 
-#define FORGE_PLUGIN_ABI 4
-#define FORGE_PLUGIN_ENTRY forge_plugin_v4
-#define FORGE_PLUGIN_ENTRY_NAME "forge_plugin_v4"
+#define FORGE_PLUGIN_ABI 5
+#define FORGE_PLUGIN_ENTRY forge_plugin_v5
+#define FORGE_PLUGIN_ENTRY_NAME "forge_plugin_v5"
 
 #define FORGE_CHECKPOINT_SCHEMA 1
 

@@ -52,6 +52,13 @@ class FORGE_API VisionAdapter : public torch::nn::Module {
   ~VisionAdapter() override;
   virtual at::Tensor forward(const at::Tensor& features) = 0;
   virtual int64_t output_num_tokens(int64_t n) const = 0;
+  // The same weights with a pooling window given per call (video frames use
+  // [video] pool_window while images use the adapter's own): (B, N, in_dim)
+  // -> (B, pooled_token_count(N, window), out_dim). A pooling adapter pools
+  // with `window` instead of its own; the default, for adapters that do not
+  // pool, averages window x window cells of the grid (pool_grid) and then
+  // runs forward().
+  virtual at::Tensor forward_window(const at::Tensor& features, int64_t window);
   // FLOPs of one image's forward for n input tokens. Default: 2 * parameters * output tokens.
   virtual double forward_flops(int64_t n) const;
 };
@@ -62,5 +69,9 @@ FORGE_API int64_t square_grid_side(int64_t n_tokens);
 // Tokens after pooling w x w windows over the grid, ragged edges included:
 // ceil(side / w)^2. 196 tokens, w = 2 -> 49; 729, w = 3 -> 81; 729, w = 2 -> 196.
 FORGE_API int64_t pooled_token_count(int64_t n_tokens, int64_t window);
+// (B, N, C) -> (B, pooled_token_count(N, window), C): each window x window
+// window of the square grid averaged over its real cells (ragged edges
+// included), windows row-major.
+FORGE_API at::Tensor pool_grid(const at::Tensor& tokens, int64_t window);
 
 }  // namespace forge
