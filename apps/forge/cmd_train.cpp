@@ -79,9 +79,16 @@ int cmd_train(const ConfigArgs& args) {
     }
     std::cout << "\n";
   }
-  if (!s.last_checkpoint.empty())
-    std::cout << fmt::format("checkpoint: {}\ncaption an image: forge generate --checkpoint {} --image <file.png>\n",
-                             s.last_checkpoint, cfg.job.checkpoint.dir);
+  if (!s.last_checkpoint.empty()) {
+    std::cout << fmt::format("checkpoint: {}\n", s.last_checkpoint);
+    const JobConfig& job = cfg.job;
+    const bool generates = job.vlm && !job.video &&
+                           Registry::global().arch(job.vlm->arch)->make_hooks(job.model, *job.vlm, 0)->generation_refusal().empty();
+    if (generates)
+      std::cout << fmt::format("caption an image: forge generate --checkpoint {} --image <file.png>\n", job.checkpoint.dir);
+    else
+      std::cout << fmt::format("evaluate it: forge eval --checkpoint {}\n", job.checkpoint.dir);
+  }
   return kExitOk;
 }
 
@@ -164,7 +171,7 @@ int cmd_activations(const ActivationsArgs& a) {
     ids.resize(static_cast<size_t>(job.vlm->max_text_len));
   }
   at::Tensor input = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
-  model->transformer->set_capture(layers);
+  model->transformer->set_capture(layers, a.attention);
   {
     torch::NoGradGuard no_grad;
     model->forward(px.to(r.device), input.to(r.device));
@@ -172,6 +179,12 @@ int cmd_activations(const ActivationsArgs& a) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& [i, h] : model->transformer->captured())
     out.emplace_back(fmt::format("layers.{}", i), h.squeeze(0).to(at::kCPU, at::kFloat).contiguous());
+  for (const auto& [i, p] : model->transformer->captured_attention())
+    out.emplace_back(fmt::format("attention.{}", i), p.squeeze(0).to(at::kCPU, at::kFloat).contiguous());
+  if (a.attention && model->transformer->captured_attention().size() < layers.size())
+    log()->warn("--attention: {} of the {} layer(s) have no standard attention module (the {} arch's own), so no "
+                "attention.<i> for them",
+                layers.size() - model->transformer->captured_attention().size(), layers.size(), job.vlm->arch);
   out.emplace_back("input_ids", input.squeeze(0));
   const int64_t N = model->residual_image_tokens();
   std::map<std::string, std::string> meta{{"checkpoint", r.step_dir},
@@ -182,8 +195,11 @@ int cmd_activations(const ActivationsArgs& a) {
                                           {"layout", N > 0 ? "[image tokens][text tokens]" : "[text tokens]"}};
   safetensors::save(a.out, out, meta);
   std::cout << fmt::format("{}: the residual stream after {} layer(s), each ({} positions, {} dims): {} image then {} "
-                           "text positions\n",
-                           a.out, layers.size(), N + input.size(1), job.model.dim, N, input.size(1));
+                           "text positions{}\n",
+                           a.out, layers.size(), N + input.size(1), job.model.dim, N, input.size(1),
+                           a.attention ? fmt::format("; attention probabilities of {} layer(s)",
+                                                     model->transformer->captured_attention().size())
+                                       : std::string());
   return kExitOk;
 }
 
@@ -192,7 +208,10 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   Restored r = restore(checkpoint, device, plugin_paths);
   const JobConfig& job = r.cfg.job;
   auto held = make_dataset(job, "heldout");
-  if (!held) throw UserError("the checkpoint's config has no held-out data (eval.dataset_path)");
+  if (!held)
+    throw UserError(job.video ? "the checkpoint's [video] data_root has no validation split (validation.jsonl, or "
+                                "WebVid's data/val partitions)"
+                              : "the checkpoint's config has no held-out data (eval.dataset_path)");
   auto collator = make_collator(job, make_tokenizer(job.data), *r.model);
   LoaderOptions lo;
   lo.batch_size = job.train.batch_size;

@@ -38,6 +38,7 @@ struct ActivationsArgs {
   std::string text;
   std::string prompt;
   std::vector<int64_t> layers;  // empty: every layer
+  bool attention = false;       // also the layers' attention probabilities
   std::string out;
   std::string device = "cpu";
   std::vector<std::string> plugin_paths;

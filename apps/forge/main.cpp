@@ -140,6 +140,8 @@ int main(int argc, char** argv) {
   activations->add_option("--prompt", act.prompt, "Text before the caption (as in training)");
   activations->add_option("--layers", act.layers, "Decoder layers, 0-based, comma-separated (default: every layer)")
       ->delimiter(',');
+  activations->add_flag("--attention", act.attention,
+                        "Also write attention.<i>: the layer's attention probabilities (heads x positions x positions)");
   activations->add_option("--out", act.out, "The .safetensors file to write: layers.<i> (positions x dim, fp32) and "
                           "input_ids")
       ->required();

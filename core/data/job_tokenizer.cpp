@@ -1,6 +1,8 @@
 // make_tokenizer(DataConfig) (core/data/job_tokenizer.h).
 #include "core/data/job_tokenizer.h"
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "forge/error.h"
@@ -34,6 +36,14 @@ class SpecialIds final : public Tokenizer {
 }  // namespace
 
 std::shared_ptr<Tokenizer> make_tokenizer(const DataConfig& data) {
+  std::error_code ec;
+  if (!data.tokenizer_path.empty() && !std::filesystem::exists(data.tokenizer_path, ec))
+    throw UserError(fmt::format(
+        "data.tokenizer_path = \"{0}\": no such file. forge reads a local Hugging Face tokenizer.json; a hub id "
+        "such as \"{0}\" must be downloaded first (huggingface-cli download {0} tokenizer.json --local-dir "
+        "models/{0}, then data.tokenizer_path = \"models/{0}/tokenizer.json\"), or leave tokenizer_path empty for "
+        "forge's byte-level tokenizer",
+        data.tokenizer_path));
   auto tok = make_tokenizer(data.tokenizer_path);
   if (!data.bos_token_id && !data.eos_token_id && !data.pad_token_id) return tok;
   const int64_t vocab = tok->vocab_size();

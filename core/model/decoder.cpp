@@ -157,10 +157,21 @@ void DecoderImpl::set_activation_checkpointing(int64_t every) {
   ac_every_ = every;
 }
 
-void DecoderImpl::set_capture(std::set<int64_t> layers) {
+void DecoderImpl::set_capture(std::set<int64_t> layers, bool attention) {
   for (int64_t i : layers)
     if (i < 0 || i >= static_cast<int64_t>(layer_list_.size()))
       throw InvalidArgument(fmt::format("decoder: no layer {} to capture (layers 0..{})", i, layer_list_.size() - 1));
+  for (auto& [i, a] : capture_attention_) a->keep_probabilities = false;
+  capture_attention_.clear();
+  captured_attention_.clear();
+  if (attention)
+    for (int64_t i : layers)
+      for (const auto& m : layer_list_[i]->modules(/*include_self=*/false))
+        if (auto* a = dynamic_cast<nn::AttentionImpl*>(m.get())) {
+          a->keep_probabilities = true;
+          capture_attention_[i] = a;
+          break;
+        }
   capture_ = std::move(layers);
   captured_.clear();
 }
@@ -275,7 +286,11 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
       h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
       h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
     }
-    if (!capture_.empty() && capture_.count(static_cast<int64_t>(i))) captured_[static_cast<int64_t>(i)] = h.detach().clone();
+    if (!capture_.empty() && capture_.count(static_cast<int64_t>(i))) {
+      captured_[static_cast<int64_t>(i)] = h.detach().clone();
+      if (auto a = capture_attention_.find(static_cast<int64_t>(i)); a != capture_attention_.end())
+        captured_attention_[a->first] = a->second->probabilities;
+    }
   }
   h = hooks_->final_norm(h, step, *this);
   if (const auto& slice = modality.output_slice()) {

@@ -4,6 +4,7 @@
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <limits>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -93,6 +94,25 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 
 // ------------------------------------------------------------ attention core
 
+// The keys each query may see: (1 or B, S, S_kv) bool. Causal over absolute
+// positions (queries start at `start`), within a document, real keys only; a
+// query left with no key sees every key instead (the NaN guard).
+static at::Tensor allowed_keys(int64_t S, int64_t S_kv, int64_t start, const AttentionInputs& in,
+                               const at::Device& device) {
+  auto lopts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor qpos = at::arange(start, start + S, lopts).unsqueeze(1);
+  at::Tensor kpos = at::arange(S_kv, lopts).unsqueeze(0);
+  at::Tensor allowed = (kpos <= qpos).unsqueeze(0);  // (1, S, S_kv)
+  if (in.doc_ids.defined()) allowed = allowed & (in.doc_ids.unsqueeze(2) == in.doc_ids.unsqueeze(1));
+  if (in.key_padding_mask.defined()) {
+    if (in.key_padding_mask.size(-1) != S_kv)
+      throw InvalidArgument(fmt::format("key_padding_mask covers {} positions, attention has {} keys",
+                                        in.key_padding_mask.size(-1), S_kv));
+    allowed = allowed & in.key_padding_mask.to(at::kBool).unsqueeze(1);
+  }
+  return allowed | allowed.any(-1, /*keepdim=*/true).logical_not();
+}
+
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const at::Tensor& v_in,
                             const AttentionInputs& in, LayerKV* cache) {
   const int64_t S = q.size(2);
@@ -124,23 +144,18 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const a
     k = k.repeat_interleave(H / Hkv, 1);
     v = v.repeat_interleave(H / Hkv, 1);
   }
-  auto lopts = at::TensorOptions().dtype(at::kLong).device(q.device());
-  at::Tensor qpos = at::arange(start, start + S, lopts).unsqueeze(1);
-  at::Tensor kpos = at::arange(S_kv, lopts).unsqueeze(0);
-  at::Tensor allowed = (kpos <= qpos).unsqueeze(0);  // (1, S, S_kv)
-  if (in.doc_ids.defined()) {
-    if (cache) throw InvalidArgument("doc_ids masking cannot be combined with a KV cache");
-    allowed = allowed & (in.doc_ids.unsqueeze(2) == in.doc_ids.unsqueeze(1));
-  }
-  if (in.key_padding_mask.defined()) {
-    if (in.key_padding_mask.size(-1) != S_kv)
-      throw InvalidArgument(fmt::format("key_padding_mask covers {} positions, attention has {} keys",
-                                        in.key_padding_mask.size(-1), S_kv));
-    allowed = allowed & in.key_padding_mask.to(at::kBool).unsqueeze(1);
-  }
-  // NaN guard: a query with no allowed key attends to everything instead.
-  allowed = allowed | allowed.any(-1, /*keepdim=*/true).logical_not();
-  return at::scaled_dot_product_attention(q, k, v, allowed.unsqueeze(1), 0.0, false);
+  if (in.doc_ids.defined() && cache) throw InvalidArgument("doc_ids masking cannot be combined with a KV cache");
+  return at::scaled_dot_product_attention(q, k, v, allowed_keys(S, S_kv, start, in, q.device()).unsqueeze(1), 0.0,
+                                          false);
+}
+
+at::Tensor attention_probabilities(const at::Tensor& q, const at::Tensor& k_in, const AttentionInputs& in) {
+  const int64_t S = q.size(2), H = q.size(1), S_kv = k_in.size(2);
+  const at::Tensor k = H == k_in.size(1) ? k_in : k_in.repeat_interleave(H / k_in.size(1), 1);
+  at::Tensor scores = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-2, -1)) /
+                      std::sqrt(static_cast<double>(q.size(-1)));
+  at::Tensor allowed = allowed_keys(S, S_kv, in.start_pos, in, q.device()).unsqueeze(1);  // (B|1, 1, S, S_kv)
+  return at::softmax(scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity()), -1);
 }
 
 // ------------------------------------------------------------ Attention
@@ -182,6 +197,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in
   at::Tensor q = apply_rope(project_q(x), in.cos, in.sin);
   at::Tensor k = apply_rope(project_k(x), in.cos, in.sin);
   at::Tensor v = project_v(x);
+  if (keep_probabilities && !cache) probabilities = attention_probabilities(q, k, in).detach();
   at::Tensor o = causal_attention(q, k, v, in, cache);
   return o_proj(o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));
 }

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/data/job_tokenizer.h"
 #include "core/data/tokenizer.h"
 #include "tests/unit/test_helpers.h"
 #include "forge/error.h"
@@ -593,4 +594,13 @@ TEST_CASE("training with a tokenizer.json, then forge generate prints decoded te
   CHECK(refused.code == 2);
   CHECK_THAT(refused.output, Catch::Contains(wl) && Catch::Contains("model.type \"WordLevel\" is not supported") &&
                                  Catch::Contains("\"Unigram\""));
+}
+
+TEST_CASE("a tokenizer_path that is a hub id, not a file, says how to get the file", "[tokenizer][config]") {
+  forge::DataConfig data;
+  data.tokenizer_path = "gpt2";  // KempnerForge's configs name hub ids
+  CHECK_THROWS_WITH(forge::make_tokenizer(data), Catch::Contains("data.tokenizer_path = \"gpt2\": no such file") &&
+                                                     Catch::Contains("huggingface-cli download gpt2 tokenizer.json"));
+  data.tokenizer_path = "";
+  CHECK(forge::make_tokenizer(data)->vocab_size() == 259);
 }

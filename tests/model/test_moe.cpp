@@ -335,3 +335,29 @@ TEST_CASE("MoE decoder layers: placement, state-dict names, and the aux loss in 
   (0.5 * (y2.sum() + 0.5 * aux + 0.01 * z)).backward();
   CHECK(at::allclose(with_aux, block->moe->router->gate->weight.grad(), 1e-5, 1e-7));
 }
+
+TEST_CASE("MoE decoders build and train with every adapter, under freezing", "[moe][model]") {
+  for (const char* arch : {"joint_decoder", "cross_attention"}) {
+    for (const char* adapter : {"mlp_2layer", "linear", "avgpool", "attentional_pool"}) {
+      DYNAMIC_SECTION(arch << " + " << adapter) {
+        LoadOptions o;
+        o.overrides = {"--model.num_experts=3", "--model.moe_top_k=2"};
+        auto cfg = load_config_text(forge::test::tiny_vlm_toml(arch, adapter), "t.toml", forge::test::builtin_registry(), o);
+        VLM m = build_vlm(cfg.job, forge::test::builtin_registry());
+        apply_freeze(*m, {FreezeSpec{"adapter", true}}, cfg.job.vlm->resolved_module_patterns());
+        torch::manual_seed(3);
+        at::Tensor ids = torch::randint(0, 64, {2, 10}, torch::kLong);
+        auto out = m->forward(torch::rand({2, 3, 8, 8}), ids, ids);
+        at::cross_entropy_loss(out.logits.flatten(0, 1), out.targets.flatten(), {}, at::Reduction::Mean, -100)
+            .backward();
+        for (auto& p : m->named_parameters(true)) {
+          INFO(p.key());
+          const bool adapter_param = p.key().rfind("adapter.", 0) == 0;
+          CHECK(p.value().grad().defined() == !adapter_param);
+          if (p.key() == "transformer.layers.1.mlp.router.gate.weight")
+            CHECK(p.value().grad().abs().sum().item<double>() > 0);
+        }
+      }
+    }
+  }
+}

@@ -881,6 +881,28 @@ TEST_CASE("MoMa trains on the embedded data, logs expert use and resumes bit-exa
   CHECK_FALSE(at::equal(trained.at("adapter.proj1.weight"), init->named_parameters(true)["adapter.proj1.weight"]));
 }
 
+// KempnerForge's own configs that forge can honour train: each header's
+// "forge train" line runs (2 steps, no evaluation, into a scratch folder).
+TEST_CASE("the reference configs with a forge train line in their header train", "[train][reference]") {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(FORGE_SOURCE_DIR "/configs/reference")) {
+    std::ifstream in(e.path());
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const std::string marker = "#   forge train configs/reference/" + e.path().filename().string();
+    auto at = text.find(marker);
+    if (at == std::string::npos) continue;
+    ++n;
+    TempDir d;
+    std::string args = text.substr(at + marker.size(), text.find('\n', at) - at - marker.size());
+    auto r = forge::test::run(std::string("cd " FORGE_SOURCE_DIR " && " FORGE_BIN " train ") + e.path().string() + args +
+                              " --train.max_steps=2 --eval.enabled=false --log-level=warn --checkpoint.dir=" + d.str());
+    INFO(e.path() << "\n" << r.output);
+    CHECK(r.code == 0);
+    CHECK(std::filesystem::exists(d.path() / "latest"));
+  }
+  CHECK(n >= 2);
+}
+
 // forge activations: the residual stream after chosen layers, checked
 // against direct forwards: a model cut after layer 0 (built anew, weights
 // copied by name) gives layer 0's stream, and the final norm of the last
@@ -932,6 +954,32 @@ TEST_CASE("forge activations writes the residual stream a direct forward compute
   cut->forward(px, ids);
   CHECK(at::allclose(cut->transformer->captured().at(0).squeeze(0), l0, 1e-6, 1e-6));
   CHECK_FALSE(at::allclose(l0, l2, 1e-3, 1e-3));
+
+  // --attention: layer 1's probabilities against softmax(q k^T / sqrt(hd)) written out from layer 0's stream.
+  const std::string att = d.str() + "/att.safetensors";
+  auto with_att = forge::test::run(forge + " activations --checkpoint " + run_dir + " --image " + image +
+                                   " --text 'two red circles' --layers 0,1 --attention --out " + att);
+  INFO(with_att.output);
+  REQUIRE(with_att.code == 0);
+  safetensors::File fa(att);
+  at::Tensor p1 = fa.load("attention.1"), h0 = fa.load("layers.0").unsqueeze(0);
+  const ModelConfig& m = cfg.job.model;
+  const int64_t H = m.n_heads, S = N + T, hd = m.head_dim();
+  REQUIRE(p1.sizes() == std::vector<int64_t>{H, S, S});
+  auto& block = *full->transformer->layer_list()[1]->as<TransformerBlockImpl>();
+  at::Tensor xn = block.attention_norm(h0);
+  nn::RotaryEmbedding rope(hd, m.max_seq_len, m.rope_theta);
+  auto [cos, sin] = rope.rows(torch::arange(S, torch::kLong), at::kFloat);
+  at::Tensor q = nn::apply_rope(block.attention->project_q(xn), cos, sin)[0];  // (H, S, hd)
+  at::Tensor k = nn::apply_rope(block.attention->project_k(xn), cos, sin)[0].repeat_interleave(H / m.kv_heads(), 0);
+  at::Tensor want = torch::zeros({H, S, S});
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < S; ++i) {
+      at::Tensor s = q[h][i].matmul(k[h].narrow(0, 0, i + 1).t()) / std::sqrt(static_cast<double>(hd));
+      want[h][i].narrow(0, 0, i + 1).copy_(at::softmax(s, 0));
+    }
+  CHECK(at::allclose(p1, want, 1e-5, 1e-6));
+  CHECK(at::allclose(p1.sum(-1), torch::ones({H, S}), 1e-5));
 
   auto bad = forge::test::run(forge + " activations --checkpoint " + run_dir + " --image " + image +
                               " --text x --layers 3 --out " + d.str() + "/bad.safetensors");

@@ -155,10 +155,14 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
 
   // Interpretability (forge activations): each later forward keeps the
   // residual stream after every layer in `layers` (after its after_layer hook,
-  // e.g. a cross-attention block), detached, in captured(). Empty (the
-  // default): nothing is kept and the forward pays one emptiness check.
-  void set_capture(std::set<int64_t> layers);
+  // e.g. a cross-attention block), detached, in captured(). With `attention`,
+  // also the attention probabilities (B, H, S, S) of those layers' first
+  // nn::Attention module, in captured_attention() (a layer without one, such
+  // as MoT's, has no entry). Empty (the default): nothing is kept and the
+  // forward pays one emptiness check.
+  void set_capture(std::set<int64_t> layers, bool attention = false);
   const std::map<int64_t, at::Tensor>& captured() const { return captured_; }
+  const std::map<int64_t, at::Tensor>& captured_attention() const { return captured_attention_; }
 
   // Fully sharded data parallelism: layer i's parameters live in units[i]
   // and are gathered only while it runs (forward and backward). Empty: the
@@ -187,6 +191,8 @@ class FORGE_API DecoderImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<ParamUnit>> layer_units_;
   std::set<int64_t> capture_;
   std::map<int64_t, at::Tensor> captured_;
+  std::map<int64_t, nn::AttentionImpl*> capture_attention_;  // layer -> the attention whose probabilities it keeps
+  std::map<int64_t, at::Tensor> captured_attention_;
 };
 TORCH_MODULE(Decoder);
 

@@ -90,6 +90,12 @@ struct FORGE_API AttentionInputs {
 FORGE_API at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const AttentionInputs& in, LayerKV* cache);
 
+// The attention probabilities causal_attention applies, written out:
+// softmax(q k^T / sqrt(hd)) over the keys each query may see (causal, same
+// document, real keys), (B, H, S, S_kv) in fp32. No KV cache. For
+// interpretability (forge activations --attention), not for training.
+FORGE_API at::Tensor attention_probabilities(const at::Tensor& q, const at::Tensor& k, const AttentionInputs& in);
+
 struct AttentionOptions {
   int64_t dim = 0;
   int64_t n_heads = 0;
@@ -118,6 +124,11 @@ class FORGE_API AttentionImpl : public torch::nn::Module {
   AttentionOptions options;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   Norm q_norm{nullptr}, k_norm{nullptr};
+  // Interpretability: when set, each forward without a KV cache also keeps
+  // its attention probabilities (attention_probabilities, detached) in
+  // `probabilities`. Off by default: the forward then pays one check.
+  bool keep_probabilities = false;
+  at::Tensor probabilities;
 };
 TORCH_MODULE(Attention);
 
