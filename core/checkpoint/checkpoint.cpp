@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -46,7 +48,7 @@ void write_text(const fs::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::trunc);
   out << text;
   out.flush();
-  if (!out) throw RuntimeError(fmt::format("{}: write failed (disk full?)", p.string()));
+  if (!out) throw RuntimeError(fmt::format("{}: write failed: {}", p.string(), std::strerror(errno)));
 }
 
 void sync_path(const fs::path& p) { util::sync_path(p.string()); }
@@ -55,7 +57,7 @@ void sync_path(const fs::path& p) { util::sync_path(p.string()); }
 
 void recover_interrupted_saves(const std::string& run_dir) {
   const fs::path run(run_dir);
-  static const std::regex re(R"(^\.(step_[0-9]+)\.(tmp|old)-[0-9]+$|^\.latest\.tmp-[0-9]+$)");
+  static const std::regex re(R"(^\.(step_[0-9]+)\.(tmp|old|del)-[0-9]+$|^\.latest\.tmp-[0-9]+$)");
   std::error_code ec;
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(run, ec)) found.push_back(e.path());
@@ -210,9 +212,17 @@ std::string save_checkpoint(const SaveRequest& r) {
     std::sort(steps.begin(), steps.end());
     const auto keep = static_cast<size_t>(r.keep_last_n);
     for (size_t i = 0; i + keep < steps.size(); ++i) {
+      if (steps[i].second == final_dir) continue;
+      // Renamed out of the step_* names first (atomic), then deleted: a crash part-way through the deletion
+      // leaves a hidden folder that the next run removes, never a half-deleted step_* folder.
+      const fs::path doomed = run / fmt::format(".{}.del-{}", steps[i].second.filename().string(), ::getpid());
       std::string why;
-      if (steps[i].second != final_dir && !util::remove_tree(steps[i].second.string(), &why))
-        log()->warn("checkpoint.keep_last_n: cannot remove {}: {}", steps[i].second.string(), why);
+      fs::rename(steps[i].second, doomed, ec);
+      if (ec)
+        why = ec.message();
+      else
+        util::remove_tree(doomed.string(), &why);
+      if (!why.empty()) log()->warn("checkpoint.keep_last_n: cannot remove {}: {}", steps[i].second.string(), why);
     }
   }
   return final_dir.string();

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstring>
+#include <cerrno>
 #include <fstream>
 #include <map>
 #include <set>
@@ -78,7 +80,7 @@ class Staging {
     std::ofstream o(p, std::ios::trunc);
     o << content;
     o.flush();
-    if (!o) throw RuntimeError(fmt::format("{}: write failed (disk full?)", p));
+    if (!o) throw RuntimeError(fmt::format("{}: write failed: {}", p, std::strerror(errno)));
   }
   void json_file(const std::string& rel, const json& j) { text(rel, j.dump(2) + "\n"); }
   void tensors(const std::string& rel, const Tensors& t) { safetensors::save(file(rel), t, {{"format", "pt"}}); }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
@@ -280,11 +281,11 @@ void save_streamed(const std::string& path, const std::vector<PendingTensor>& te
       if (!failure.empty()) continue;
       c = c.to(at::kCPU).contiguous();
       out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-      if (!out) failure = fmt::format("{}: write failed (disk full?)", tmp);
+      if (!out) failure = fmt::format("{}: write failed: {}", tmp, std::strerror(errno));
     }
     if (failure.empty()) {
       out.flush();
-      if (!out) failure = fmt::format("{}: write failed (disk full?)", tmp);
+      if (!out) failure = fmt::format("{}: write failed: {}", tmp, std::strerror(errno));
     }
   }
   std::error_code ec;

@@ -25,6 +25,7 @@
 #include "core/training/loss.h"
 #include "core/training/optim.h"
 #include "core/training/precision.h"
+#include "core/training/run_files.h"
 #include "core/training/step.h"
 #include "core/util/logging.h"
 #include "core/util/strings.h"
@@ -48,19 +49,6 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // One JSON object per line, appended and flushed.
-class JsonlLog {
- public:
-  explicit JsonlLog(const std::string& path) {
-    if (!path.empty()) out_.open(path, std::ios::app);
-  }
-  void write(const nlohmann::json& j) {
-    if (out_) out_ << j.dump() << "\n" << std::flush;
-  }
-
- private:
-  std::ofstream out_;
-};
-
 }  // namespace
 
 at::Device pick_device(const std::string& want) {
@@ -327,21 +315,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   std::error_code ec;
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
+  if (main_rank) check_run_dir_writable(run_dir);
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
-  if (main_rank && summary.resumed && fs::exists(metrics_path)) {
-    // Rows a crashed run logged after its last checkpoint would be logged again: keep only steps <= the resume step.
-    std::ifstream in(metrics_path);
-    std::string kept, line;
-    while (std::getline(in, line)) {
-      try {
-        if (nlohmann::json::parse(line).value("step", int64_t{0}) <= state.step) kept += line + "\n";
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
-    in.close();
-    std::ofstream(metrics_path, std::ios::trunc) << kept;
-  }
-  JsonlLog metrics(job.metrics.jsonl && main_rank ? metrics_path : "");
+  if (main_rank && summary.resumed && job.metrics.jsonl) keep_metrics_up_to(metrics_path, state.step);
+  MetricsLog metrics(job.metrics.jsonl && main_rank ? metrics_path : "", logger);
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;

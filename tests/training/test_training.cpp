@@ -72,6 +72,26 @@ TrainSummary run(const LoadedConfig& cfg) {
   return train(cfg, builtin_registry(), o);
 }
 
+// The mean of the first five losses against the last five: the run learned.
+void check_loss_falls(const std::vector<double>& losses, double by) {
+  REQUIRE(losses.size() >= 10);
+  double first = 0, last = 0;
+  for (size_t i = 0; i < 5; ++i) first += losses[i] / 5, last += losses[losses.size() - 5 + i] / 5;
+  INFO("loss " << first << " -> " << last);
+  CHECK(last < first - by);
+}
+
+// The rows of a run's metrics.jsonl that log a training step.
+std::vector<nlohmann::json> step_rows(const std::filesystem::path& run_dir) {
+  std::ifstream m(run_dir / "metrics.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(m, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) rows.push_back(std::move(j));
+  }
+  return rows;
+}
+
 std::map<std::string, at::Tensor> weights(const std::string& step_dir) {
   safetensors::File f(step_dir + "/model.safetensors");
   std::map<std::string, at::Tensor> out;
@@ -735,16 +755,9 @@ TEST_CASE("MoE decoders train on the embedded data, log expert use and resume bi
       return o;
     }()));
     REQUIRE(s.losses.size() == 40);
-    double first = 0, last = 0;
-    for (int i = 0; i < 5; ++i) first += s.losses[i] / 5, last += s.losses[35 + i] / 5;
-    INFO("loss " << first << " -> " << last);
-    CHECK(last < first - 0.5);
-    std::ifstream m(d.path() / "metrics.jsonl");
-    std::string line;
+    check_loss_falls(s.losses, 0.5);
     int with_counts = 0;
-    while (std::getline(m, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (!j.contains("loss")) continue;
+    for (const auto& j : step_rows(d.path())) {
       REQUIRE(j.contains("moe/expert_counts/transformer.layers.1.mlp"));
       auto counts = j["moe/expert_counts/transformer.layers.1.mlp"].get<std::vector<double>>();
       CHECK(counts.size() == 4);
@@ -829,16 +842,9 @@ TEST_CASE("MoMa trains on the embedded data, logs expert use and resumes bit-exa
     TempDir d;
     auto s = run(tiny(d.str(), with({"--train.max_steps=40", "--scheduler.warmup_steps=5"})));
     REQUIRE(s.losses.size() == 40);
-    double first = 0, last = 0;
-    for (int i = 0; i < 5; ++i) first += s.losses[i] / 5, last += s.losses[35 + i] / 5;
-    INFO("loss " << first << " -> " << last);
-    CHECK(last < first - 0.5);
-    std::ifstream m(d.path() / "metrics.jsonl");
-    std::string line;
+    check_loss_falls(s.losses, 0.5);
     int logged = 0;
-    while (std::getline(m, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (!j.contains("loss")) continue;
+    for (const auto& j : step_rows(d.path())) {
       REQUIRE(j.contains("moma/expert_counts/transformer.layers.1.mlp.text"));
       CHECK(j["moma/expert_counts/transformer.layers.1.mlp.text"].get<std::vector<double>>().size() == 2);
       auto unrouted = j["moma/unrouted_fraction/transformer.layers.0.mlp"].get<std::vector<double>>();

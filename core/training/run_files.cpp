@@ -1,0 +1,90 @@
+#include "core/training/run_files.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "forge/error.h"
+
+namespace fs = std::filesystem;
+
+namespace forge {
+
+void check_run_dir_writable(const std::string& run_dir) {
+  const fs::path probe = fs::path(run_dir) / fmt::format(".forge-write-probe-{}", ::getpid());
+  std::string reason;
+  {
+    std::ofstream out(probe);
+    if (!out) reason = std::strerror(errno);
+    else if (!(out << "forge\n" << std::flush)) reason = std::strerror(errno);
+  }
+  std::error_code ec;
+  fs::remove(probe, ec);
+  if (!reason.empty())
+    throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot write there ({}); forge would train without being "
+                                "able to save checkpoints. Point checkpoint.dir at a writable folder",
+                                run_dir, reason));
+}
+
+void keep_metrics_up_to(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {  // a line cut by a crash or a full disk
+    }
+  }
+  in.close();
+  const std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (out) out << kept << std::flush;
+    if (!out) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw RuntimeError(fmt::format("{}: cannot rewrite it for the resumed run: {}", path, std::strerror(errno)));
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw RuntimeError(fmt::format("{}: cannot replace it for the resumed run: {}", path, ec.message()));
+  }
+}
+
+MetricsLog::MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> logger)
+    : path_(path), logger_(std::move(logger)) {
+  if (path_.empty()) return;
+  out_.open(path_, std::ios::app);
+  if (!out_)
+    throw UserError(fmt::format("{}: cannot open the metrics file for writing ({}); set metrics.jsonl = false to "
+                                "train without it, or fix the file",
+                                path_, std::strerror(errno)));
+}
+
+void MetricsLog::write(const nlohmann::json& row) {
+  if (path_.empty()) return;
+  out_ << row.dump() << "\n" << std::flush;
+  if (out_) {
+    if (failing_ && logger_) logger_->info("{}: writing again", path_);
+    failing_ = false;
+    return;
+  }
+  ++failed_;
+  if (!failing_ && logger_)
+    logger_->warn("{}: a metrics line could not be written ({}); training goes on, and forge tries again at the next "
+                  "logged step",
+                  path_, std::strerror(errno));
+  failing_ = true;
+  out_.clear();
+}
+
+}  // namespace forge
