@@ -265,7 +265,8 @@ static LoadedConfig load_table(toml::table root, const std::string& source, Regi
     read_plain(*job.video, "video");
     if (!root.get("vlm"))
       diags.error(root.get("video"), "video", "[video] trains a vision-language model: it needs [vlm] and [vision_encoder]");
-    if (const toml::table* dt = section(root, "data"); dt && dt->get("type"))
+    // The default ("shapes") is what a resolved config (a checkpoint's config.toml) writes out; any other is an error.
+    if (const toml::table* dt = section(root, "data"); dt && dt->get("type") && job.data.type != "shapes")
       diags.error(dt->get("type"), "data.type",
                   "a job with [video] reads its clips from [video] data_root; [data] gives only the tokenizer and the "
                   "loader's settings, so remove data.type (and data.path)");

@@ -266,6 +266,12 @@ TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it
       m << nlohmann::json{{"video", file}, {"text", "a " + c + " clip"}}.dump() << "\n";
     }
   }
+  {
+    std::ofstream v(d.str() + "/validation.jsonl");  // held out: forge eval reads it
+    for (int i = 0; i < 4; ++i)
+      v << nlohmann::json{{"video", fmt::format("{}_{}.mp4", colours[i], i)}, {"text", std::string("a ") + colours[i] + " clip"}}.dump()
+        << "\n";
+  }
   const std::string config = d.str() + "/video.toml";
   std::ofstream(config) << video_toml(d.str(), "joint_decoder", d.str() + "/run");
   const std::string forge = FORGE_BIN;
@@ -284,6 +290,11 @@ TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it
   for (int i = 0; i < 5; ++i) first += losses[i] / 5, last += losses[25 + i] / 5;
   INFO("loss " << first << " -> " << last);
   CHECK(last < first - 0.5);
+  // The checkpoint's resolved config reads back: forge eval runs on the validation clips.
+  auto ev = forge::test::run(forge + " eval --checkpoint " + d.str() + "/run --batches 1");
+  INFO(ev.output);
+  CHECK(ev.code == 0);
+  CHECK_THAT(ev.output, Catch::Contains("loss") && Catch::Contains("token accuracy"));
 
   std::ofstream(d.str() + "/red_0.mp4", std::ios::trunc) << "corrupt";
   auto bad = forge::test::run(forge + " train " + config + " --eval.enabled=false --checkpoint.dir=" + d.str() +
