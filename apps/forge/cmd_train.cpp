@@ -59,6 +59,11 @@ Restored restore(const std::string& dir, const std::string& device, const std::v
   return r;
 }
 
+// One image file as the model's encoder takes it: (1, 3, S, S).
+at::Tensor image_pixels(VLMImpl& model, const JobConfig& job, const std::string& path) {
+  return preprocess_image(read_image(path), model.vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
+}
+
 }  // namespace
 
 int cmd_train(const ConfigArgs& args) {
@@ -110,14 +115,12 @@ int cmd_generate(const GenerateArgs& a) {
     throw UserError(fmt::format("{}: a video model ([video], {} frames a clip); forge generate captions single "
                                 "images, and captioning clips is not built yet. Evaluate it with forge eval",
                                 a.checkpoint, model->frames_per_clip()));
-  Image img = read_image(a.image);
-  at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
+  at::Tensor px = image_pixels(*model, job, a.image);
   auto tokenizer = make_tokenizer(job.data);
-  Collator collator(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0, job.data.chat_template);
   Example ex;
   ex.prompt = a.prompt;
   int64_t text_start = 0;
-  auto [ids, masked] = collator.tokens_of(ex, nullptr, &text_start);
+  auto [ids, masked] = make_collator(job, tokenizer, *model)->tokens_of(ex, nullptr, &text_start);
   ids.resize(static_cast<size_t>(text_start));  // the prompt part only: [BOS] prompt (template prefix)
   at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
   GenerateOptions o;
@@ -157,15 +160,13 @@ int cmd_activations(const ActivationsArgs& a) {
   for (int64_t i : layers)
     if (i < 0 || i >= L)
       throw UsageError(fmt::format("--layers {}: the decoder has layers 0..{}", i, L - 1));
-  Image img = read_image(a.image);
-  at::Tensor px = preprocess_image(img, model->vision_encoder->preprocess(), job.data.hf_image_size).unsqueeze(0);
+  at::Tensor px = image_pixels(*model, job, a.image);
   auto tokenizer = make_tokenizer(job.data);
   // The sample as training lays it out ([BOS] prompt text EOS), without padding.
-  Collator collator(tokenizer, job.vlm->max_text_len, model->residual_image_tokens() == 0, job.data.chat_template);
   Example ex;
   ex.prompt = a.prompt;
   ex.text = a.text;
-  auto [ids, masked] = collator.tokens_of(ex);
+  auto [ids, masked] = make_collator(job, tokenizer, *model)->tokens_of(ex);
   if (static_cast<int64_t>(ids.size()) > job.vlm->max_text_len) {
     log()->warn("--text is {} tokens; cut to vlm.max_text_len = {}", ids.size(), job.vlm->max_text_len);
     ids.resize(static_cast<size_t>(job.vlm->max_text_len));

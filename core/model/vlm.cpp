@@ -112,12 +112,12 @@ ModalityContext mask_frames(const ModalityContext& ctx, const at::Tensor& frame_
   if (f.prefix_embeds.defined()) {
     f.key_padding_mask = at::cat({visual, at::ones({B, text_len}, visual.options())}, 1);
     f.prefix_embeds = f.prefix_embeds * visual.unsqueeze(-1).to(f.prefix_embeds.scalar_type());
-  }
-  else if (f.image_features.defined())
+  } else if (f.image_features.defined()) {
     f.image_mask = visual;
-  else
+  } else {
     throw InvalidArgument("VLM: a frame mask needs an arch that reads the visual tokens as a prefix or through "
                           "cross-attention");
+  }
   return ModalityContext(std::move(f));
 }
 
