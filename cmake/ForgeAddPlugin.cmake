@@ -55,7 +55,9 @@ function(forge_add_plugin kind name)
   target_link_libraries(${target} PRIVATE Forge::sdk ${P_LINK_LIBRARIES})
   target_link_options(${target} PRIVATE "LINKER:--version-script=${_FORGE_PLUGIN_MAP}")
   set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS "${_FORGE_PLUGIN_MAP}")  # a new ABI relinks
-  if(NOT P_ALLOW_UNDEFINED)  # ALLOW_UNDEFINED exists only for forge's own loader tests
+  # ALLOW_UNDEFINED exists only for forge's own loader tests; a sanitized forge
+  # build (FORGE_SANITIZED) leaves the sanitizer runtime to the executable.
+  if(NOT P_ALLOW_UNDEFINED AND NOT FORGE_SANITIZED)
     target_link_options(${target} PRIVATE "LINKER:--no-undefined")
   endif()
   set_property(GLOBAL APPEND PROPERTY FORGE_PLUGIN_TARGETS ${target})

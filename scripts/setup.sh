@@ -39,6 +39,7 @@ apt_packages=(
   nlohmann-json3-dev libcli11-dev libstb-dev libicu-dev libgloo-dev
   libtcmalloc-minimal4
   libavformat-dev libavcodec-dev libswscale-dev libavutil-dev ffmpeg
+  clang-14 libclang-rt-14-dev llvm-14
 )
 step "Debian packages" "check network access to the Debian mirror, or install these by hand: ${apt_packages[*]}"
 missing=()
