@@ -60,7 +60,13 @@ void apply_override(toml::table& root, const std::string& arg, Diagnostics& diag
   try {
     parsed = toml::parse("v = " + value_text, source);
   } catch (const toml::parse_error&) {
-    parsed = toml::parse("v = " + TomlWriter::format_string(value_text), source);
+    try {
+      parsed = toml::parse("v = " + TomlWriter::format_string(value_text), source);
+    } catch (const toml::parse_error& e) {  // e.g. bytes that are not UTF-8
+      diags.error(nullptr, "", fmt::format("override '{}': the value is neither TOML nor text ({}); "
+                                           "write it as UTF-8", arg, e.description()));
+      return;
+    }
   }
   toml::node* value = parsed.get("v");
   toml::table* t = &root;

@@ -25,9 +25,15 @@ struct FORGE_API Image {
   uint8_t* at(int x, int y) { return &rgb[(static_cast<size_t>(y) * width + x) * 3]; }
 };
 
-// Decodes PNG, JPEG (and the other formats stb_image reads) to RGB: grayscale
-// is replicated, palettes expanded, alpha dropped. FormatError naming the
-// file and the decoder's reason when it cannot be decoded.
+// The most pixels forge decodes in one image or video frame: PIL's
+// DecompressionBombError threshold (2 x 89.5 million), 537 MB as RGB. A small
+// file can claim more; beyond it decoding is a FormatError asking to resize.
+constexpr int64_t kMaxImagePixels = 178956970;
+
+// Decodes PNG and JPEG (stb_image) to RGB: grayscale is replicated, palettes
+// expanded, alpha dropped. FormatError naming the file and the reason when it
+// is another format, cannot be decoded, has no pixels or more than
+// kMaxImagePixels.
 FORGE_API Image read_image(const std::string& path);
 FORGE_API Image decode_image(const uint8_t* bytes, size_t size, const std::string& name);
 FORGE_API void write_png(const std::string& path, const Image& image);

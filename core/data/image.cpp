@@ -3,22 +3,38 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
+#include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <fmt/format.h>
 
 #include "core/data/data.h"
+#include "core/data/image_check.h"
 #include "forge/error.h"
 
 namespace forge {
 
 Image decode_image(const uint8_t* bytes, size_t size, const std::string& name) {
+  if (size > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw FormatError(fmt::format("{}: {} bytes; forge reads images up to 2 GiB", name, size));
+  check_image_container(bytes, size, name);
   int w = 0, h = 0, channels = 0;
+  // The header's size first: a small file can claim gigapixels (a decompression bomb).
+  if (stbi_info_from_memory(bytes, static_cast<int>(size), &w, &h, &channels) &&
+      static_cast<int64_t>(w) * h > kMaxImagePixels)
+    throw FormatError(fmt::format("{}: the image is {}x{} pixels, more than forge decodes ({} million pixels); "
+                                  "resize it",
+                                  name, w, h, kMaxImagePixels / 1000000));
   // req_comp = 3: grayscale is replicated, palettes expanded, alpha dropped.
   stbi_uc* px = stbi_load_from_memory(bytes, static_cast<int>(size), &w, &h, &channels, 3);
   if (!px) {
     const char* why = stbi_failure_reason();
     throw FormatError(fmt::format("{}: cannot decode image ({}); forge reads PNG and JPEG", name, why ? why : "unknown"));
+  }
+  if (w <= 0 || h <= 0) {  // stb accepted a 0 x 0 PNM header before forge took only PNG and JPEG
+    stbi_image_free(px);
+    throw FormatError(fmt::format("{}: the image has no pixels ({}x{})", name, w, h));
   }
   Image img;
   img.width = w;
@@ -29,6 +45,10 @@ Image decode_image(const uint8_t* bytes, size_t size, const std::string& name) {
 }
 
 Image read_image(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw FormatError(fmt::format("{}: {}", path, std::filesystem::exists(path, ec) ? "not a regular file, not an image"
+                                                                                    : "no such file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FormatError(fmt::format("{}: cannot open image", path));
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -55,6 +55,9 @@ struct SwsFreer {
 
 // A decoded frame as 8-bit RGB at its own size.
 Image to_rgb(const AVFrame& f, std::unique_ptr<SwsContext, SwsFreer>& sws, const std::string& path) {
+  if (f.width <= 0 || f.height <= 0 || static_cast<int64_t>(f.width) * f.height > kMaxImagePixels)
+    throw FormatError(fmt::format("{}: frames of {}x{} pixels; forge decodes frames of 1 to {} million pixels", path,
+                                  f.width, f.height, kMaxImagePixels / 1000000));
   sws.reset(sws_getCachedContext(sws.release(), f.width, f.height, static_cast<AVPixelFormat>(f.format), f.width,
                                  f.height, AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr));
   if (!sws) throw FormatError(fmt::format("{}: cannot convert frames of pixel format {} to RGB", path, f.format));
@@ -114,7 +117,10 @@ Clip decode_clip(const std::string& path, const FrameSampling& sampling) {
   // Serves every target this frame reaches; keeps it as the latest frame.
   auto take = [&](AVFrame& f) {
     const int64_t ts = f.best_effort_timestamp != AV_NOPTS_VALUE ? f.best_effort_timestamp : f.pts;
-    const double t = ts != AV_NOPTS_VALUE ? static_cast<double>(ts) * tb - start : last_time;
+    double t = ts != AV_NOPTS_VALUE ? static_cast<double>(ts) * tb - start : last_time;
+    // A damaged stream's timestamps can go backwards or be meaningless (a zero
+    // time base): times stay in order, a frame never earlier than the one before.
+    if (!std::isfinite(t) || (have_last && t < last_time)) t = last_time;
     if (next < targets.size() && t + 1e-3 >= targets[next]) {
       Image img = to_rgb(f, sws, path);
       while (next < targets.size() && t + 1e-3 >= targets[next]) {

@@ -89,7 +89,7 @@ File::File(const std::string& path) : path_(path) {
   json header;
   try {
     header = json::parse(bytes + 8, bytes + 8 + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers beyond a double
     fail(fmt::format("header is not valid JSON ({})", e.what()));
   }
   if (!header.is_object()) fail("header is not a JSON object");

@@ -158,6 +158,17 @@ std::string major_minor(const std::string& v) {
 
 std::string safe(const char* s) { return s ? std::string(s) : std::string(); }
 
+// Library handles are never closed (RTLD_NODELETE; objects from a plugin may
+// outlive every registry). They stay listed here for the whole process, so
+// leak checkers see them as reachable rather than lost.
+boost::dll::shared_library* keep_for_process(boost::dll::shared_library* lib) {
+  static std::mutex mutex;
+  static auto* const kept = new std::vector<boost::dll::shared_library*>();
+  std::lock_guard<std::mutex> lock(mutex);
+  kept->push_back(lib);
+  return lib;
+}
+
 }  // namespace
 
 const PluginRecord& Registry::load_file(const std::string& path, const std::string& search_dir) {
@@ -206,7 +217,7 @@ const PluginRecord& Registry::load_file(const std::string& path, const std::stri
   // 2. Load: RTLD_NOW so a missing symbol is found now, not mid-training;
   //    RTLD_LOCAL so plugins never bind to each other; RTLD_NODELETE so the
   //    code outlives any dlclose.
-  auto* lib = new boost::dll::shared_library();  // never deleted (see PluginLibrary)
+  boost::dll::shared_library* lib = keep_for_process(new boost::dll::shared_library());
   try {
     lib->load(boost::dll::fs::path(path),
               static_cast<boost::dll::load_mode::type>(RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE));

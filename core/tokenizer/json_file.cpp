@@ -18,7 +18,7 @@ json JsonFile::parse() const {
   ss << in.rdbuf();
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers beyond a double
     throw FormatError(fmt::format("{}: not valid JSON ({})", path_, e.what()));
   }
 }

@@ -216,7 +216,7 @@ TEST_CASE("a model built on the CPU and sharded onto the GPU trains as the same 
     CHECK(max_abs(got, want) < 1e-6);
     for (const auto& item : plain->named_parameters(true)) {
       INFO(item.key());
-      const at::Tensor& p = sharded->named_parameters(true)[item.key()];
+      at::Tensor p = sharded->named_parameters(true)[item.key()];  // a copy: the dict is a temporary
       at::Tensor g = fsdp.shard_of(p).grad();
       REQUIRE(g.defined());
       CHECK(g.device() == kCuda);

@@ -12,6 +12,7 @@
 #include "core/data/shapes.h"
 #include "core/training/trainer.h"
 #include "core/util/strings.h"
+#include "forge/safetensors.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
@@ -77,8 +78,10 @@ TEST_CASE("images: PNG and JPEG, grayscale, palette and alpha become RGB", "[dat
   CHECK(ip.rgb[0] == 255);  // red
   CHECK(ip.rgb[5] == 255);  // blue
   // Undecodable bytes name the file.
-  std::ofstream(d.str() + "/bad.png") << "not an image";
+  std::ofstream(d.str() + "/bad.png") << "\x89PNG\r\n\x1a\nnot an image";
   CHECK_THAT(error_of([&] { read_image(d.str() + "/bad.png"); }), Catch::Contains("bad.png: cannot decode image"));
+  std::ofstream(d.str() + "/text.png") << "not an image";
+  CHECK_THAT(error_of([&] { read_image(d.str() + "/text.png"); }), Catch::Contains("text.png: not a PNG or JPEG file"));
   // Preprocessing: resize to the encoder's size and normalise.
   Preprocess p;
   p.mean = {0.5, 0.5, 0.5};
@@ -86,6 +89,23 @@ TEST_CASE("images: PNG and JPEG, grayscale, palette and alpha become RGB", "[dat
   at::Tensor t = preprocess_image(read_image(rgba), p, 8);
   CHECK(t.sizes() == at::IntArrayRef({3, 8, 8}));
   CHECK(t.min().item<float>() == Approx(200 / 255.0 * 2 - 1).margin(1e-4));
+}
+
+TEST_CASE("images: JPEG variants decode as Pillow (libjpeg) decodes them", "[data][image]") {
+  // tests/fixtures/make_fixtures.py writes each variant with Pillow and its decoded RGB. stb_image and
+  // libjpeg differ in IDCT and chroma upsampling rounding, so pixels may differ by a few levels.
+  const std::string dir = std::string(FORGE_TEST_DATA_DIR) + "/jpeg";
+  safetensors::File decoded(dir + "/decoded.safetensors");
+  for (const char* name : {"baseline_444", "baseline_420", "progressive", "optimized", "restarts", "gray"}) {
+    INFO(name);
+    Image img = read_image(dir + "/" + name + ".jpg");
+    at::Tensor want = decoded.load(name).to(at::kInt);
+    REQUIRE(want.sizes() == at::IntArrayRef({img.height, img.width, 3}));
+    at::Tensor got = at::from_blob(img.rgb.data(), {img.height, img.width, 3}, at::kByte).to(at::kInt);
+    const auto diff = (got - want).abs();
+    CHECK(diff.to(at::kFloat).mean().item<float>() < 1.5f);
+    CHECK(diff.max().item<int>() <= 24);
+  }
 }
 
 TEST_CASE("every bad-row kind is reported with file:line, counted in skip mode", "[data][jsonl]") {

@@ -362,7 +362,7 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
     // Every parameter's gradient is in its shard (world 1: the whole gradient, flat), none left whole.
     for (const auto& item : plain->named_parameters(true)) {
       INFO(item.key());
-      const at::Tensor& p = sharded->named_parameters(true)[item.key()];
+      at::Tensor p = sharded->named_parameters(true)[item.key()];  // a copy: the dict is a temporary
       CHECK_FALSE(whole(p));
       CHECK_FALSE(p.grad().defined());
       at::Tensor g = fsdp.shard_of(p).grad();
