@@ -211,6 +211,10 @@ void EvalConfig::visit(ConfigVisitor& v) {
   v.field("steps", steps, "Held-out batches per evaluation.", Bounds::positive());
   v.field("dataset_path", dataset_path,
           "Held-out JSONL manifest for data.type = \"jsonl\"; the embedded dataset brings its own held-out split.");
+  v.field("caption_samples", caption_samples,
+          "Held-out samples captioned at each evaluation (greedy, KV cache) and scored with BLEU-4, CIDEr-D and "
+          "exact match against their captions; 0 turns generation off.",
+          Bounds::non_negative());
   v.unsupported("file_pattern", "token-file eval data; give a JSONL manifest as dataset_path", "\"\"");
   v.unsupported("hf_dataset_name", "Hugging Face eval data; give a JSONL manifest as dataset_path", "\"\"");
   for (const char* k : {"hf_dataset_config", "hf_dataset_split"})

@@ -117,6 +117,7 @@ struct FORGE_API EvalConfig {
   int64_t interval = 1000;
   int64_t steps = 50;
   std::string dataset_path;
+  int64_t caption_samples = 16;
   void visit(ConfigVisitor& v);
 };
 

@@ -62,6 +62,9 @@ class FORGE_API DataLoader {
   std::string restore(const LoaderState& s);
   int64_t batches_per_epoch() const { return batches_per_epoch_; }
   const Dataset& dataset() const { return *dataset_; }
+  const Collator& collator() const { return *collator_; }
+  const Preprocess& preprocess() const { return prep_; }
+  int64_t image_size() const { return image_size_; }
   // Examples skipped as bad (skip_bad) in the batches next() has returned so
   // far (an example is counted each epoch it is met; prefetched batches are
   // not counted until used), and the reasons seen. Each epoch with skips ends

@@ -72,7 +72,7 @@ MetricsLog::MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> 
 
 void MetricsLog::write(const nlohmann::json& row) {
   if (path_.empty()) return;
-  out_ << row.dump() << "\n" << std::flush;
+  out_ << row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
   if (out_) {
     if (failing_ && logger_) logger_->info("{}: writing again", path_);
     failing_ = false;

@@ -319,6 +319,11 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
   if (main_rank && summary.resumed && job.metrics.jsonl) keep_metrics_up_to(metrics_path, state.step);
   MetricsLog metrics(job.metrics.jsonl && main_rank ? metrics_path : "", logger);
+  // The captions each evaluation generated, one row per sample.
+  const std::string captions_path = (fs::path(run_dir) / "eval_captions.jsonl").string();
+  if (main_rank && summary.resumed && job.metrics.jsonl) keep_metrics_up_to(captions_path, state.step);
+  MetricsLog captions_log(job.metrics.jsonl && main_rank && heldout && job.eval.caption_samples > 0 ? captions_path : "",
+                          logger);
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;
@@ -346,6 +351,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     const auto t = Clock::now();
     dp.begin_eval();
     EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, precision);
+    CaptionEval captions =
+        caption_eval(*model, *heldout, {job.eval.caption_samples, job.model.max_seq_len, device, precision});
     dp.end_eval();
     set_modes();
     if (!main_rank) {  // a sharded model: every rank evaluated the same batches; rank 0 reports
@@ -361,6 +368,21 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
                      {"eval/token_accuracy", r.token_accuracy}, {"eval/word_accuracy", r.word_accuracy},
                      {"eval/tokens", r.tokens},     {"eval/words", r.words}};
     for (const auto& [k, v] : r.by_kind) j["eval/word_accuracy/" + k] = r.kind_accuracy(k);
+    if (!captions.samples.empty()) {
+      const CaptionScores& c = captions.scores;
+      logger->info("eval {} step {}: {} generated captions: BLEU-4 {:.4f} | CIDEr-D {:.4f} | exact match {:.3f} | "
+                   "{:.1f}s; e.g. \"{}\" for \"{}\"",
+                   when, state.step, c.captions, c.bleu4(), c.cider_d, c.exact_match, captions.seconds,
+                   captions.samples[0].generated, captions.samples[0].reference);
+      j.update({{"eval/bleu4", c.bleu4()}, {"eval/cider_d", c.cider_d}, {"eval/exact_match", c.exact_match},
+                {"eval/captions", c.captions}});
+      for (const auto& s : captions.samples)
+        captions_log.write({{"step", state.step}, {"source", s.source}, {"reference", s.reference},
+                            {"generated", s.generated}});
+      summary.final_captions = captions;
+    } else if (!captions.skipped_why.empty() && state.step == job.train.max_steps) {
+      logger->info("eval: no generated captions: {}", captions.skipped_why);
+    }
     metrics.write(j);
     summary.final_eval = r;
     dist->barrier();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/config/loader.h"
+#include "core/training/caption_eval.h"
 #include "core/training/eval.h"
 #include "forge/export.h"
 
@@ -32,6 +33,7 @@ struct FORGE_API TrainSummary {
   bool interrupted = false;
   std::vector<double> losses;  // one per optimizer step run by this call
   std::optional<EvalResult> final_eval;
+  std::optional<CaptionEval> final_captions;  // when eval.caption_samples > 0 and the model generates
   std::string last_checkpoint;
   double seconds = 0;
   double chance_word_accuracy = 0;  // of a model that ignores the image, when the data knows it

@@ -237,6 +237,65 @@ TEST_CASE("training from a manifest sees every sample once per epoch, and resume
   CHECK(order1 == order2);
 }
 
+TEST_CASE("evaluation on a JSONL manifest captions held-out samples and scores them", "[data][jsonl][train][captions]") {
+  TempDir d;
+  const std::string train_manifest = write_manifest(d, "train.jsonl", 8, 7);
+  const std::string held = write_manifest(d, "held.jsonl", 7, 8);
+  auto cfg = [&](int samples, const std::string& run) {
+    LoadOptions o;
+    o.overrides = {"--data.type=jsonl", "--data.path=" + train_manifest, "--eval.dataset_path=" + held,
+                   "--vision_encoder.image_size=24", "--vision_encoder.feature_dim=32", "--vision_encoder.num_layers=1",
+                   "--model.dim=32", "--model.n_layers=1", "--train.batch_size=4", "--eval.steps=1",
+                   "--eval.interval=2", "--train.max_steps=3", "--checkpoint.dir=" + d.str() + "/" + run,
+                   "--eval.caption_samples=" + std::to_string(samples)};
+    return load_config(FORGE_SOURCE_DIR "/configs/shapes.toml", builtin_registry(), o);
+  };
+  TrainOptions opts;
+  opts.handle_signals = false;
+  auto s = train(cfg(5, "run"), builtin_registry(), opts);
+  REQUIRE(s.final_captions);
+  const CaptionEval& c = *s.final_captions;
+  REQUIRE(c.samples.size() == 5);
+  // The first five rows, in manifest order, each against its own caption.
+  std::ifstream manifest(held);
+  std::vector<std::string> generated, texts;
+  std::vector<std::vector<std::string>> refs;
+  for (size_t i = 0; i < c.samples.size(); ++i) {
+    std::string line;
+    std::getline(manifest, line);
+    INFO(i);
+    CHECK(c.samples[i].source == held + ":" + std::to_string(i + 1));
+    CHECK(c.samples[i].reference == nlohmann::json::parse(line)["text"].get<std::string>());
+    generated.push_back(c.samples[i].generated);
+    refs.push_back({c.samples[i].reference});
+  }
+  const CaptionScores again = score_captions(generated, refs);
+  CHECK(c.scores.cider_d == Approx(again.cider_d).margin(1e-12));
+  CHECK(c.scores.bleu4() == Approx(again.bleu4()).margin(1e-12));
+  // metrics.jsonl has the scores of both evaluations (step 2 and the final one); eval_captions.jsonl their captions.
+  std::vector<nlohmann::json> evals;
+  std::ifstream metrics(d.str() + "/run/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("eval/loss")) evals.push_back(j);
+  REQUIRE(evals.size() == 2);
+  for (const auto& j : evals) CHECK(j.at("eval/captions") == 5);
+  CHECK(evals.back().at("eval/cider_d").get<double>() == Approx(c.scores.cider_d));
+  CHECK(evals.back().at("eval/bleu4").get<double>() == Approx(c.scores.bleu4()));
+  CHECK(evals.back().at("eval/exact_match").get<double>() == Approx(c.scores.exact_match));
+  std::map<int64_t, int> rows_per_step;
+  std::ifstream captions(d.str() + "/run/eval_captions.jsonl");
+  for (std::string line; std::getline(captions, line);) {
+    auto j = nlohmann::json::parse(line);
+    ++rows_per_step[j.at("step").get<int64_t>()];
+    CHECK(j.at("generated").is_string());
+  }
+  CHECK(rows_per_step == std::map<int64_t, int>{{2, 5}, {3, 5}});
+  // caption_samples = 0: no generation, no caption keys, no captions file.
+  auto off = train(cfg(0, "off"), builtin_registry(), opts);
+  CHECK_FALSE(off.final_captions);
+  CHECK_FALSE(std::filesystem::exists(d.str() + "/off/eval_captions.jsonl"));
+}
+
 TEST_CASE("skip mode trains past bad rows and says how many, fail mode exits 2", "[data][jsonl][cli]") {
   TempDir d;
   const std::string m = write_manifest(d, "train.jsonl", 16, 7, {"{\"image\": \"img/gone.png\", \"text\": \"x\"}", "[1, 2]"});

@@ -1,0 +1,42 @@
+// Captions generated at evaluation (D9): the first N held-out samples are
+// captioned greedily (KV cache) and scored against their own captions with
+// BLEU-4, CIDEr-D and exact match (caption_metrics.h), on any data.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/data/loader.h"
+#include "core/model/vlm.h"
+#include "core/training/caption_metrics.h"
+#include "core/training/precision.h"
+#include "forge/export.h"
+
+namespace forge {
+
+struct FORGE_API CaptionSample {
+  std::string source;     // where the sample came from ("manifest.jsonl:12")
+  std::string reference;  // its caption
+  std::string generated;
+};
+
+struct FORGE_API CaptionEval {
+  CaptionScores scores;
+  std::vector<CaptionSample> samples;
+  std::vector<int64_t> dataset_indices;  // of each sample, for showing its image
+  std::string skipped_why;               // non-empty: no captions were generated, and why
+  double seconds = 0;
+};
+
+struct FORGE_API CaptionEvalOptions {
+  int64_t samples = 16;
+  int64_t max_seq_len = 0;  // the decoder's; bounds prompt + caption
+  at::Device device = at::kCPU;
+  Precision precision;
+};
+
+// Captions the first `options.samples` examples of the loader's dataset that
+// load (a bad row is passed over), one at a time.
+FORGE_API CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEvalOptions& options);
+
+}  // namespace forge
