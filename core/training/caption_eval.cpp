@@ -25,8 +25,6 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
   torch::NoGradGuard no_grad;
   const Dataset& set = data.dataset();
   const Collator& collator = data.collator();
-  std::vector<std::string> generated;
-  std::vector<std::vector<std::string>> references;
   for (size_t i = 0; i < set.size() && static_cast<int64_t>(out.samples.size()) < options.samples; ++i) {
     Example ex;
     at::Tensor px;
@@ -59,10 +57,14 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     icu::UnicodeString::fromUTF8(collator.tokenizer().decode(gen)).toUTF8String(text);
     out.samples.push_back({ex.source, reference, text});
     out.dataset_indices.push_back(static_cast<int64_t>(i));
-    generated.push_back(out.samples.back().generated);
-    references.push_back({reference});
   }
   if (out.samples.empty()) out.skipped_why = "no held-out sample loaded and fit model.max_seq_len";
+  std::vector<std::string> generated;
+  std::vector<std::vector<std::string>> references;
+  for (const auto& s : out.samples) {
+    generated.push_back(s.generated);
+    references.push_back({s.reference});
+  }
   out.scores = score_captions(generated, references);
   if (was_training) model.train();
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
