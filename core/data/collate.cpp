@@ -72,6 +72,14 @@ std::pair<std::vector<int64_t>, int64_t> Collator::tokens_of(const Example& ex,
   return {ids, masked};
 }
 
+std::vector<int64_t> Collator::prompt_ids(const Example& ex) const {
+  Example prompt_only;
+  prompt_only.prompt = ex.prompt;
+  auto [ids, text_start] = tokens_of(prompt_only);
+  ids.resize(static_cast<size_t>(text_start));
+  return ids;
+}
+
 Batch Collator::collate(const std::vector<Example>& examples, const std::vector<at::Tensor>& pixels) const {
   const auto B = static_cast<int64_t>(examples.size());
   const int64_t T = text_len_;

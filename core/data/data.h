@@ -37,6 +37,11 @@ constexpr int64_t kMaxImagePixels = 178956970;
 FORGE_API Image read_image(const std::string& path);
 FORGE_API Image decode_image(const uint8_t* bytes, size_t size, const std::string& name);
 FORGE_API void write_png(const std::string& path, const Image& image);
+// The PNG file's bytes.
+FORGE_API std::string encode_png(const Image& image);
+// `image` shrunk (antialiased) so its longer side is at most `max_side`,
+// keeping its aspect ratio; a smaller image is returned as it is.
+FORGE_API Image thumbnail(const Image& image, int max_side);
 
 // (3, size, size) float: resized with the encoder's filter (antialiased),
 // scaled to [0, 1], normalised per channel with its mean and std (D6).
@@ -100,6 +105,9 @@ class FORGE_API Collator {
                                                      std::vector<std::pair<size_t, size_t>>* text_offsets = nullptr,
                                                      int64_t* text_start = nullptr) const;
   Batch collate(const std::vector<Example>& examples, const std::vector<at::Tensor>& pixels) const;
+  // What a generated caption follows: [BOS] prompt and the chat template's
+  // text before {text}; ex.text is ignored.
+  std::vector<int64_t> prompt_ids(const Example& ex) const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   int64_t text_len() const { return text_len_; }
   bool prepend_bos() const { return prepend_bos_; }

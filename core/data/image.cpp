@@ -61,6 +61,35 @@ void write_png(const std::string& path, const Image& img) {
     throw RuntimeError(fmt::format("{}: cannot write PNG", path));
 }
 
+std::string encode_png(const Image& img) {
+  std::string out;
+  auto append = [](void* ctx, void* data, int size) {
+    static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+  };
+  if (img.width <= 0 || img.height <= 0 ||
+      !stbi_write_png_to_func(append, &out, img.width, img.height, 3, img.rgb.data(), img.width * 3))
+    throw RuntimeError(fmt::format("cannot encode a {}x{} image as PNG", img.width, img.height));
+  return out;
+}
+
+Image thumbnail(const Image& img, int max_side) {
+  if (img.width <= max_side && img.height <= max_side) return img;
+  const double scale = static_cast<double>(max_side) / std::max(img.width, img.height);
+  const int w = std::max(1, static_cast<int>(std::lround(img.width * scale)));
+  const int h = std::max(1, static_cast<int>(std::lround(img.height * scale)));
+  at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)
+                     .permute({2, 0, 1})
+                     .unsqueeze(0)
+                     .to(at::kFloat);
+  t = at::_upsample_bilinear2d_aa(t, {h, w}, false).round_().clamp_(0, 255).to(at::kByte);
+  t = t.squeeze(0).permute({1, 2, 0}).contiguous();
+  Image out;
+  out.width = w;
+  out.height = h;
+  out.rgb.assign(t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel());
+  return out;
+}
+
 at::Tensor preprocess_image(const Image& img, const Preprocess& prep, int64_t size) {
   if (img.width <= 0 || img.height <= 0) throw InvalidArgument("preprocess: empty image");
   at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)

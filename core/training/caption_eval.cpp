@@ -34,11 +34,7 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     } catch (const Error&) {
       continue;  // a bad row: the loss evaluation reports it under bad_rows
     }
-    const std::string reference = ex.text;
-    ex.text.clear();
-    int64_t text_start = 0;
-    auto ids = collator.tokens_of(ex, nullptr, &text_start).first;
-    ids.resize(static_cast<size_t>(text_start));  // [BOS] prompt (template prefix): what the caption follows
+    const std::vector<int64_t> ids = collator.prompt_ids(ex);
     const int64_t room = options.max_seq_len - model.residual_image_tokens() - static_cast<int64_t>(ids.size());
     if (room <= 0) continue;
     GenerateOptions g;
@@ -55,8 +51,7 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     // An untrained model's bytes need not be UTF-8: invalid sequences become U+FFFD.
     std::string text;
     icu::UnicodeString::fromUTF8(collator.tokenizer().decode(gen)).toUTF8String(text);
-    out.samples.push_back({ex.source, reference, text});
-    out.dataset_indices.push_back(static_cast<int64_t>(i));
+    out.samples.push_back({static_cast<int64_t>(i), ex.source, ex.text, text, thumbnail(ex.image, options.thumbnail_side)});
   }
   if (out.samples.empty()) out.skipped_why = "no held-out sample loaded and fit model.max_seq_len";
   std::vector<std::string> generated;

@@ -15,15 +15,16 @@
 namespace forge {
 
 struct FORGE_API CaptionSample {
+  int64_t index = 0;      // in the held-out dataset
   std::string source;     // where the sample came from ("manifest.jsonl:12")
   std::string reference;  // its caption
   std::string generated;
+  Image image;  // a thumbnail of what was captioned, for reports
 };
 
 struct FORGE_API CaptionEval {
   CaptionScores scores;
   std::vector<CaptionSample> samples;
-  std::vector<int64_t> dataset_indices;  // of each sample, for showing its image
   std::string skipped_why;               // non-empty: no captions were generated, and why
   double seconds = 0;
 };
@@ -33,6 +34,7 @@ struct FORGE_API CaptionEvalOptions {
   int64_t max_seq_len = 0;  // the decoder's; bounds prompt + caption
   at::Device device = at::kCPU;
   Precision precision;
+  int thumbnail_side = 160;  // CaptionSample::image's longer side at most
 };
 
 // Captions the first `options.samples` examples of the loader's dataset that
