@@ -76,6 +76,9 @@ find_package(Boost 1.74 REQUIRED)            # header-only: Boost.DLL
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(ICU REQUIRED COMPONENTS uc i18n) # Unicode regex for HF tokenizer pre-tokenizers
+# Protocol Buffers (Debian's libprotobuf-dev, protobuf-compiler): TensorBoard
+# event files, through the lite runtime (core/reporting/tensorboard_event.proto).
+find_package(Protobuf 3 REQUIRED)
 # FFmpeg's libraries (Debian's libavformat-dev, libavcodec-dev, libswscale-dev): video clips ([video]).
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(FFMPEG REQUIRED IMPORTED_TARGET libavformat libavcodec libswscale libavutil)

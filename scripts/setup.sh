@@ -40,6 +40,7 @@ apt_packages=(
   libtcmalloc-minimal4
   libavformat-dev libavcodec-dev libswscale-dev libavutil-dev ffmpeg
   clang-14 libclang-rt-14-dev llvm-14
+  libprotobuf-dev protobuf-compiler chromium
 )
 step "Debian packages" "check network access to the Debian mirror, or install these by hand: ${apt_packages[*]}"
 missing=()

@@ -84,6 +84,13 @@ int cmd_train(const ConfigArgs& args) {
     }
     std::cout << "\n";
   }
+  if (s.final_captions) {
+    const CaptionScores& c = s.final_captions->scores;
+    std::cout << fmt::format("generated captions ({}): BLEU-4 {:.4f}, CIDEr-D {:.4f}, exact match {:.3f}\n", c.captions,
+                             c.bleu4(), c.cider_d, c.exact_match);
+  }
+  if (!s.tensorboard_dir.empty()) std::cout << fmt::format("TensorBoard: tensorboard --logdir {}\n", s.tensorboard_dir);
+  if (!s.report_path.empty()) std::cout << fmt::format("report: {}\n", s.report_path);
   if (!s.last_checkpoint.empty()) {
     std::cout << fmt::format("checkpoint: {}\n", s.last_checkpoint);
     const JobConfig& job = cfg.job;
@@ -119,9 +126,7 @@ int cmd_generate(const GenerateArgs& a) {
   auto tokenizer = make_tokenizer(job.data);
   Example ex;
   ex.prompt = a.prompt;
-  int64_t text_start = 0;
-  auto [ids, masked] = make_collator(job, tokenizer, *model)->tokens_of(ex, nullptr, &text_start);
-  ids.resize(static_cast<size_t>(text_start));  // the prompt part only: [BOS] prompt (template prefix)
+  const std::vector<int64_t> ids = make_collator(job, tokenizer, *model)->prompt_ids(ex);
   at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
   GenerateOptions o;
   const int64_t room = job.model.max_seq_len - model->residual_image_tokens() - prompt.size(1);

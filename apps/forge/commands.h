@@ -91,5 +91,7 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
 int cmd_export(const ExportArgs& args);
 int cmd_data_sample(const DataSampleArgs& args);
 int cmd_data_check(const ConfigArgs& args);
+// Writes RUN_DIR's report (default RUN_DIR/report.html) and prints its path.
+int cmd_report(const std::string& run_dir, const std::string& out);
 
 }  // namespace forge::app

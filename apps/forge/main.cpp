@@ -197,6 +197,18 @@ int main(int argc, char** argv) {
   data_check->add_option("config", cfg.config, "The TOML config")->required();
   add_plugin_path(data_check);
 
+  std::string report_dir, report_out;
+  auto* report = app.add_subcommand(
+      "report", "Write a run's report: one self-contained HTML page with the loss, lr, throughput, MFU and eval "
+                "curves, the captioned held-out images, the plugins and the resolved config");
+  report->add_option("run_dir", report_dir, "The run folder (checkpoint.dir) of a forge train run")->required();
+  report->add_option("--out", report_out, "The HTML file to write (default: RUN_DIR/report.html)");
+  report->footer(
+      "\nforge train writes RUN_DIR/report.html itself at each evaluation and at the end ([metrics] report);\n"
+      "this command redraws it, e.g. for a run still in progress or from before the report existed.\n"
+      "  forge report runs/shapes && chromium runs/shapes/report.html\n"
+      "Exit codes: 0 written, 1 cannot write it, 2 not a run folder.");
+
   auto* reference = app.add_subcommand("config-reference",
                                        "Print the configuration reference (Markdown) for the core and every plugin");
   add_plugin_path(reference);
@@ -264,6 +276,8 @@ int main(int argc, char** argv) {
       rc = forge::app::cmd_data_check(cfg);
     } else if (check->parsed()) {
       rc = forge::app::cmd_check_model(cfg, check_batch);
+    } else if (report->parsed()) {
+      rc = forge::app::cmd_report(report_dir, report_out);
     } else if (reference->parsed()) {
       rc = forge::app::cmd_config_reference(plugin_paths);
     } else {

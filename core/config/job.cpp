@@ -198,9 +198,18 @@ void MetricsConfig::visit(ConfigVisitor& v) {
           "forge: peak dense TFLOP/s per device for MFU; 0 means 989 on a GPU (H100/H200 bf16; set 312 for an "
           "A100) and 1 on a CPU.",
           Bounds::non_negative());
-  for (const char* k : {"enable_wandb", "enable_tensorboard", "wandb_project", "wandb_run_name", "wandb_run_id",
-                        "tensorboard_dir"})
-    v.unimplemented(k, "forge writes metrics.jsonl instead");
+  v.field("enable_tensorboard", enable_tensorboard,
+          "Write TensorBoard event files (rank 0): every logged scalar, the eval metrics, and at each evaluation "
+          "the generated captions (text) and the captioned held-out images.");
+  v.field("tensorboard_dir", tensorboard_dir,
+          "Folder of the event files; a relative path is inside checkpoint.dir. View with tensorboard --logdir.");
+  v.require(!enable_tensorboard || !tensorboard_dir.empty(), "tensorboard_dir",
+            "is empty; name a folder (a relative one is inside checkpoint.dir) or set enable_tensorboard = false");
+  v.field("report", report,
+          "forge: write <checkpoint.dir>/report.html (curves, config, plugins, captioned images) at each "
+          "evaluation and at the end; forge report RUN_DIR writes it for any run.");
+  for (const char* k : {"enable_wandb", "wandb_project", "wandb_run_name", "wandb_run_id"})
+    v.unimplemented(k, "forge writes metrics.jsonl, TensorBoard event files and report.html instead");
 }
 
 void EvalConfig::visit(ConfigVisitor& v) {

@@ -109,6 +109,9 @@ struct FORGE_API MetricsConfig {
   int64_t log_interval = 10;
   bool jsonl = true;
   double peak_tflops = 0.0;
+  bool enable_tensorboard = false;
+  std::string tensorboard_dir = "tensorboard";
+  bool report = true;
   void visit(ConfigVisitor& v);
 };
 

@@ -60,9 +60,27 @@ void keep_metrics_up_to(const std::string& path, int64_t step) {
   }
 }
 
-MetricsLog::MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> logger)
+void replace_file(const std::string& path, const std::string& text) {
+  const std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  std::string reason;
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!(out && out << text << std::flush)) reason = std::strerror(errno);
+  }
+  std::error_code ec;
+  if (reason.empty()) {
+    fs::rename(tmp, path, ec);
+    if (ec) reason = ec.message();
+  }
+  if (reason.empty()) return;
+  fs::remove(tmp, ec);
+  throw RuntimeError(fmt::format("{}: cannot write it: {}", path, reason));
+}
+
+MetricsLog::MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> logger, int64_t resumed_at)
     : path_(path), logger_(std::move(logger)) {
   if (path_.empty()) return;
+  if (resumed_at >= 0) keep_metrics_up_to(path_, resumed_at);
   out_.open(path_, std::ios::app);
   if (!out_)
     throw UserError(fmt::format("{}: cannot open the metrics file for writing ({}); set metrics.jsonl = false to "

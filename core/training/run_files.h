@@ -29,11 +29,18 @@ FORGE_API void check_run_dir_writable(const std::string& run_dir);
 // and renamed over the old one: a crash here loses nothing.
 FORGE_API void keep_metrics_up_to(const std::string& path, int64_t step);
 
+// Writes `text` to a temporary file beside `path` and renames it over
+// `path`: a reader sees the old file or the new one, never half of one.
+// RuntimeError naming the file and the reason when it cannot.
+FORGE_API void replace_file(const std::string& path, const std::string& text);
+
 // Appends one JSON object per line. An empty path writes nothing.
 class FORGE_API MetricsLog {
  public:
   // A file that cannot be opened for appending is a UserError naming it.
-  MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> logger);
+  // `resumed_at` >= 0: the run resumes from that step, and the rows a
+  // crashed attempt wrote after it are dropped first (keep_metrics_up_to).
+  MetricsLog(const std::string& path, std::shared_ptr<spdlog::logger> logger, int64_t resumed_at = -1);
   // A failed write (disk full, I/O error) warns once, naming the file and
   // the reason, and the next call tries again; it never stops training.
   void write(const nlohmann::json& row);

@@ -22,6 +22,7 @@
 #include "core/distributed/dist.h"
 #include "core/model/vlm.h"
 #include "core/registry/registry.h"
+#include "core/reporting/run_outputs.h"
 #include "core/training/loss.h"
 #include "core/training/optim.h"
 #include "core/training/precision.h"
@@ -316,14 +317,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   fs::create_directories(run_dir, ec);
   if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
   if (main_rank) check_run_dir_writable(run_dir);
-  const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
-  if (main_rank && summary.resumed && job.metrics.jsonl) keep_metrics_up_to(metrics_path, state.step);
-  MetricsLog metrics(job.metrics.jsonl && main_rank ? metrics_path : "", logger);
-  // The captions each evaluation generated, one row per sample.
-  const std::string captions_path = (fs::path(run_dir) / "eval_captions.jsonl").string();
-  if (main_rank && summary.resumed && job.metrics.jsonl) keep_metrics_up_to(captions_path, state.step);
-  MetricsLog captions_log(job.metrics.jsonl && main_rank && heldout && job.eval.caption_samples > 0 ? captions_path : "",
-                          logger);
+  RunOutputs outputs(job, registry, {device.str(), precision.describe(), dist->world(), peak_flops(job.metrics, device)},
+                     main_rank, summary.resumed ? state.step : -1, logger);
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;
@@ -362,32 +357,9 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       dist->barrier();
       return;
     }
-    std::string kinds;
-    for (const auto& [k, v] : r.by_kind) kinds += fmt::format(" {} {:.3f}", k, r.kind_accuracy(k));
-    logger->info("eval {} step {}: loss {:.4f} | token acc {:.3f} | image-word acc {:.3f}{}{} | {:.1f}s", when,
-                 state.step, r.loss, r.token_accuracy, r.word_accuracy, kinds.empty() ? "" : " (", kinds.empty() ? "" : kinds + " )",
-                 since(t));
-    nlohmann::json j{{"step", state.step},          {"eval/loss", r.loss},
-                     {"eval/token_accuracy", r.token_accuracy}, {"eval/word_accuracy", r.word_accuracy},
-                     {"eval/tokens", r.tokens},     {"eval/words", r.words}};
-    for (const auto& [k, v] : r.by_kind) j["eval/word_accuracy/" + k] = r.kind_accuracy(k);
-    if (!captions.samples.empty()) {
-      const CaptionScores& c = captions.scores;
-      logger->info("eval {} step {}: {} generated captions: BLEU-4 {:.4f} | CIDEr-D {:.4f} | exact match {:.3f} | "
-                   "{:.1f}s; e.g. \"{}\" for \"{}\"",
-                   when, state.step, c.captions, c.bleu4(), c.cider_d, c.exact_match, captions.seconds,
-                   captions.samples[0].generated, captions.samples[0].reference);
-      j.update({{"eval/bleu4", c.bleu4()}, {"eval/cider_d", c.cider_d}, {"eval/exact_match", c.exact_match},
-                {"eval/captions", c.captions}});
-      for (const auto& s : captions.samples)
-        captions_log.write({{"step", state.step}, {"source", s.source}, {"reference", s.reference},
-                            {"generated", s.generated}});
-      summary.final_captions = captions;
-    } else if (!captions.skipped_why.empty() && state.step == job.train.max_steps) {
-      logger->info("eval: no generated captions: {}", captions.skipped_why);
-    }
-    metrics.write(j);
+    outputs.eval(state.step, when, r, captions, since(t));
     summary.final_eval = r;
+    if (!captions.samples.empty()) summary.final_captions = captions;
     dist->barrier();
   };
 
@@ -468,7 +440,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
       if (rank_state_bytes > 0) row["rank_state_bytes"] = rank_state_bytes;
       for (const auto& [k, v] : report.sums) row[k] = v;
       for (const auto& [k, v] : report.series) row[k] = v;
-      metrics.write(row);
+      outputs.step(row);
     }
     if (heldout && state.step % job.eval.interval == 0 && state.step != max_steps) run_eval("at");
     if (state.step % job.checkpoint.interval == 0) {
@@ -503,6 +475,8 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     logger->info("{} ranks in sync: largest weight difference to rank 0 is {}", dist->world(), worst);
     if (worst > 0) throw RuntimeError(fmt::format("data-parallel ranks diverged (weight difference {})", worst));
   }
+  summary.report_path = outputs.finish();
+  summary.tensorboard_dir = outputs.tensorboard_dir();
   summary.end_step = state.step;
   summary.seconds = since(wall0);
   return summary;

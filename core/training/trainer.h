@@ -35,6 +35,8 @@ struct FORGE_API TrainSummary {
   std::optional<EvalResult> final_eval;
   std::optional<CaptionEval> final_captions;  // when eval.caption_samples > 0 and the model generates
   std::string last_checkpoint;
+  std::string report_path;      // <run>/report.html, when written
+  std::string tensorboard_dir;  // when metrics.enable_tensorboard
   double seconds = 0;
   double chance_word_accuracy = 0;  // of a model that ignores the image, when the data knows it
 };
