@@ -30,3 +30,5 @@ while IFS= read -r line; do
 done < "$samples/manifest.jsonl"
 echo "==> done: checkpoints and metrics.jsonl in $run; caption your own image with"
 echo "    $forge generate --checkpoint $run --image <file.png>"
+echo "==> the run report (curves, captioned held-out images, plugins, config; open it in a browser):"
+echo "    $root/$run/report.html"

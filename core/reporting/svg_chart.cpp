@@ -51,7 +51,7 @@ std::string tick_label(double v) {
 }  // namespace
 
 std::string svg_line_chart(const std::vector<ChartSeries>& series, const ChartOptions& o) {
-  const double left = 62, right = 12, top = 30, bottom = 40;
+  const double left = 62, right = 22, top = 30, bottom = 40;
   const double pw = o.width - left - right, ph = o.height - top - bottom;
   double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
   bool all_positive = true;

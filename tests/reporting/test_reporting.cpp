@@ -201,7 +201,7 @@ TEST_CASE("the run report renders in headless Chromium with its curves and capti
       n += std::abs(page.rgb[p] - r) + std::abs(page.rgb[p + 1] - g) + std::abs(page.rgb[p + 2] - b) <= tol;
     return n;
   };
-  // The training-loss curve (#1f77b4, 2 px wide across a 486 px plot) is drawn, not only its 18 x 3 legend swatch.
+  // The training-loss curve (#1f77b4, 2 px wide across a 476 px plot) is drawn, not only its 18 x 3 legend swatch.
   CHECK(pixels_near(0x1f, 0x77, 0xb4, 60) > 400);
   // The three captioned held-out images, each shown 160 x 160: solid magenta.
   CHECK(pixels_near(255, 0, 255, 0) >= 3 * 160 * 160 * 9 / 10);
