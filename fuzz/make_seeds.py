@@ -203,6 +203,20 @@ def jsonl_seeds(out):
         put(os.path.join(out, f"manifest{i}"), flag + "\n".join(r).encode() + b"\n")
 
 
+def report_seeds(out):
+    """run_report: metrics.jsonl, eval_captions.jsonl and run.json, separated by NUL bytes."""
+    metrics = ('{"step": 1, "loss": 2.5, "lr": 0.001, "grad_norm": 1.5, "tokens_per_s": 900, "mfu": 0.1}\n'
+               '{"step": 2, "eval/loss": 2.0, "eval/bleu4": 0.1, "eval/cider_d": 0.3, "eval/exact_match": 0}\n'
+               "a line cut by a crash\n")
+    captions = ('{"step": 2, "index": 0, "source": "m.jsonl:1", "reference": "a <b>", "generated": "a", '
+                '"image": "eval_images/0.png"}\n{"step": 2, "index": 1, "reference": "x", "generated": "x", '
+                '"image": "../outside.png"}\n')
+    run = '{"config_toml": "[vlm]\\narch = \\"joint_decoder\\"", "plugins": [{"kind": "arch", "name": "x", "used": true}]}'
+    put(os.path.join(out, "whole_run"), "\0".join([metrics, captions, run]).encode())
+    put(os.path.join(out, "metrics_only"), metrics.encode())
+    put(os.path.join(out, "wrong_types"), '{"step": 1, "loss": "x"}\n\0{"step": 1, "reference": 5}\n\0[]'.encode())
+
+
 def regression_seeds(seeds):
     """fuzz/regressions/<target>/<name>.b64: inputs that once found a bug (base64 text, each under 2 KB),
     replayed first by every run of the target."""
@@ -230,6 +244,7 @@ def main():
         put(os.path.join(seeds, "image_decode", name), b)
     video_seeds(os.path.join(seeds, "video_decode"), data)
     jsonl_seeds(os.path.join(seeds, "jsonl_manifest"))
+    report_seeds(os.path.join(seeds, "run_report"))
     regression_seeds(seeds)
     counts = {t: len(os.listdir(os.path.join(seeds, t))) for t in sorted(os.listdir(seeds))}
     print("make_seeds: " + ", ".join(f"{t} {n}" for t, n in counts.items()))

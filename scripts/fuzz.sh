@@ -13,7 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${FORGE_SAN_BUILD:-$root/build-san}
 venv=${FORGE_VENV:-$HOME/.cache/forge/venv-torch2.11.0}
-all_targets=(config_toml safetensors hf_config hf_folder tokenizer_json tokenizer_encode jsonl_manifest image_decode video_decode)
+all_targets=(config_toml safetensors hf_config hf_folder tokenizer_json tokenizer_encode jsonl_manifest image_decode video_decode run_report)
 seconds=60
 parallel=1
 targets=()

@@ -24,6 +24,8 @@ namespace forge {
 namespace {
 
 std::string read_file(const fs::path& p) {
+  std::error_code ec;
+  if (p.empty() || !fs::is_regular_file(p, ec)) return "";
   std::ifstream in(p, std::ios::binary);
   if (!in) return "";
   std::ostringstream s;
@@ -94,6 +96,16 @@ json run_facts(const fs::path& dir) {
   } catch (const json::exception&) {
   }
   return facts;
+}
+
+// An eval_captions row's image: a file inside the run's eval_images/ folder,
+// never one elsewhere that a hand-edited row names (the page embeds it).
+fs::path image_in_run(const fs::path& dir, const std::string& image) {
+  const fs::path rel = fs::path(image).lexically_normal();
+  if (image.empty() || rel.is_absolute() || *rel.begin() != "eval_images" || rel.filename() == "..") return {};
+  for (const auto& part : rel)
+    if (part == "..") return {};
+  return dir / rel;
 }
 
 std::string tile(const std::string& label, const std::string& value) {
@@ -199,7 +211,7 @@ std::string report_html(const fs::path& dir) {
       if (c["step"].get<int64_t>() != step) continue;
       const std::string ref = c.value("reference", ""), gen = c.value("generated", "");
       std::string img;
-      if (std::string png = c.value("image", "").empty() ? "" : read_file(dir / c.value("image", "")); !png.empty())
+      if (std::string png = read_file(image_in_run(dir, c.value("image", ""))); !png.empty())
         img = fmt::format("<img alt=\"held-out image {}\" src=\"data:image/png;base64,{}\">", c.value("index", 0),
                           base64(png));
       html += fmt::format("<figure>{}<figcaption><div class=\"src\">{}</div><b>reference</b> {}<br><b>generated</b> "

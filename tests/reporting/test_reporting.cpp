@@ -247,6 +247,28 @@ TEST_CASE("forge report draws any run folder with metrics.jsonl and names a hand
   std::ifstream in(d.str() + "/run/report.html");
   const std::string html((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK_THAT(html, Catch::Contains("data-label=\"train\"") && Catch::Contains("<div class=\"tile-value\">2</div>"));  // the steps tile
+  // Images are embedded from the run's eval_images/ only, whatever path a row names.
+  Image px;
+  px.width = px.height = 2;
+  px.rgb.assign(12, 7);
+  write_png(d.str() + "/outside.png", px);
+  std::filesystem::create_directories(d.path() / "run/eval_images");
+  write_png(d.str() + "/run/eval_images/0.png", px);
+  std::string rows;
+  for (const char* image : {"eval_images/0.png", "../outside.png", "eval_images/../../outside.png",
+                            "/etc/hostname", "eval_images/none.png"})
+    rows += json{{"step", 2}, {"index", 0}, {"reference", "r"}, {"generated", "g"}, {"image", image}}.dump() + "\n";
+  d.write("run/eval_captions.jsonl", rows);
+  REQUIRE(forge::test::run(fmt::format("{} report {}/run", FORGE_BIN, d.str())).code == 0);
+  std::ifstream in2(d.str() + "/run/report.html");
+  const std::string html2((std::istreambuf_iterator<char>(in2)), std::istreambuf_iterator<char>());
+  size_t embedded = 0;
+  for (size_t at = html2.find("data:image/png"); at != std::string::npos; at = html2.find("data:image/png", at + 1))
+    ++embedded;
+  CHECK(embedded == 1);
+  size_t figures = 0;  // every row is still shown, with its captions
+  for (size_t at = html2.find("<figure>"); at != std::string::npos; at = html2.find("<figure>", at + 1)) ++figures;
+  CHECK(figures == 5);
   d.write("run/eval_captions.jsonl", "{\"step\": 2, \"reference\": 5, \"generated\": \"a\"}\n");
   auto bad = forge::test::run(fmt::format("{} report {}/run", FORGE_BIN, d.str()));
   CHECK(bad.code == 2);
