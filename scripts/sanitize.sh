@@ -25,10 +25,11 @@ forge_sanitized_tree "$build" "ASan + UBSan, fuzz targets" -DFORGE_SANITIZE=addr
 
 cd "$build"
 if [ "$mode" = ci ]; then
-  # The subset: the parsers' own tests plus the host's config and CLI checks.
-  subset='^test_foundation:|^test_data:'
+  # The subset: the parsers' own tests plus the host's config and CLI checks,
+  # and the report and TensorBoard writers with their readers.
+  subset='^test_foundation:|^test_data:|^test_reporting:'
   echo "==> build (fuzz targets and the subset's tests, ninja -j$jobs)"
-  cmake --build . -j "$jobs" --target fuzz_targets test_foundation test_data
+  cmake --build . -j "$jobs" --target fuzz_targets test_foundation test_data test_reporting
   "$root/scripts/fuzz.sh" --time "${FORGE_FUZZ_CI_SECONDS:-30}"
   echo "==> sanitizer subset (ctest -R '$subset')"
   ctest -j "$jobs" --output-on-failure --timeout 1200 -R "$subset|generate_python_fixtures" "$@"
