@@ -3,8 +3,9 @@
 // rows name video clips. The manifest's folder holds a.png, b.jpg and (when
 // <data>/clip.mp4 exists) clip.mp4 for rows to name.
 // Properties: JsonlDataset accepts the manifest or throws a forge error; with
-// skip_bad, lines = rows + bad rows; every accepted row has a caption and
-// decodes (or throws a forge error naming the manifest line).
+// skip_bad, lines = rows + bad rows; every accepted row has a caption, only
+// non-empty references, and decodes (or throws a forge error naming the
+// manifest line).
 #include <filesystem>
 
 #include "core/data/jsonl.h"
@@ -42,6 +43,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       fuzz::violated("more rows and bad rows than lines");
     for (size_t i = 0; i < ds.size() && i < 4; ++i) {
       if (ds.rows()[i].text.empty()) fuzz::violated("a row without a caption was accepted");
+      for (const auto& r : ds.rows()[i].references)
+        if (r.find_first_not_of(" \t\r\n") == std::string::npos) fuzz::violated("an empty reference was accepted");
       fuzz::expect_forge_errors([&] { (void)ds.get(i); });
     }
     (void)ds.describe();

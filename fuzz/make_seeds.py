@@ -194,7 +194,8 @@ def jsonl_seeds(out):
     rows = [
         ['{"image": "a.png", "text": "a grey picture"}', '{"image": "b.jpg", "text": "the same", "prompt": "Say:"}'],
         ['{"image": "a.png", "text": "ok"}', "not json", '{"image": "missing.png", "text": "x"}',
-         '{"image": "a.png", "text": ""}', '{"text": "no image"}', '{"image": 3, "text": "x"}'],
+         '{"image": "a.png", "text": ""}', '{"text": "no image"}', '{"image": 3, "text": "x"}',
+         '{"image": "a.png", "text": "r", "references": ["one", "two"]}', '{"image": "a.png", "text": "r", "references": [" "]}'],
         ['{"video": "clip.mp4", "text": "a clip"}', '{"video": "clip.mp4", "text": "again", "prompt": "Describe:"}'],
         ['{"image": "a.png", "text": "caf\\u00e9 \\ud83d\\udc4d"}', "", "  ", '{"image": "./a.png", "text": "dot"}'],
     ]

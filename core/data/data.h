@@ -63,6 +63,9 @@ struct FORGE_API Example {
   std::vector<Image> frames;  // a video clip's frames, in time order (then `image` is unused)
   std::string text;    // the caption: the part the loss trains on
   std::string prompt;  // optional; masked from the loss
+  // More captions of the same image (COCO has five): generated captions are
+  // scored against `text` and these; training uses `text` only.
+  std::vector<std::string> references;
   std::vector<ImageWord> image_words;
   std::string source;  // where it came from, for messages ("manifest.jsonl:12")
 };

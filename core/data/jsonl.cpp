@@ -67,12 +67,26 @@ JsonlDataset::JsonlDataset(const std::string& manifest, const JsonlOptions& opti
       bad("malformed JSON", "\"prompt\" must be a string");
       continue;
     }
+    std::vector<std::string> references;
+    if (j.contains("references") && !j["references"].is_null()) {
+      bool ok = j["references"].is_array();
+      if (ok)
+        for (const auto& ref : j["references"]) {
+          ok = ok && ref.is_string() && !blank_text(ref.get<std::string>());
+          if (ok) references.push_back(ref.get<std::string>());
+        }
+      if (!ok) {
+        bad("malformed JSON", "\"references\" must be a list of non-empty captions (strings)");
+        continue;
+      }
+    }
     Row r;
     r.line = n;
     fs::path img(j[media].get<std::string>());
     r.image = (img.is_absolute() ? img : base / img).lexically_normal().string();
     r.text = j["text"].get<std::string>();
     r.prompt = j.contains("prompt") && j["prompt"].is_string() ? j["prompt"].get<std::string>() : opt_.prompt;
+    r.references = std::move(references);
     if (blank_text(r.text)) {
       bad("empty text", "the caption is empty");
       continue;
@@ -110,6 +124,7 @@ Example JsonlDataset::get(size_t index) const {
   Example ex;
   ex.text = r.text;
   ex.prompt = r.prompt;
+  ex.references = r.references;
   ex.source = fmt::format("{}:{}", path_, r.line);
   if (opt_.video) {
     try {

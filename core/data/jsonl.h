@@ -39,6 +39,7 @@ class FORGE_API JsonlDataset final : public Dataset {
     std::string image;  // resolved path of the image (or the video)
     std::string text;
     std::string prompt;
+    std::vector<std::string> references;  // other captions of the image, for scoring generated ones
   };
   const std::vector<Row>& rows() const { return rows_; }
   int64_t lines() const { return lines_; }

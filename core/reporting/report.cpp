@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/reporting/svg_chart.h"
+#include "core/training/caption_metrics.h"
 #include "core/training/run_files.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
@@ -100,17 +101,37 @@ json run_facts(const fs::path& dir) {
 
 // An eval_captions row's image: a file inside the run's eval_images/ folder,
 // never one elsewhere that a hand-edited row names (the page embeds it).
+// A symbolic link on the way is refused too: the file must be the run's own.
 fs::path image_in_run(const fs::path& dir, const std::string& image) {
   const fs::path rel = fs::path(image).lexically_normal();
   if (image.empty() || rel.is_absolute() || *rel.begin() != "eval_images" || rel.filename() == "..") return {};
-  for (const auto& part : rel)
+  fs::path at = dir;
+  for (const auto& part : rel) {
     if (part == "..") return {};
-  return dir / rel;
+    at /= part;
+    std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(at, ec))) return {};
+  }
+  return at;
+}
+
+// A PNG file of at most 4 MiB (forge writes thumbnails), else "".
+std::string read_png(const fs::path& p) {
+  std::error_code ec;
+  if (p.empty() || !fs::is_regular_file(p, ec) || fs::file_size(p, ec) > (4u << 20)) return "";
+  std::string bytes = read_file(p);
+  return bytes.rfind("\x89PNG\r\n\x1a\n", 0) == 0 ? bytes : "";
 }
 
 std::string tile(const std::string& label, const std::string& value) {
   return fmt::format("<div class=\"tile\"><div class=\"tile-value\">{}</div><div class=\"tile-label\">{}</div></div>\n",
                      html_escape(value), html_escape(label));
+}
+
+// row[key] when it is a number, else NaN (MetricsLog writes NaN and inf as null).
+double number(const json& row, const std::string& key) {
+  auto it = row.find(key);
+  return it != row.end() && it->is_number() ? it->get<double>() : std::nan("");
 }
 
 std::string fmt_or_dash(double v, const char* spec) {
@@ -160,18 +181,18 @@ std::string report_html(const fs::path& dir) {
   const int64_t last_step = train_rows.empty() ? 0 : train_rows.back()["step"].get<int64_t>();
   html += tile("steps", facts.contains("max_steps") ? fmt::format("{} / {}", last_step, facts["max_steps"].dump())
                                                     : std::to_string(last_step));
-  if (!train_rows.empty()) html += tile("last loss", fmt_or_dash(train_rows.back().value("loss", NAN), "{:.4f}"));
+  if (!train_rows.empty()) html += tile("last loss", fmt_or_dash(number(train_rows.back(), "loss"), "{:.4f}"));
   const double tokens_per_s = median(column(train_rows, "tokens_per_s"));
   html += tile("median tokens/s", std::isfinite(tokens_per_s) ? util::human_count(tokens_per_s) : "–");
   html += tile("median MFU", fmt_or_dash(median(column(train_rows, "mfu", 100)), "{:.2f} %"));
   html += tile("median step", fmt_or_dash(median(column(train_rows, "step_time_s")), "{:.3f} s"));
   if (!eval_rows.empty()) {
     const json& e = eval_rows.back();
-    html += tile("held-out loss", fmt_or_dash(e.value("eval/loss", NAN), "{:.4f}"));
+    html += tile("held-out loss", fmt_or_dash(number(e, "eval/loss"), "{:.4f}"));
     if (e.contains("eval/bleu4")) {
-      html += tile("BLEU-4", fmt_or_dash(e.value("eval/bleu4", NAN), "{:.4f}"));
-      html += tile("CIDEr-D", fmt_or_dash(e.value("eval/cider_d", NAN), "{:.4f}"));
-      html += tile("exact match", fmt_or_dash(e.value("eval/exact_match", NAN), "{:.3f}"));
+      html += tile("BLEU-4", fmt_or_dash(number(e, "eval/bleu4"), "{:.4f}"));
+      html += tile("CIDEr-D", fmt_or_dash(number(e, "eval/cider_d"), "{:.4f}"));
+      html += tile("exact match", fmt_or_dash(number(e, "eval/exact_match"), "{:.3f}"));
     }
   }
   html += "</div>\n";
@@ -210,13 +231,24 @@ std::string report_html(const fs::path& dir) {
     for (const auto& c : caps) {
       if (c["step"].get<int64_t>() != step) continue;
       const std::string ref = c.value("reference", ""), gen = c.value("generated", "");
+      std::string more;
+      const auto gen_words = caption_words(gen);  // "matches" as exact_match counts it: word for word
+      bool matched = caption_words(ref) == gen_words;
+      if (auto it = c.find("more_references"); it != c.end() && it->is_array())
+        for (const auto& r : *it)
+          if (r.is_string()) {
+            more += "<br><span class=\"src\">or</span> " + html_escape(r.get<std::string>());
+            matched = matched || caption_words(r.get<std::string>()) == gen_words;
+          }
       std::string img;
-      if (std::string png = read_file(image_in_run(dir, c.value("image", ""))); !png.empty())
-        img = fmt::format("<img alt=\"held-out image {}\" src=\"data:image/png;base64,{}\">", c.value("index", 0),
+      const auto image = c.find("image");
+      if (std::string png = read_png(image_in_run(dir, image != c.end() && image->is_string() ? image->get<std::string>() : ""));
+          !png.empty())
+        img = fmt::format("<img alt=\"held-out image {:.0f}\" src=\"data:image/png;base64,{}\">", number(c, "index"),
                           base64(png));
-      html += fmt::format("<figure>{}<figcaption><div class=\"src\">{}</div><b>reference</b> {}<br><b>generated</b> "
+      html += fmt::format("<figure>{}<figcaption><div class=\"src\">{}</div><b>reference</b> {}{}<br><b>generated</b> "
                           "<span class=\"{}\">{}</span></figcaption></figure>\n",
-                          img, html_escape(c.value("source", "")), html_escape(ref), ref == gen ? "ok" : "diff",
+                          img, html_escape(c.value("source", "")), html_escape(ref), more, matched ? "ok" : "diff",
                           html_escape(gen));
     }
     html += "</div>\n";

@@ -58,6 +58,16 @@ nlohmann::json run_json(const JobConfig& job, const Registry& registry, const Ru
                                .count()}};
 }
 
+// eval_captions.jsonl, cut back to the rows up to `resumed_at` (whether or
+// not this run captions: the report shows the latest rows); its path when
+// this run writes it, else "".
+std::string trimmed_captions(const JobConfig& job, bool main_rank, int64_t resumed_at) {
+  if (!main_rank || !job.metrics.jsonl) return "";
+  const std::string path = path_in(job.checkpoint.dir, "eval_captions.jsonl");
+  keep_metrics_up_to(path, resumed_at);
+  return job.eval.enabled && job.eval.caption_samples > 0 ? path : "";
+}
+
 std::string markdown_cell(std::string s) {
   std::string out;
   for (char c : s) {
@@ -77,9 +87,7 @@ RunOutputs::RunOutputs(const JobConfig& job, const Registry& registry, const Run
       main_(main_rank),
       run_dir_(job.checkpoint.dir),
       metrics_(main_rank && job.metrics.jsonl ? path_in(run_dir_, "metrics.jsonl") : "", logger_, resumed_at),
-      captions_(main_rank && job.metrics.jsonl && job.eval.enabled && job.eval.caption_samples > 0 ? path_in(run_dir_, "eval_captions.jsonl")
-                                                                               : "",
-                logger_, resumed_at) {
+      captions_(trimmed_captions(job, main_rank, resumed_at), logger_) {
   if (!main_) return;
   replace_file(path_in(run_dir_, "run.json"), run_json(job, registry, facts).dump(2) + "\n");
   if (job.metrics.enable_tensorboard) {
@@ -152,10 +160,13 @@ void RunOutputs::eval(int64_t step, const std::string& when, const EvalResult& r
           logger_->warn("{}", e.what());
         }
       }
-      captions_.write({{"step", step}, {"index", s.index}, {"source", s.source}, {"reference", s.reference},
-                       {"generated", s.generated}, {"image", png.empty() ? "" : image}});
-      table += fmt::format("| {} | {} | {} | {} |\n", i, markdown_cell(s.source), markdown_cell(s.reference),
-                           markdown_cell(s.generated));
+      nlohmann::json row{{"step", step},           {"index", s.index},         {"source", s.source},
+                         {"reference", s.reference}, {"generated", s.generated}, {"image", png.empty() ? "" : image}};
+      if (!s.more_references.empty()) row["more_references"] = s.more_references;
+      captions_.write(row);
+      std::string refs = markdown_cell(s.reference);
+      for (const auto& r : s.more_references) refs += "<br>" + markdown_cell(r);
+      table += fmt::format("| {} | {} | {} | {} |\n", i, markdown_cell(s.source), refs, markdown_cell(s.generated));
       if (tensorboard_ && !png.empty())
         tensorboard_->image(fmt::format("eval/images/{}", i), step, png, s.image.width, s.image.height,
                             fmt::format("{}: \"{}\" (the generated captions are in the Text tab, eval/captions)",

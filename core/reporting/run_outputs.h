@@ -39,9 +39,9 @@ struct FORGE_API RunFacts {
 
 class FORGE_API RunOutputs {
  public:
-  // `resumed_at` >= 0: the run resumes from that step; rows an earlier attempt
-  // logged after it are dropped. Writes run.json. UserError when a file or
-  // folder cannot be created.
+  // The run starts at step `resumed_at` (0 when fresh): rows and events an
+  // earlier attempt logged after it are dropped. Writes run.json. UserError
+  // when a file or folder cannot be created.
   RunOutputs(const JobConfig& job, const Registry& registry, const RunFacts& facts, bool main_rank,
              int64_t resumed_at, std::shared_ptr<spdlog::logger> logger);
   ~RunOutputs();

@@ -26,26 +26,31 @@ std::string html_escape(const std::string& text) {
 
 namespace {
 
-// Tick positions covering [lo, hi] at a 1, 2 or 5 × 10^k spacing, about `want` of them.
-std::vector<double> nice_ticks(double lo, double hi, int want) {
-  const double span = hi - lo;
-  const double raw = span / std::max(1, want);
+// The spacing of about `want` ticks over [lo, hi]: 1, 2 or 5 × 10^k.
+double tick_step(double lo, double hi, int want) {
+  const double raw = (hi - lo) / std::max(1, want);
   const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = mag;
-  for (double m : {1.0, 2.0, 5.0, 10.0})
-    if (raw <= m * mag) {
-      step = m * mag;
-      break;
-    }
+  for (double m : {1.0, 2.0, 5.0})
+    if (raw <= m * mag) return m * mag;
+  return 10 * mag;
+}
+
+// Tick positions covering [lo, hi] (lo < hi, finite) at tick_step's spacing;
+// counted as integers, so a range of a few ulps cannot loop forever.
+std::vector<double> nice_ticks(double lo, double hi, int want) {
+  const double step = tick_step(lo, hi, want);
+  const double first = std::ceil(lo / step), last = std::floor(hi / step + 1e-9);
   std::vector<double> ticks;
-  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(std::abs(t) < step * 1e-9 ? 0 : t);
+  for (double k = first; k <= last && ticks.size() < 50; k += 1) ticks.push_back(k == 0 ? 0.0 : k * step);
   return ticks;
 }
 
-std::string tick_label(double v) {
+// As many significant digits as the spacing needs, so neighbouring ticks differ (1.5e+05, 2e+05).
+std::string tick_label(double v, double step) {
   const double a = std::abs(v);
-  if (a != 0 && (a >= 1e5 || a < 1e-3)) return fmt::format("{:.0e}", v);
-  return fmt::format("{:.4g}", v);
+  if (a == 0) return "0";
+  const int digits = std::clamp(static_cast<int>(std::floor(std::log10(a)) - std::floor(std::log10(step))) + 1, 1, 10);
+  return fmt::format("{:.{}g}", v, std::max(digits, a >= 1e5 || a < 1e-3 ? 1 : 4));
 }
 
 }  // namespace
@@ -72,28 +77,39 @@ std::string svg_line_chart(const std::vector<ChartSeries>& series, const ChartOp
   const bool log_y = o.log_y && all_positive;
   auto fy = [&](double y) { return log_y ? std::log10(y) : y; };
   double ly0 = fy(y0), ly1 = fy(y1);
-  if (ly1 - ly0 < 1e-12) ly0 -= 0.5, ly1 += 0.5;  // a flat series
+  auto flat = [](double lo, double hi) { return hi - lo <= 1e-9 * std::max({std::abs(lo), std::abs(hi), 1e-300}); };
+  if (flat(ly0, ly1)) {  // a flat series: a unit band around it
+    const double pad = std::max(0.5, std::abs(ly0) * 0.1);
+    ly0 -= pad, ly1 += pad;
+  }
   const double pad = 0.05 * (ly1 - ly0);
   ly0 -= pad, ly1 += pad;
   if (!log_y && y0 >= 0 && ly0 < 0) ly0 = 0;
-  if (x1 - x0 < 1e-12) x0 -= 1, x1 += 1;
+  if (flat(x0, x1)) {
+    const double pad = std::max(1.0, std::abs(x0) * 0.1);
+    x0 -= pad, x1 += pad;
+  }
   auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
   auto py = [&](double y) { return top + (1 - (fy(y) - ly0) / (ly1 - ly0)) * ph; };
 
   svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"plot\"/>\n", left, top, pw, ph);
+  const double x_step = tick_step(x0, x1, 6);
   for (double t : nice_ticks(x0, x1, 6)) {
     const double x = px(t);
     svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" class=\"grid\"/><text x=\"{0:.1f}\" "
                        "y=\"{3}\" class=\"tick\" text-anchor=\"middle\">{4}</text>\n",
-                       x, top, top + ph, top + ph + 14, tick_label(t));
+                       x, top, top + ph, top + ph + 14, tick_label(t, x_step));
   }
   std::vector<double> yt = nice_ticks(ly0, ly1, 5);
+  double y_step = tick_step(ly0, ly1, 5);  // of the values, for their labels
   if (log_y) {  // decades; under two of them, rounded values (2, 3, 4, ...) at their log positions
     std::vector<double> decades;
     for (double t = std::ceil(ly0); t <= ly1; t += 1) decades.push_back(t);
     yt = decades;
+    y_step = 0;  // decades: one digit
     if (decades.size() < 2) {
       yt.clear();
+      y_step = tick_step(std::pow(10.0, ly0), std::pow(10.0, ly1), 5);
       for (double v : nice_ticks(std::pow(10.0, ly0), std::pow(10.0, ly1), 5))
         if (v > 0) yt.push_back(std::log10(v));
     }
@@ -103,7 +119,7 @@ std::string svg_line_chart(const std::vector<ChartSeries>& series, const ChartOp
     const double y = top + (1 - (t - ly0) / (ly1 - ly0)) * ph;
     svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" class=\"grid\"/><text x=\"{3}\" "
                        "y=\"{4:.1f}\" class=\"tick\" text-anchor=\"end\">{5}</text>\n",
-                       left, y, left + pw, left - 6, y + 4, tick_label(value));
+                       left, y, left + pw, left - 6, y + 4, tick_label(value, y_step > 0 ? y_step : std::abs(value)));
   }
   svg += fmt::format("<text x=\"{}\" y=\"{}\" class=\"axis-label\" text-anchor=\"middle\">{}</text>\n", left + pw / 2,
                      o.height - 6, html_escape(o.x_label));

@@ -52,17 +52,25 @@ struct TensorBoardWriter::Impl {
   std::shared_ptr<spdlog::logger> logger;
   std::ofstream out;
   std::set<std::string> described;  // tags whose metadata went out with their first value
+  uintmax_t good_bytes = 0;          // the file's size after the last whole record
   int64_t failed = 0;
   bool failing = false;
+  bool dead = false;
 
   static double now() {
     return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   }
   void write(tb::Event& e) {
+    if (dead) {
+      ++failed;
+      return;
+    }
     e.set_wall_time(now());
-    out << tfrecord(e.SerializeAsString());
+    const std::string record = tfrecord(e.SerializeAsString());
+    out << record;
     out.flush();
     if (out) {
+      good_bytes += record.size();
       if (failing) logger->info("{}: writing again", path);
       failing = false;
       return;
@@ -71,7 +79,16 @@ struct TensorBoardWriter::Impl {
     if (!failing) logger->warn("{}: write failed ({}); TensorBoard misses these events, training goes on", path,
                                std::strerror(errno));
     failing = true;
+    // A record cut short would end the file for TensorBoard's readers: cut the file back to the last whole one.
+    out.close();
+    if (::truncate(path.c_str(), static_cast<off_t>(good_bytes)) != 0) {
+      logger->warn("{}: cannot cut it back to its last whole record ({}); no more TensorBoard events this run", path,
+                   std::strerror(errno));
+      dead = true;  // records after a cut one would never be read
+      return;
+    }
     out.clear();
+    out.open(path, std::ios::binary | std::ios::app);
   }
   // The metadata of a tag goes with its first value only, as TensorBoard's writers do.
   tb::SummaryMetadata* metadata_once(tb::Summary::Value* v) {

@@ -1,5 +1,6 @@
 #include "core/training/caption_eval.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <unicode/unistr.h>
@@ -51,7 +52,11 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     // An untrained model's bytes need not be UTF-8: invalid sequences become U+FFFD.
     std::string text;
     icu::UnicodeString::fromUTF8(collator.tokenizer().decode(gen)).toUTF8String(text);
-    out.samples.push_back({static_cast<int64_t>(i), ex.source, ex.text, text, thumbnail(ex.image, options.thumbnail_side)});
+    std::vector<std::string> more;
+    for (const auto& r : ex.references)
+      if (r != ex.text && std::find(more.begin(), more.end(), r) == more.end()) more.push_back(r);
+    out.samples.push_back({static_cast<int64_t>(i), ex.source, ex.text, std::move(more), text,
+                           thumbnail(ex.image, options.thumbnail_side)});
   }
   if (out.samples.empty()) out.skipped_why = "no held-out sample loaded and fit model.max_seq_len";
   std::vector<std::string> generated;
@@ -59,6 +64,7 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
   for (const auto& s : out.samples) {
     generated.push_back(s.generated);
     references.push_back({s.reference});
+    references.back().insert(references.back().end(), s.more_references.begin(), s.more_references.end());
   }
   out.scores = score_captions(generated, references);
   if (was_training) model.train();

@@ -1,6 +1,7 @@
 // Captions generated at evaluation (D9): the first N held-out samples are
-// captioned greedily (KV cache) and scored against their own captions with
-// BLEU-4, CIDEr-D and exact match (caption_metrics.h), on any data.
+// captioned greedily (KV cache) and scored against their own captions (the
+// example's text and its other references) with BLEU-4, CIDEr-D and exact
+// match (caption_metrics.h), on any data.
 #pragma once
 
 #include <string>
@@ -18,6 +19,7 @@ struct FORGE_API CaptionSample {
   int64_t index = 0;      // in the held-out dataset
   std::string source;     // where the sample came from ("manifest.jsonl:12")
   std::string reference;  // its caption
+  std::vector<std::string> more_references;  // the example's other captions, scored against too
   std::string generated;
   Image image;  // a thumbnail of what was captioned, for reports
 };

@@ -32,6 +32,8 @@ void check_run_dir_writable(const std::string& run_dir) {
 }
 
 void keep_metrics_up_to(const std::string& path, int64_t step) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return;  // nothing to keep (or not a file: opening it for writing says so)
   std::ifstream in(path);
   if (!in) return;
   std::string kept, line;
@@ -47,16 +49,15 @@ void keep_metrics_up_to(const std::string& path, int64_t step) {
     std::ofstream out(tmp, std::ios::trunc);
     if (out) out << kept << std::flush;
     if (!out) {
-      std::error_code ec;
       fs::remove(tmp, ec);
       throw RuntimeError(fmt::format("{}: cannot rewrite it for the resumed run: {}", path, std::strerror(errno)));
     }
   }
-  std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) {
+    const std::string why = ec.message();
     fs::remove(tmp, ec);
-    throw RuntimeError(fmt::format("{}: cannot replace it for the resumed run: {}", path, ec.message()));
+    throw RuntimeError(fmt::format("{}: cannot replace it for the resumed run: {}", path, why));
   }
 }
 

@@ -318,7 +318,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
   if (ec) throw UserError(fmt::format("checkpoint.dir = \"{}\": cannot create it: {}", run_dir, ec.message()));
   if (main_rank) check_run_dir_writable(run_dir);
   RunOutputs outputs(job, registry, {device.str(), precision.describe(), dist->world(), peak_flops(job.metrics, device)},
-                     main_rank, summary.resumed ? state.step : -1, logger);
+                     main_rank, state.step, logger);
 
   // ---------------------------------------------------------------- the loop
   std::set<int64_t> stage_starts;

@@ -296,6 +296,61 @@ TEST_CASE("evaluation on a JSONL manifest captions held-out samples and scores t
   CHECK_FALSE(std::filesystem::exists(d.str() + "/off/eval_captions.jsonl"));
 }
 
+TEST_CASE("a manifest's references are what generated captions are scored against, besides the caption",
+          "[data][jsonl][train][captions]") {
+  TempDir d;
+  const std::string train_manifest = write_manifest(d, "train.jsonl", 8, 7);
+  const std::string plain = write_manifest(d, "held.jsonl", 4, 8);
+  // The same rows with two more captions each; the second row repeats its own caption among them.
+  std::ifstream in(plain);
+  std::string with_refs;
+  int i = 0;
+  for (std::string line; std::getline(in, line); ++i) {
+    auto j = nlohmann::json::parse(line);
+    j["references"] = {fmt::format("another caption {}", i), i == 1 ? j["text"].get<std::string>() : "and a third"};
+    with_refs += j.dump() + "\n";
+  }
+  const std::string held = d.write("held_refs.jsonl", with_refs);
+  LoadOptions o;
+  o.overrides = {"--data.type=jsonl", "--data.path=" + train_manifest, "--eval.dataset_path=" + held,
+                 "--vision_encoder.image_size=24", "--vision_encoder.feature_dim=32", "--vision_encoder.num_layers=1",
+                 "--model.dim=32", "--model.n_layers=1", "--train.batch_size=4", "--eval.steps=1",
+                 "--train.max_steps=2", "--checkpoint.dir=" + d.str() + "/run", "--eval.caption_samples=3"};
+  TrainOptions opts;
+  opts.handle_signals = false;
+  auto s = train(load_config(FORGE_SOURCE_DIR "/configs/shapes.toml", builtin_registry(), o), builtin_registry(), opts);
+  REQUIRE(s.final_captions);
+  const CaptionEval& c = *s.final_captions;
+  REQUIRE(c.samples.size() == 3);
+  std::vector<std::string> generated;
+  std::vector<std::vector<std::string>> refs, own_only;
+  for (size_t k = 0; k < 3; ++k) {
+    const CaptionSample& sample = c.samples[k];
+    std::vector<std::string> more{fmt::format("another caption {}", k)};
+    if (k != 1) more.push_back("and a third");  // a repeat of the caption is not counted twice
+    CHECK(sample.more_references == more);
+    generated.push_back(sample.generated);
+    refs.push_back({sample.reference});
+    refs.back().insert(refs.back().end(), more.begin(), more.end());
+    own_only.push_back({sample.reference});
+  }
+  const CaptionScores all = score_captions(generated, refs);
+  CHECK(c.scores.cider_d == Approx(all.cider_d).margin(1e-12));
+  CHECK(c.scores.bleu4() == Approx(all.bleu4()).margin(1e-12));
+  CHECK(c.scores.bleu[0] == Approx(all.bleu[0]).margin(1e-12));
+  CHECK(std::abs(c.scores.cider_d - score_captions(generated, own_only).cider_d) +
+            std::abs(c.scores.bleu[0] - score_captions(generated, own_only).bleu[0]) > 0);  // the references counted
+  std::ifstream rows(d.str() + "/run/eval_captions.jsonl");
+  std::string first;
+  std::getline(rows, first);
+  CHECK(nlohmann::json::parse(first).at("more_references") == nlohmann::json({"another caption 0", "and a third"}));
+  // A references value that is not a list of captions is a bad row, named by line.
+  const std::string bad = d.write("bad.jsonl", "{\"image\": \"img/held.jsonl_000.png\", \"text\": \"x\", "
+                                               "\"references\": [\"fine\", 3]}\n");
+  CHECK_THAT(error_of([&] { JsonlDataset ds(bad, false); }),
+             Catch::Contains(bad + ":1: malformed JSON: \"references\" must be a list of non-empty captions"));
+}
+
 TEST_CASE("skip mode trains past bad rows and says how many, fail mode exits 2", "[data][jsonl][cli]") {
   TempDir d;
   const std::string m = write_manifest(d, "train.jsonl", 16, 7, {"{\"image\": \"img/gone.png\", \"text\": \"x\"}", "[1, 2]"});
