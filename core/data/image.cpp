@@ -72,16 +72,24 @@ std::string encode_png(const Image& img) {
   return out;
 }
 
+namespace {
+
+// (1, 3, H, W) float with values 0..255: what the resizers take.
+at::Tensor image_tensor(const Image& img) {
+  return at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)
+      .permute({2, 0, 1})
+      .unsqueeze(0)
+      .to(at::kFloat);
+}
+
+}  // namespace
+
 Image thumbnail(const Image& img, int max_side) {
   if (img.width <= max_side && img.height <= max_side) return img;
   const double scale = static_cast<double>(max_side) / std::max(img.width, img.height);
   const int w = std::max(1, static_cast<int>(std::lround(img.width * scale)));
   const int h = std::max(1, static_cast<int>(std::lround(img.height * scale)));
-  at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)
-                     .permute({2, 0, 1})
-                     .unsqueeze(0)
-                     .to(at::kFloat);
-  t = at::_upsample_bilinear2d_aa(t, {h, w}, false).round_().clamp_(0, 255).to(at::kByte);
+  at::Tensor t = at::_upsample_bilinear2d_aa(image_tensor(img), {h, w}, false).round_().clamp_(0, 255).to(at::kByte);
   t = t.squeeze(0).permute({1, 2, 0}).contiguous();
   Image out;
   out.width = w;
@@ -92,11 +100,7 @@ Image thumbnail(const Image& img, int max_side) {
 
 at::Tensor preprocess_image(const Image& img, const Preprocess& prep, int64_t size) {
   if (img.width <= 0 || img.height <= 0) throw InvalidArgument("preprocess: empty image");
-  at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.rgb.data()), {img.height, img.width, 3}, at::kByte)
-                     .permute({2, 0, 1})
-                     .unsqueeze(0)
-                     .to(at::kFloat)
-                     .div_(255.0);
+  at::Tensor t = image_tensor(img).div_(255.0);
   if (img.width != size || img.height != size) {
     // Antialiased like PIL's resize; bicubic overshoot is clamped as PIL's uint8 output would be.
     t = prep.resize == "bicubic" ? at::_upsample_bicubic2d_aa(t, {size, size}, false)

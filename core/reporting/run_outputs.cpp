@@ -182,7 +182,6 @@ void RunOutputs::eval(int64_t step, const std::string& when, const EvalResult& r
     for (const auto& [k, v] : row.items())
       if (k != "step" && v.is_number()) scalars.emplace_back(k, v.get<double>());
     tensorboard_->scalars(step, scalars);
-    tensorboard_->flush();
   }
   write_report();
 }
@@ -200,7 +199,6 @@ void RunOutputs::write_report() {
 
 std::string RunOutputs::finish() {
   if (!main_) return "";
-  if (tensorboard_) tensorboard_->flush();
   write_report();
   return report_announced_ ? report_path_ : std::string();
 }

@@ -168,7 +168,6 @@ void TensorBoardWriter::image(const std::string& tag, int64_t step, const std::s
   impl_->write(e);
 }
 
-void TensorBoardWriter::flush() { impl_->out.flush(); }
 const std::string& TensorBoardWriter::path() const { return impl_->path; }
 int64_t TensorBoardWriter::failed_writes() const { return impl_->failed; }
 

@@ -1,7 +1,8 @@
 // TensorBoard event files: scalars, markdown text and PNG images, as
 // TensorBoard's own readers expect them (Event/Summary protos in TFRecord
-// framing). Writing is best effort like metrics.jsonl: a failed write warns
-// once and training goes on.
+// framing), each event flushed to the file as it is written. Writing is
+// best effort like metrics.jsonl: a failed write warns once and training
+// goes on.
 #pragma once
 
 #include <cstddef>
@@ -45,8 +46,6 @@ class FORGE_API TensorBoardWriter {
   // A PNG of width x height RGB pixels; `description` (markdown) is shown with it.
   void image(const std::string& tag, int64_t step, const std::string& png, int width, int height,
              const std::string& description);
-  // Pushes what was written to the disk (after each evaluation and at the end).
-  void flush();
 
   const std::string& path() const;
   int64_t failed_writes() const;
