@@ -30,6 +30,18 @@ def run_json(cmd, out, env=None):
         return json.load(f)
 
 
+def cpu_model():
+    """The CPU's model name (platform.processor() is often just the architecture)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="small", help="configs/bench/<shape>.toml")
@@ -81,7 +93,7 @@ def main():
                   f"the {prec} GEMM rate", flush=True)
     result = {"kind": "side_by_side", "shape": a.shape, "config": os.path.relpath(config, ROOT),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                           "platform": platform.platform()},
               "versions": last["versions"], "overrides": a.set, "baseline_preload": a.baseline_preload,
               "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows}
