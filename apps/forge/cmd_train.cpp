@@ -15,10 +15,14 @@
 #include "core/config/loader.h"
 #include "core/data/datasets.h"
 #include "core/data/jsonl.h"
+#include "core/data/loader.h"
 #include "core/data/shapes.h"
+#include "core/data/video.h"
 #include "core/model/vlm.h"
 #include "core/registry/registry.h"
+#include "core/training/caption_eval.h"
 #include "core/training/eval.h"
+#include "core/training/run_files.h"
 #include "core/training/trainer.h"
 #include "core/util/strings.h"
 #include "forge/error.h"
@@ -118,11 +122,25 @@ int cmd_generate(const GenerateArgs& a) {
   VLM& model = r.model;
   if (std::string why = model->transformer->hooks().generation_refusal(); !why.empty())
     throw UserError(fmt::format("{}: {}", a.checkpoint, why));
-  if (model->video())
-    throw UserError(fmt::format("{}: a video model ([video], {} frames a clip); forge generate captions single "
-                                "images, and captioning clips is not built yet. Evaluate it with forge eval",
-                                a.checkpoint, model->frames_per_clip()));
-  at::Tensor px = image_pixels(*model, job, a.image);
+  at::Tensor px, frame_mask;
+  if (model->video()) {
+    if (a.video.empty())
+      throw UsageError(fmt::format("{} is a video model ([video], {} frames a clip): caption a clip with --video FILE",
+                                   a.checkpoint, model->frames_per_clip()));
+    const VideoConfig& v = *job.video;
+    Clip clip = decode_clip(a.video, FrameSampling{v.fps, v.min_frames, v.max_frames});
+    auto [pixels, mask] = clip_pixels(clip.frames, model->frames_per_clip(), model->vision_encoder->preprocess(),
+                                      job.data.hf_image_size, a.video);
+    px = pixels.unsqueeze(0);
+    frame_mask = mask.unsqueeze(0).to(r.device);
+    log()->info("{}: {} of {} frames taken ({:.1f} s clip)", a.video, std::min(clip.frames.size(),
+                static_cast<size_t>(model->frames_per_clip())), model->frames_per_clip(), clip.duration);
+  } else {
+    if (!a.video.empty())
+      throw UsageError(fmt::format("--video: {} is an image model; caption an image with --image FILE", a.checkpoint));
+    if (a.image.empty()) throw UsageError("--image FILE is required: the image to caption");
+    px = image_pixels(*model, job, a.image);
+  }
   auto tokenizer = make_tokenizer(job.data);
   Example ex;
   ex.prompt = a.prompt;
@@ -145,7 +163,7 @@ int cmd_generate(const GenerateArgs& a) {
   o.eos_id = tokenizer->eos_id();
   o.seed = a.seed;
   const auto t0 = std::chrono::steady_clock::now();
-  at::Tensor out = generate(*model, px.to(r.device), prompt.to(r.device), o).to(at::kCPU);
+  at::Tensor out = generate(*model, px.to(r.device), prompt.to(r.device), o, frame_mask).to(at::kCPU);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<int64_t> gen(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
   std::cout << tokenizer->decode(gen) << std::endl;
@@ -209,10 +227,44 @@ int cmd_activations(const ActivationsArgs& a) {
   return kExitOk;
 }
 
-int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
-             const std::vector<std::string>& plugin_paths) {
-  Restored r = restore(checkpoint, device, plugin_paths);
+namespace {
+
+// forge eval's generated captions: the scores, each caption, and the JSONL
+// file when asked for (written whole, or not at all).
+void report_captions(const CaptionEval& c, const std::string& out) {
+  if (c.samples.empty()) {
+    const std::string why = c.skipped_why.empty() ? "none asked for (--captions 0)" : c.skipped_why;
+    if (!out.empty()) throw UserError(fmt::format("--captions-out {}: no captions to write: {}", out, why));
+    std::cout << fmt::format("no generated captions: {}\n", why);
+    return;
+  }
+  std::cout << fmt::format("generated captions ({}, {:.1f}s): BLEU-4 {:.4f}, CIDEr-D {:.4f}, exact match {:.3f}\n",
+                           c.scores.captions, c.seconds, c.scores.bleu4(), c.scores.cider_d, c.scores.exact_match);
+  std::string jsonl;
+  for (const auto& s : c.samples) {
+    std::cout << fmt::format("  {}: \"{}\" (reference \"{}\")\n", s.source, s.generated, s.reference);
+    nlohmann::json row{{"index", s.index}, {"source", s.source}, {"reference", s.reference},
+                       {"generated", s.generated}};
+    if (!s.more_references.empty()) row["more_references"] = s.more_references;
+    jsonl += row.dump() + "\n";
+  }
+  if (!out.empty()) {
+    replace_file(out, jsonl);
+    std::cout << fmt::format("captions: {}\n", out);
+  }
+}
+
+}  // namespace
+
+int cmd_eval(const EvalArgs& a) {
+  Restored r = restore(a.checkpoint, a.device, a.plugin_paths);
   const JobConfig& job = r.cfg.job;
+  const int64_t samples = a.captions >= 0 ? a.captions : job.eval.caption_samples;
+  if (samples == 0 && !a.captions_out.empty())
+    throw UsageError(fmt::format("--captions-out {}: no captions to write: {}", a.captions_out,
+                                 a.captions == 0 ? "--captions is 0"
+                                                 : "the checkpoint's eval.caption_samples is 0; pass --captions N"));
+  if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));  // as the run did
   auto held = make_dataset(job, "heldout");
   if (!held)
     throw UserError(job.video ? "the checkpoint's [video] data_root has no validation split (validation.jsonl, or "
@@ -227,7 +279,7 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
   lo.frames = job.video ? job.video->max_frames : 0;
   DataLoader loader(held, collator, r.model->vision_encoder->preprocess(), job.data.hf_image_size, lo);
   const Precision precision = resolve_precision(job.train.mixed_precision, r.device);
-  EvalResult e = evaluate(*r.model, loader, batches > 0 ? batches : job.eval.steps, r.device, precision);
+  EvalResult e = evaluate(*r.model, loader, a.batches > 0 ? a.batches : job.eval.steps, r.device, precision);
   std::cout << fmt::format("{}: {} batches of {}\nloss {:.4f}\ntoken accuracy {:.4f}\n", r.step_dir, e.batches,
                            lo.batch_size, e.loss, e.token_accuracy);
   if (e.words > 0) {
@@ -237,6 +289,9 @@ int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& 
     for (const auto& [k, v] : e.by_kind)
       std::cout << fmt::format("  {:<9} {:.4f} ({} words)\n", k, e.kind_accuracy(k), v.second);
   }
+  if (samples > 0)
+    report_captions(caption_eval(*r.model, loader, {samples, job.model.max_seq_len, r.device, precision}),
+                    a.captions_out);
   return kExitOk;
 }
 

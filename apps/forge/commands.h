@@ -21,7 +21,8 @@ struct ConfigArgs {
 
 struct GenerateArgs {
   std::string checkpoint;
-  std::string image;
+  std::string image;  // one of image and video
+  std::string video;
   std::string prompt;
   int64_t max_new_tokens = 0;  // 0: vlm.max_text_len
   double temperature = 0.0;    // 0: greedy
@@ -61,6 +62,15 @@ struct DataSampleArgs {
   int64_t image_size = 0;
 };
 
+struct EvalArgs {
+  std::string checkpoint;  // a run folder (its latest step) or one step_<N> folder
+  int64_t batches = 0;     // 0: the checkpoint's eval.steps
+  int64_t captions = -1;   // held-out samples to caption and score (-1: the checkpoint's eval.caption_samples)
+  std::string captions_out;  // JSONL of the generated captions ("" = none)
+  std::string device = "auto";
+  std::vector<std::string> plugin_paths;
+};
+
 struct BenchArgs {
   ConfigArgs config;
   int64_t steps = 10;
@@ -86,8 +96,7 @@ int cmd_train(const ConfigArgs& args);
 int cmd_bench(const BenchArgs& args);
 int cmd_generate(const GenerateArgs& args);
 int cmd_activations(const ActivationsArgs& args);
-int cmd_eval(const std::string& checkpoint, int64_t batches, const std::string& device,
-             const std::vector<std::string>& plugin_paths);
+int cmd_eval(const EvalArgs& args);
 int cmd_export(const ExportArgs& args);
 int cmd_data_sample(const DataSampleArgs& args);
 int cmd_data_check(const ConfigArgs& args);

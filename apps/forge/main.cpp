@@ -111,9 +111,16 @@ int main(int argc, char** argv) {
   add_plugin_path(bench);
 
   forge::app::GenerateArgs gen;
-  auto* generate = app.add_subcommand("generate", "Caption an image with a trained checkpoint (KV-cache decoding)");
+  auto* generate = app.add_subcommand(
+      "generate", "Caption an image (or a video model's clip) with a trained checkpoint (KV-cache decoding)");
   generate->add_option("--checkpoint", gen.checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
-  generate->add_option("--image", gen.image, "A PNG or JPEG file")->required()->check(CLI::ExistingFile);
+  auto* gen_image = generate->add_option("--image", gen.image, "A PNG or JPEG file")->check(CLI::ExistingFile);
+  auto* gen_video = generate->add_option("--video", gen.video,
+                                         "A video file (any container FFmpeg reads) for a video model: its frames are "
+                                         "sampled as its [video] section says")
+                        ->check(CLI::ExistingFile);
+  gen_image->excludes(gen_video);
+  gen_video->excludes(gen_image);
   generate->add_option("--prompt", gen.prompt, "Text the caption follows (masked in training as a prompt)");
   generate->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most (default: vlm.max_text_len)")
       ->check(CLI::NonNegativeNumber);
@@ -128,8 +135,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   generate->add_option("--plugin-path", gen.plugin_paths, "Extra plugin folder (repeatable)");
 
-  std::string eval_checkpoint, eval_device = "auto";
-  int64_t eval_batches = 0;
+  forge::app::EvalArgs ev;
   forge::app::ActivationsArgs act;
   auto* activations = app.add_subcommand(
       "activations", "Write the decoder's residual stream after chosen layers for one image and text (safetensors)");
@@ -148,10 +154,17 @@ int main(int argc, char** argv) {
   activations->add_option("--device", act.device, "cpu (the default) or cuda")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   activations->add_option("--plugin-path", act.plugin_paths, "Extra plugin folder (repeatable)");
 
-  auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint on its held-out data (loss, caption accuracy)");
-  eval->add_option("--checkpoint", eval_checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
-  eval->add_option("--batches", eval_batches, "Batches to evaluate (default: eval.steps)")->check(CLI::PositiveNumber);
-  eval->add_option("--device", eval_device, "auto (CUDA when a GPU is visible), cpu or cuda")
+  auto* eval = app.add_subcommand(
+      "eval", "Evaluate a checkpoint on its held-out data: loss, token and image-word accuracy, and generated "
+              "captions scored with BLEU-4, CIDEr-D and exact match");
+  eval->add_option("--checkpoint", ev.checkpoint, "A run folder (uses latest) or one step_<N> folder")->required();
+  eval->add_option("--batches", ev.batches, "Batches to evaluate (default: eval.steps)")->check(CLI::PositiveNumber);
+  eval->add_option("--captions", ev.captions,
+                   "Held-out samples to caption greedily and score (default: eval.caption_samples; 0: none)")
+      ->check(CLI::NonNegativeNumber);
+  eval->add_option("--captions-out", ev.captions_out,
+                   "Write the generated captions here as JSONL: index, source, reference, more_references, generated");
+  eval->add_option("--device", ev.device, "auto (CUDA when a GPU is visible), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   add_plugin_path(eval);
 
@@ -264,7 +277,8 @@ int main(int argc, char** argv) {
     } else if (activations->parsed()) {
       rc = forge::app::cmd_activations(act);
     } else if (eval->parsed()) {
-      rc = forge::app::cmd_eval(eval_checkpoint, eval_batches, eval_device, plugin_paths);
+      ev.plugin_paths = plugin_paths;
+      rc = forge::app::cmd_eval(ev);
     } else if (export_cmd->parsed()) {
       exp.plugin_paths = plugin_paths;
       rc = forge::app::cmd_export(exp);

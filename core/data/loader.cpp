@@ -56,12 +56,12 @@ const std::vector<int64_t>& DataLoader::order(int64_t epoch) {
   return orders_.emplace(epoch, std::move(mine)).first->second;
 }
 
-std::pair<at::Tensor, at::Tensor> DataLoader::clip_pixels(const Example& ex) const {
-  const int64_t F = opt_.frames;
-  if (ex.frames.empty()) throw FormatError(fmt::format("{}: a video example without frames", ex.source));
-  const auto real = std::min<int64_t>(F, static_cast<int64_t>(ex.frames.size()));
+std::pair<at::Tensor, at::Tensor> clip_pixels(const std::vector<Image>& frames_in, int64_t F, const Preprocess& prep,
+                                               int64_t image_size, const std::string& source) {
+  if (frames_in.empty()) throw FormatError(fmt::format("{}: a video example without frames", source));
+  const auto real = std::min<int64_t>(F, static_cast<int64_t>(frames_in.size()));
   std::vector<at::Tensor> frames;
-  for (int64_t f = 0; f < real; ++f) frames.push_back(preprocess_image(ex.frames[f], prep_, image_size_));
+  for (int64_t f = 0; f < real; ++f) frames.push_back(preprocess_image(frames_in[f], prep, image_size));
   at::Tensor clip = at::zeros({F, 3, frames[0].size(1), frames[0].size(2)}, frames[0].options());
   clip.narrow(0, 0, real).copy_(at::stack(frames));
   at::Tensor mask = at::zeros({F}, at::kBool);
@@ -83,7 +83,7 @@ Batch DataLoader::build(int64_t epoch, int64_t k) {
     try {
       Example ex = dataset_->get(static_cast<size_t>(i));
       if (opt_.frames > 0) {
-        auto [clip, mask] = clip_pixels(ex);
+        auto [clip, mask] = clip_pixels(ex.frames, opt_.frames, prep_, image_size_, ex.source);
         pixels.push_back(std::move(clip));
         frame_masks.push_back(std::move(mask));
       } else {

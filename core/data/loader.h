@@ -42,6 +42,13 @@ struct FORGE_API LoaderOptions {
   int64_t frames = 0;     // video: frames per clip (pixel_values (B, F, 3, S, S) + frame_mask); 0: images
 };
 
+// A clip as a video model reads it: its first F frames preprocessed as
+// (F, 3, S, S), zero after its last real frame, and the (F,) bool mask of the
+// real ones. No frames is a FormatError naming `source`.
+FORGE_API std::pair<at::Tensor, at::Tensor> clip_pixels(const std::vector<Image>& frames, int64_t F,
+                                                        const Preprocess& prep, int64_t image_size,
+                                                        const std::string& source);
+
 class FORGE_API DataLoader {
  public:
   DataLoader(std::shared_ptr<Dataset> dataset, std::shared_ptr<Collator> collator, Preprocess prep,
@@ -75,8 +82,6 @@ class FORGE_API DataLoader {
  private:
   struct Job;
   Batch build(int64_t epoch, int64_t k);
-  // A clip's frames as (F, 3, S, S), zero after its last real frame, and the (F,) mask of real frames.
-  std::pair<at::Tensor, at::Tensor> clip_pixels(const Example& ex) const;
   void count_skipped(const Batch& b);
   const std::vector<int64_t>& order(int64_t epoch);
   void enqueue_until(int64_t global);

@@ -69,17 +69,6 @@ class ReplayForward {
   AutocastState outside_;
 };
 
-// Holds a unit gathered for the lifetime of a scope.
-struct Gathered {
-  ParamUnit* unit;
-  explicit Gathered(ParamUnit* u) : unit(u) {
-    if (unit) unit->gather();
-  }
-  ~Gathered() {
-    if (unit) unit->release();
-  }
-};
-
 class BlockBackward final : public torch::autograd::Node {
  public:
   BlockBackward(CheckpointedFn fn, BlockPolicy policy, std::vector<at::Tensor> weights)
@@ -102,7 +91,7 @@ class BlockBackward final : public torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& grads) override {
-    Gathered gathered(policy_.unit);
+    GatheredUnit gathered(policy_.unit);
     if (policy_.prefetch_in_backward) policy_.prefetch_in_backward->prefetch();
     at::Tensor x = x_, y = y_;
     std::vector<at::Tensor> extras = extras_;
@@ -172,13 +161,13 @@ at::Tensor run_block(const CheckpointedFn& fn, const at::Tensor& x, const std::v
   const bool needs = x.requires_grad() || any_requires_grad(extras) || any_requires_grad(weights) ||
                      (policy.unit && any_requires_grad(policy.unit->params()));
   if (!torch::autograd::GradMode::is_enabled() || !needs || (!policy.recompute && !policy.unit)) {
-    Gathered gathered(policy.unit);
+    GatheredUnit gathered(policy.unit);
     return fn(x, extras);
   }
   auto node = std::make_shared<BlockBackward>(fn, policy, weights);
   at::Tensor y;
   {
-    Gathered gathered(policy.unit);
+    GatheredUnit gathered(policy.unit);
     if (policy.recompute) {
       at::Tensor rng_state = at::detail::getDefaultCPUGenerator().get_state();
       torch::NoGradGuard no_grad;

@@ -27,6 +27,23 @@ struct BlockPolicy {
   ParamUnit* prefetch_in_backward = nullptr;  // the unit whose backward comes next, started early
 };
 
+// Holds a unit's parameters whole for a scope (nothing when unit is null).
+// The gather is a collective: every rank must open the same scopes in order.
+class GatheredUnit {
+ public:
+  explicit GatheredUnit(ParamUnit* unit) : unit_(unit) {
+    if (unit_) unit_->gather();
+  }
+  ~GatheredUnit() {
+    if (unit_) unit_->release();
+  }
+  GatheredUnit(const GatheredUnit&) = delete;
+  GatheredUnit& operator=(const GatheredUnit&) = delete;
+
+ private:
+  ParamUnit* unit_;
+};
+
 // y = fn(x, extras) under `policy`. `weights` are the trainable tensors fn
 // reads that are not in policy.unit (their gradients flow back as usual);
 // `extras` are other inputs that may need a gradient (e.g. image features of

@@ -233,9 +233,8 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   if (cache) {
     if (start > 0 && modality.prefix_embeds().defined())
       throw InvalidArgument("decoder: prefix_embeds can only be given on the first (prefill) call with a KV cache");
-    if (doc_ids.defined() || modality.key_padding_mask().defined())
-      throw InvalidArgument("decoder: doc_ids and key_padding_mask are training-only; they cannot be combined with a "
-                            "KV cache");
+    if (doc_ids.defined())
+      throw InvalidArgument("decoder: doc_ids are training-only; they cannot be combined with a KV cache");
     if (cache->layers.size() != layer_list_.size())
       throw InvalidArgument(fmt::format("decoder: KV cache has {} layers, the decoder {}", cache->layers.size(),
                                         layer_list_.size()));
@@ -260,6 +259,10 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   if (start + S > cfg_.max_seq_len)
     throw InvalidArgument(fmt::format("decoder: {} positions starting at {} exceed model.max_seq_len = {}", S, start,
                                       cfg_.max_seq_len));
+  if (const at::Tensor& keys = modality.key_padding_mask(); keys.defined() && keys.size(1) != start + S)
+    throw InvalidArgument(fmt::format("decoder: key_padding_mask covers {} positions, not the {}", keys.size(1),
+                                      start > 0 ? fmt::format("{} cached and {} new ones", start, S)
+                                                : fmt::format("{} of the residual stream", S)));
   if (modality.modality_ids().defined() && modality.modality_ids().size(1) != S)
     throw InvalidArgument(fmt::format("decoder: modality_ids cover {} positions, the residual stream has {}",
                                       modality.modality_ids().size(1), S));
@@ -270,19 +273,20 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
                    S};
   const bool checkpoint = ac_every_ > 0 && is_training() && !cache && at::GradMode::is_enabled();
   const bool sharded = !layer_units_.empty();
-  if (sharded && cache)
-    throw InvalidArgument("decoder: a KV cache (generation) needs whole parameters; load the checkpoint without "
-                          "sharding (forge generate does)");
+  if (sharded && cache && at::GradMode::is_enabled())
+    throw InvalidArgument("decoder: a KV cache over sharded parameters is for generation only (no grad mode)");
   std::vector<at::Tensor> shared_weights;  // trainable tensors outside the layer stack (arch modules)
-  if (checkpoint || sharded)
+  if (checkpoint || (sharded && !cache))
     for (const auto& p : named_parameters(true))
       if (p.value().requires_grad() && !util::starts_with(p.key(), "layers.")) shared_weights.push_back(p.value());
   if (!capture_.empty()) captured_.clear();
   for (size_t i = 0; i < layer_list_.size(); ++i) {
     const bool recompute = checkpoint && (static_cast<int64_t>(i) + 1) % ac_every_ == 0;
-    if (recompute || sharded) {
+    if (recompute || (sharded && !cache)) {
       h = block_layer(i, h, step, shared_weights, recompute);
     } else {
+      GatheredUnit whole(sharded ? layer_units_[i].get() : nullptr);  // generation over sharded parameters
+      if (sharded && i + 1 < layer_units_.size()) layer_units_[i + 1]->prefetch();
       h = layer_list_[i]->forward(h, step, cache ? &cache->layers[i] : nullptr);
       h = hooks_->after_layer(static_cast<int64_t>(i), h, step);
     }

@@ -23,8 +23,6 @@ ModalityContext::ModalityContext(Fields fields) : f_(std::move(fields)) {
     throw InvalidArgument("ModalityContext: image_mask requires image_features");
   if (f_.modality_ids.defined() && !(pe || ie))
     throw InvalidArgument("ModalityContext: modality_ids requires prefix_embeds or inputs_embeds");
-  if (f_.key_padding_mask.defined() && !(pe || ie))
-    throw InvalidArgument("ModalityContext: key_padding_mask requires prefix_embeds or inputs_embeds");
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"inputs_embeds", &f_.inputs_embeds},
                          {"prefix_embeds", &f_.prefix_embeds},
                          {"image_features", &f_.image_features}}) {

@@ -130,15 +130,20 @@ ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tenso
                                       util::dtype(input_ids)));
   if (pixel_values.size(0) != input_ids.size(0))
     throw InvalidArgument(fmt::format("VLM: {} images but {} text rows", pixel_values.size(0), input_ids.size(0)));
-  ModalityContext ctx = strategy->compose(encode_images(pixel_values), input_ids);
+  return compose_encoded(encode_images(pixel_values), input_ids, frame_mask);
+}
+
+ModalityContext VLMImpl::compose_encoded(const at::Tensor& visual, const at::Tensor& input_ids,
+                                         const at::Tensor& frame_mask) {
+  ModalityContext ctx = strategy->compose(visual, input_ids);
   if (ctx.prefix_embeds().defined() && ctx.prefix_length() != residual_tokens_)
     throw InvalidArgument(fmt::format("VLM: the {} strategy put {} image positions in the residual stream but "
                                       "reports {}",
                                       strategy->name(), ctx.prefix_length(), residual_tokens_));
   if (!frame_mask.defined()) return ctx;
-  if (!video() || frame_mask.sizes() != at::IntArrayRef{pixel_values.size(0), frames_per_clip_})
+  if (!video() || frame_mask.sizes() != at::IntArrayRef{visual.size(0), frames_per_clip_})
     throw InvalidArgument(fmt::format("VLM: frame_mask {} must be (B, F) = ({}, {}) for a video model",
-                                      util::shape(frame_mask), pixel_values.size(0), frames_per_clip_));
+                                      util::shape(frame_mask), visual.size(0), frames_per_clip_));
   return mask_frames(ctx, frame_mask, visual_tokens_, input_ids.size(1));
 }
 
@@ -382,6 +387,7 @@ at::Tensor decode_loop(at::Tensor logits, const GenerateOptions& o, Step step) {
   at::Tensor finished = at::zeros({B}, at::TensorOptions().dtype(at::kBool).device(logits.device()));
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
     at::Tensor next = sample_next(logits.select(1, logits.size(1) - 1), o, gen);
+    if (o.agree) o.agree(next);
     if (o.eos_id >= 0) {
       next = at::where(finished, at::full_like(next, o.eos_id), next);
       finished = finished | (next == o.eos_id);
@@ -405,7 +411,8 @@ void check_generation(const DecoderImpl& decoder, const at::Tensor& prompt) {
 
 }  // namespace
 
-at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt, const GenerateOptions& o) {
+at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt, const GenerateOptions& o,
+                    const at::Tensor& frame_mask) {
   check_generation(*model.transformer, prompt);
   torch::NoGradGuard no_grad;
   const int64_t N = model.residual_image_tokens();
@@ -424,7 +431,7 @@ at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Te
   if (!o.use_cache) {
     at::Tensor tokens = prompt;
     auto run = [&](const at::Tensor& ids) {
-      ModalityContext ctx = model.strategy->compose(visual, ids);
+      ModalityContext ctx = model.compose_encoded(visual, ids, frame_mask);
       const int64_t S = N + ids.size(1);
       return model.transformer->forward(ids, ctx.with_output_slice(OutputSlice{S - 1, 1}));
     };
@@ -434,11 +441,18 @@ at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Te
   }
   at::ScalarType dtype = model.transformer->parameters().front().scalar_type();
   KVCache cache = model.transformer->make_cache(prompt.size(0), total, dtype, prompt.device());
-  ModalityContext ctx = model.strategy->compose(visual, prompt);
+  ModalityContext ctx = model.compose_encoded(visual, prompt, frame_mask);
   at::Tensor logits = model.transformer->forward(prompt, ctx.with_output_slice(OutputSlice{N + P - 1, 1}), &cache);
   ModalityContext decode_ctx = model.strategy->decode_context(ctx);
+  // Padding frames of a clip stay masked as keys for the whole generation: the mask grows by one real
+  // position per token.
+  at::Tensor keys = ctx.key_padding_mask();
   return decode_loop(logits, o, [&](const at::Tensor& next, const std::vector<at::Tensor>&) {
-    return model.transformer->forward(next, decode_ctx, &cache);
+    if (!keys.defined()) return model.transformer->forward(next, decode_ctx, &cache);
+    keys = at::cat({keys, at::ones({keys.size(0), 1}, keys.options())}, 1);
+    ModalityContext::Fields f = decode_ctx.fields();
+    f.key_padding_mask = keys;
+    return model.transformer->forward(next, ModalityContext(std::move(f)), &cache);
   });
 }
 

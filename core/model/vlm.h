@@ -5,6 +5,7 @@
 // State-dict names: vision_encoder.*, adapter.*, transformer.*.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -66,6 +67,9 @@ class FORGE_API VLMImpl : public torch::nn::Module {
   // the image in the residual stream, image_mask for cross-attention).
   ModalityContext compose(const at::Tensor& pixel_values, const at::Tensor& input_ids,
                           const at::Tensor& frame_mask = {});
+  // compose() from visual tokens encode_images already made.
+  ModalityContext compose_encoded(const at::Tensor& visual, const at::Tensor& input_ids,
+                                  const at::Tensor& frame_mask = {});
 
   // Image tokens per sample after the adapter, and how many sit in the residual stream.
   int64_t visual_tokens() const { return visual_tokens_; }
@@ -138,13 +142,20 @@ struct FORGE_API GenerateOptions {
   int64_t eos_id = -1;       // stop a sequence when it emits this (-1: never)
   uint64_t seed = 0;
   bool use_cache = true;     // false: re-run the whole sequence each step (a reference for tests)
+  // Called with each step's chosen tokens (B) before they are used; may
+  // replace them in place. Ranks that generate together over sharded
+  // parameters broadcast one rank's choice here, so that all decode the same
+  // tokens and stop at the same step (the gathers are collectives).
+  std::function<void(at::Tensor&)> agree;
 };
 
 // Returns the generated tokens (B, G) (G <= max_new_tokens; rows that hit EOS
 // early are padded with eos_id). The image prefix (or the cross-attention
-// image features) is computed once and kept in the KV cache.
+// image features) is computed once and kept in the KV cache. A video model
+// takes clips (B, F, 3, H, W) and their frame_mask (B, F), as in training:
+// padding frames stay masked while every token is generated.
 FORGE_API at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Tensor& prompt_ids,
-                              const GenerateOptions& options);
+                              const GenerateOptions& options, const at::Tensor& frame_mask = {});
 FORGE_API at::Tensor generate_text(DecoderImpl& decoder, const at::Tensor& prompt_ids, const GenerateOptions& options);
 
 // Picks the next token from last-position logits (B, V) per the options.

@@ -16,10 +16,6 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     out.skipped_why = why;
     return out;
   }
-  if (model.video()) {
-    out.skipped_why = "captioning clips is not built yet (a video model)";
-    return out;
-  }
   const auto t0 = std::chrono::steady_clock::now();
   const bool was_training = model.is_training();
   model.eval();
@@ -28,10 +24,17 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
   const Collator& collator = data.collator();
   for (size_t i = 0; i < set.size() && static_cast<int64_t>(out.samples.size()) < options.samples; ++i) {
     Example ex;
-    at::Tensor px;
+    at::Tensor px, frame_mask;  // a video model's clip: (1, F, 3, S, S) and its (1, F) real frames
     try {
       ex = set.get(i);
-      px = preprocess_image(ex.image, data.preprocess(), data.image_size()).unsqueeze(0);
+      if (model.video()) {
+        auto [clip, mask] = clip_pixels(ex.frames, model.frames_per_clip(), data.preprocess(), data.image_size(),
+                                        ex.source);
+        px = clip.unsqueeze(0);
+        frame_mask = mask.unsqueeze(0).to(options.device);
+      } else {
+        px = preprocess_image(ex.image, data.preprocess(), data.image_size()).unsqueeze(0);
+      }
     } catch (const Error&) {
       continue;  // a bad row: the loss evaluation reports it under bad_rows
     }
@@ -41,11 +44,12 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     GenerateOptions g;
     g.max_new_tokens = std::min(collator.text_len(), room);
     g.eos_id = collator.tokenizer().eos_id();
+    g.agree = options.agree;
     at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
     at::Tensor tokens;
     {
       AutocastScope autocast(options.precision);
-      tokens = generate(model, px.to(options.device), prompt.to(options.device), g).to(at::kCPU);
+      tokens = generate(model, px.to(options.device), prompt.to(options.device), g, frame_mask).to(at::kCPU);
     }
     std::vector<int64_t> gen(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + tokens.numel());
     while (!gen.empty() && gen.back() == g.eos_id) gen.pop_back();  // rows that stopped early are padded with EOS
@@ -56,7 +60,7 @@ CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEv
     for (const auto& r : ex.references)
       if (r != ex.text && std::find(more.begin(), more.end(), r) == more.end()) more.push_back(r);
     out.samples.push_back({static_cast<int64_t>(i), ex.source, ex.text, std::move(more), text,
-                           thumbnail(ex.image, options.thumbnail_side)});
+                           thumbnail(ex.frames.empty() ? ex.image : ex.frames.front(), options.thumbnail_side)});
   }
   if (out.samples.empty()) out.skipped_why = "no held-out sample loaded and fit model.max_seq_len";
   std::vector<std::string> generated;

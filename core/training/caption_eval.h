@@ -4,6 +4,7 @@
 // match (caption_metrics.h), on any data.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,7 @@ struct FORGE_API CaptionSample {
   std::string reference;  // its caption
   std::vector<std::string> more_references;  // the example's other captions, scored against too
   std::string generated;
-  Image image;  // a thumbnail of what was captioned, for reports
+  Image image;  // a thumbnail of what was captioned (a clip's first frame), for reports
 };
 
 struct FORGE_API CaptionEval {
@@ -37,10 +38,14 @@ struct FORGE_API CaptionEvalOptions {
   at::Device device = at::kCPU;
   Precision precision;
   int thumbnail_side = 160;  // CaptionSample::image's longer side at most
+  // GenerateOptions::agree: set when every rank captions together over
+  // sharded parameters.
+  std::function<void(at::Tensor&)> agree;
 };
 
 // Captions the first `options.samples` examples of the loader's dataset that
-// load (a bad row is passed over), one at a time.
+// load (a bad row is passed over), one at a time. Under sharding every rank
+// calls it with the same data and an `agree` that makes their tokens one.
 FORGE_API CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEvalOptions& options);
 
 }  // namespace forge

@@ -346,11 +346,10 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     const auto t = Clock::now();
     dp.begin_eval();
     EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, precision);
-    CaptionEval captions;  // generation needs whole parameters, which sharded ranks never hold
-    if (dp.sharded() && job.eval.caption_samples > 0)
-      captions.skipped_why = "the model is sharded across ranks (FSDP); caption a checkpoint with forge generate";
-    else
-      captions = caption_eval(*model, *heldout, {job.eval.caption_samples, job.model.max_seq_len, device, precision});
+    CaptionEvalOptions caption_options{job.eval.caption_samples, job.model.max_seq_len, device, precision};
+    if (dp.sharded())  // every rank generates, gathering each layer in turn: all must pick rank 0's tokens
+      caption_options.agree = [&](at::Tensor& next) { dist->broadcast({next}); };
+    CaptionEval captions = caption_eval(*model, *heldout, caption_options);
     dp.end_eval();
     set_modes();
     if (!main_rank) {  // a sharded model: every rank evaluated the same batches; rank 0 reports

@@ -253,6 +253,60 @@ TEST_CASE("video batches: frames padded to max_frames and masked, so padding fra
   }
 }
 
+TEST_CASE("a clip's padding frames stay masked while its caption is generated", "[data][video][model][generate]") {
+  TempDir d;
+  make_colour(d.str() + "/short.mp4", "red", 1.0);  // 2 frames at fps 2, of max_frames 4
+  std::ofstream(d.str() + "/train.jsonl") << R"({"video": "short.mp4", "text": "a red clip"})" << "\n";
+  for (const char* arch : {"joint_decoder", "cross_attention", "mot"}) {
+    DYNAMIC_SECTION(arch) {
+      auto cfg = load_config_text(video_toml(d.str(), arch, d.str() + "/run"), "video.toml", builtin_registry());
+      VLM model = build_vlm(cfg.job, builtin_registry());
+      model->eval();
+      torch::NoGradGuard g;
+      torch::manual_seed(7);
+      for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.05);
+      Example ex = make_dataset(cfg.job, "train")->get(0);
+      REQUIRE(ex.frames.size() == 2);
+      auto [clip, mask] = clip_pixels(ex.frames, 4, model->vision_encoder->preprocess(), 16, ex.source);
+      CHECK(at::equal(mask, torch::tensor({true, true, false, false})));
+      const at::Tensor px = clip.unsqueeze(0), frames = mask.unsqueeze(0);
+      auto tokenizer = make_tokenizer(cfg.job.data);
+      Collator collator(tokenizer, cfg.job.vlm->max_text_len, model->residual_image_tokens() == 0, "");
+      const std::vector<int64_t> ids = collator.prompt_ids(ex);
+      const at::Tensor prompt = at::tensor(ids, at::kLong).view({1, static_cast<int64_t>(ids.size())});
+
+      // The KV cache decodes what re-running the whole masked sequence at every step decodes.
+      GenerateOptions o;
+      o.max_new_tokens = 10;
+      const at::Tensor cached = generate(*model, px, prompt, o, frames);
+      o.use_cache = false;
+      CHECK(at::equal(cached, generate(*model, px, prompt, o, frames)));
+      REQUIRE(cached.size(1) == 10);
+
+      // One decode step's logits equal the masked training forward's at that position; with an image prefix,
+      // dropping the mask at the decode step (the padding frames' keys seen again) changes them.
+      const int64_t N = model->residual_image_tokens(), P = prompt.size(1);
+      const at::Tensor seq = at::cat({prompt, cached.narrow(1, 0, 1)}, 1);
+      const at::Tensor want = model->transformer->forward(seq, model->compose(px, seq, frames)).select(1, -1);
+      KVCache cache = model->transformer->make_cache(1, N + P + 1, at::kFloat, at::kCPU);
+      ModalityContext ctx = model->compose(px, prompt, frames);
+      model->transformer->forward(prompt, ctx, &cache);
+      ModalityContext::Fields step = model->strategy->decode_context(ctx).fields();
+      if (ctx.key_padding_mask().defined()) {
+        KVCache unmasked = cache;
+        for (auto& l : unmasked.layers) l = nn::LayerKV{l.k.clone(), l.v.clone()};
+        const at::Tensor seen = model->transformer->forward(seq.narrow(1, P, 1), ModalityContext(step), &unmasked);
+        CHECK_FALSE(at::allclose(seen.select(1, -1), want, 1e-4, 1e-5));
+        step.key_padding_mask = at::cat({ctx.key_padding_mask(), at::ones({1, 1}, at::kBool)}, 1);
+      } else {
+        CHECK(step.image_mask.defined());  // cross-attention: the frames' mask rides with the image features
+      }
+      const at::Tensor got = model->transformer->forward(seq.narrow(1, P, 1), ModalityContext(step), &cache);
+      CHECK(at::allclose(got.select(1, -1), want, 1e-5, 1e-6));
+    }
+  }
+}
+
 TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it with manifest:line",
           "[data][video][train][cli]") {
   TempDir d;
@@ -295,6 +349,27 @@ TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it
   INFO(ev.output);
   CHECK(ev.code == 0);
   CHECK_THAT(ev.output, Catch::Contains("loss") && Catch::Contains("token accuracy"));
+  // ... and captions them, as forge generate captions one clip.
+  const std::string captions = d.str() + "/captions.jsonl";
+  auto cap = forge::test::run(forge + " eval --checkpoint " + d.str() + "/run --batches 1 --captions 4 --captions-out " +
+                              captions);
+  INFO(cap.output);
+  REQUIRE(cap.code == 0);
+  CHECK_THAT(cap.output, Catch::Contains("generated captions (4,") && Catch::Contains("CIDEr-D"));
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(captions);
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0]["source"] == d.str() + "/validation.jsonl:1");
+  CHECK(rows[0]["reference"] == "a red clip");
+  auto gen = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --video " + d.str() +
+                              "/red_0.mp4 --log-level=warn");
+  INFO(gen.output);
+  CHECK(gen.code == 0);
+  CHECK(gen.output == rows[0]["generated"].get<std::string>() + "\n");
+  auto image = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + config);
+  CHECK(image.code == 2);
+  CHECK_THAT(image.output, Catch::Contains("is a video model ([video], 4 frames a clip): caption a clip with --video"));
 
   std::ofstream(d.str() + "/red_0.mp4", std::ios::trunc) << "corrupt";
   auto bad = forge::test::run(forge + " train " + config + " --eval.enabled=false --checkpoint.dir=" + d.str() +
@@ -317,7 +392,7 @@ TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it
 TEST_CASE("docs/video.md: every command runs", "[data][video][docs]") {
   TempDir d;
   auto commands = forge::test::doc_commands(FORGE_SOURCE_DIR "/docs/video.md", d.str());
-  REQUIRE(commands.size() == 6);
+  REQUIRE(commands.size() == 7);
   for (const auto& c : commands) {
     INFO(c);
     auto r = forge::test::run("cd " FORGE_SOURCE_DIR " && " + c);
@@ -325,6 +400,8 @@ TEST_CASE("docs/video.md: every command runs", "[data][video][docs]") {
     CHECK(r.code == 0);
     if (c.find("data check") != std::string::npos)
       CHECK_THAT(r.output, Catch::Contains("usable 2, bad 0") && Catch::Contains("clips/s"));
+    if (c.find("--video ") != std::string::npos)
+      CHECK_THAT(r.output, Catch::Contains("frames taken") && Catch::Contains("tokens in"));
   }
   CHECK(std::filesystem::exists(d.path() / "forge-video" / "latest"));
 }

@@ -254,9 +254,11 @@ TEST_CASE("ModalityContext invariants", "[model][context]") {
   mod_only.modality_ids = torch::zeros({1, 2}, torch::kLong);
   mod_only.image_features = t3;
   CHECK_THROWS_WITH(make(mod_only), Catch::Contains("modality_ids requires prefix_embeds or inputs_embeds"));
-  F kpm;
+  F kpm;  // with token ids alone: a generation step whose cache holds a clip's padding frames
   kpm.key_padding_mask = torch::ones({1, 2}, torch::kBool);
-  CHECK_THROWS_WITH(make(kpm), Catch::Contains("key_padding_mask requires prefix_embeds or inputs_embeds"));
+  CHECK_NOTHROW(make(kpm));
+  kpm.key_padding_mask = torch::ones({1, 2}, torch::kLong);
+  CHECK_THROWS_WITH(make(kpm), Catch::Contains("key_padding_mask must be bool (B, S)"));
   F bad_ids;
   bad_ids.prefix_embeds = t3;
   bad_ids.modality_ids = torch::zeros({1, 2}, torch::kInt);
@@ -291,7 +293,16 @@ TEST_CASE("decoder argument checks", "[model][decoder]") {
   CHECK_THROWS_WITH(d->forward(tok, ModalityContext(p), &cache), Catch::Contains("first (prefill) call"));
   KVCache c2 = d->make_cache(1, 8, at::kFloat, at::kCPU);
   CHECK_THROWS_WITH(d->forward(tok, ModalityContext(), &c2, torch::zeros({1, 4}, torch::kLong)),
-                    Catch::Contains("training-only"));
+                    Catch::Contains("doc_ids are training-only"));
+  ModalityContext::Fields keys;
+  keys.key_padding_mask = torch::ones({1, 4}, torch::kBool);
+  d->forward(tok, ModalityContext(keys), &c2);  // positions 0-3
+  CHECK_THROWS_WITH(d->forward(tok.narrow(1, 0, 1), ModalityContext(keys), &c2),
+                    Catch::Contains("key_padding_mask covers 4 positions, not the 4 cached and 1 new ones"));
+  ModalityContext::Fields short_keys;
+  short_keys.key_padding_mask = torch::ones({1, 3}, torch::kBool);
+  CHECK_THROWS_WITH(d->forward(tok, ModalityContext(short_keys)),
+                    Catch::Contains("key_padding_mask covers 3 positions, not the 4 of the residual stream"));
   CHECK_THROWS_WITH(d->make_cache(1, 17, at::kFloat, at::kCPU), Catch::Contains("exceeds model.max_seq_len"));
 }
 

@@ -312,23 +312,51 @@ struct Watched final : ParamUnit {
 };
 
 bool whole(const at::Tensor& t) { return t.storage().nbytes() > 0; }
-}  // namespace
 
-TEST_CASE("sharded blocks are whole only while they run, and give the unsharded gradients", "[train][fsdp]") {
+// A tiny `arch` VLM with a 2-block SigLIP tower, built twice with the same weights.
+std::pair<VLM, VLM> twin_vlms(const std::string& arch) {
   auto& reg = forge::test::builtin_registry();
-  std::string toml = forge::test::tiny_vlm_toml("cross_attention");
+  std::string toml = forge::test::tiny_vlm_toml(arch);
   const std::string random = "type = \"random\"\nnum_tokens = 16\nfeature_dim = 24\n";
   toml.replace(toml.find(random), random.size(),
                "type = \"siglip\"\nimage_size = 16\npatch_size = 8\nfeature_dim = 24\nnum_layers = 2\nnum_heads = 4\n");
   LoadedConfig cfg = load_config_text(toml, "t.toml", reg);
+  VLM plain = build_vlm(cfg.job, reg), sharded = build_vlm(cfg.job, reg);
+  load_state_dict(*sharded, TensorSource::from_map([&] {
+    std::map<std::string, at::Tensor> m;
+    for (const auto& [k, v] : state_dict(*plain)) m[k] = v;
+    return m;
+  }(), "plain"), true);
+  return {plain, sharded};
+}
+
+// twin_vlms' unit prefixes: two decoder layers, then two tower blocks.
+std::vector<std::string> twin_unit_prefixes() {
+  std::vector<std::string> prefixes;
+  for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("transformer.layers.{}.", i));
+  for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("vision_encoder.vision_tower.encoder.layers.{}.", i));
+  return prefixes;
+}
+
+// Puts fsdp's units into `sharded` as Watched units counting into live/peak.
+void watch_units(VLM& sharded, FullyShardedModel& fsdp, int& live, int& peak) {
+  std::vector<std::shared_ptr<ParamUnit>> layers, blocks;
+  for (size_t i = 0; i < 4; ++i) {
+    auto w = std::make_shared<Watched>();
+    w->inner = fsdp.unit(i);
+    w->live = &live;
+    w->peak = &peak;
+    (i < 2 ? layers : blocks).push_back(w);
+  }
+  sharded->transformer->set_layer_units(layers);
+  sharded->vision_encoder->block_stack()->set_block_units(blocks);
+}
+}  // namespace
+
+TEST_CASE("sharded blocks are whole only while they run, and give the unsharded gradients", "[train][fsdp]") {
   for (const bool ac : {false, true}) {
     INFO("activation checkpointing " << ac);
-    VLM plain = build_vlm(cfg.job, reg), sharded = build_vlm(cfg.job, reg);
-    load_state_dict(*sharded, TensorSource::from_map([&] {
-      std::map<std::string, at::Tensor> m;
-      for (const auto& [k, v] : state_dict(*plain)) m[k] = v;
-      return m;
-    }(), "plain"), true);
+    auto [plain, sharded] = twin_vlms("cross_attention");
     for (VLM* m : {&plain, &sharded}) {
       for (auto& p : (*m)->parameters(true)) p.requires_grad_(true);
       (*m)->train();
@@ -336,21 +364,9 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
       (*m)->vision_encoder->block_stack()->set_activation_checkpointing(ac ? 1 : 0);
     }
     auto dist = Distributed::connect(DistributedConfig{}, at::Device(at::kCPU), 0, 1, "127.0.0.1", 29615 + ac);
-    std::vector<std::string> prefixes;
-    for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("transformer.layers.{}.", i));
-    for (int i = 0; i < 2; ++i) prefixes.push_back(fmt::format("vision_encoder.vision_tower.encoder.layers.{}.", i));
-    FullyShardedModel fsdp(*sharded, prefixes, *dist);
+    FullyShardedModel fsdp(*sharded, twin_unit_prefixes(), *dist);
     int live = 0, peak = 0;
-    std::vector<std::shared_ptr<ParamUnit>> layers, blocks;
-    for (size_t i = 0; i < 4; ++i) {
-      auto w = std::make_shared<Watched>();
-      w->inner = fsdp.unit(i);
-      w->live = &live;
-      w->peak = &peak;
-      (i < 2 ? layers : blocks).push_back(w);
-    }
-    sharded->transformer->set_layer_units(layers);
-    sharded->vision_encoder->block_stack()->set_block_units(blocks);
+    watch_units(sharded, fsdp, live, peak);
     for (const auto& p : sharded->parameters(true)) CHECK_FALSE(whole(p));  // nothing whole at rest
 
     at::Tensor px = at::rand({2, 3, 16, 16});
@@ -370,6 +386,86 @@ TEST_CASE("sharded blocks are whole only while they run, and give the unsharded 
       CHECK(at::allclose(g, item.value().grad().reshape({-1}), 1e-6, 1e-7));
     }
   }
+}
+
+TEST_CASE("generation over sharded parameters decodes what the whole model decodes, one block whole at a time",
+          "[train][fsdp][generate]") {
+  for (const std::string arch : {"joint_decoder", "cross_attention", "mot"}) {
+    INFO(arch);
+    auto [plain, sharded] = twin_vlms(arch);
+    plain->eval();
+    sharded->eval();
+    auto dist = Distributed::connect(DistributedConfig{}, at::Device(at::kCPU), 0, 1, "127.0.0.1", 29651);
+    FullyShardedModel fsdp(*sharded, twin_unit_prefixes(), *dist);
+    int live = 0, peak = 0;
+    watch_units(sharded, fsdp, live, peak);
+    at::manual_seed(3);
+    at::Tensor px = at::rand({2, 3, 16, 16});
+    at::Tensor prompt = at::randint(1, 64, {2, 3}, at::TensorOptions().dtype(at::kLong));
+    GenerateOptions g;
+    g.max_new_tokens = 8;
+    int agreed = 0;
+    g.agree = [&](at::Tensor& next) {
+      CHECK(next.sizes() == at::IntArrayRef{2});
+      ++agreed;
+    };
+    const at::Tensor want = generate(*plain, px, prompt, g);
+    REQUIRE(agreed == 8);
+    fsdp.gather_root();  // as an evaluation does: the embeddings, head and adapter whole for its length
+    const at::Tensor got = generate(*sharded, px, prompt, g);
+    fsdp.release_root();
+    CHECK(at::equal(got, want));
+    CHECK(agreed == 16);
+    CHECK(peak == 2);  // the running layer (or tower block) and the next, prefetched
+    CHECK(live == 0);
+    for (const auto& p : sharded->parameters(true)) CHECK_FALSE(whole(p));
+
+    // What agree decides is what every later step sees: here, token 5 at every step.
+    g.agree = [](at::Tensor& next) { next.fill_(5); };
+    fsdp.gather_root();
+    const at::Tensor forced = generate(*sharded, px, prompt, g);
+    fsdp.release_root();
+    CHECK(at::equal(forced, at::full({2, 8}, 5, at::kLong)));
+    CHECK_FALSE(at::equal(forced, want));
+
+    // A cache is for generation; under grad mode the sharded decoder refuses it.
+    fsdp.gather_root();
+    KVCache cache = sharded->transformer->make_cache(1, 4, at::kFloat, at::kCPU);
+    CHECK_THROWS_WITH(sharded->transformer->forward(prompt.narrow(0, 0, 1), ModalityContext(), &cache),
+                      Catch::Contains("for generation only"));
+    fsdp.release_root();
+  }
+}
+
+TEST_CASE("sharded ranks caption the held-out images at evaluation as forge eval captions their checkpoint",
+          "[train][dist][fsdp][generate]") {
+  TempDir d;
+  const std::string run_dir = d.str() + "/run";
+  // Two steps: the captions are still near-random bytes that differ by image, so any difference in the
+  // numbers would show in them (a trained tiny model writes one caption for every image).
+  const std::string out = train(run_dir, "--nproc 2 --train.max_steps=2 --eval.caption_samples=3");
+  CHECK_THAT(out, Catch::Contains("3 generated captions") && !Catch::Contains("no generated captions"));
+  auto rows = [](const std::string& path) {
+    std::map<int64_t, std::string> generated;  // held-out index -> caption
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (!j.contains("step") || j["step"].get<int64_t>() == 2) generated[j["index"].get<int64_t>()] = j["generated"];
+    }
+    return generated;
+  };
+  const auto during = rows(run_dir + "/eval_captions.jsonl");
+  REQUIRE(during.size() == 3);
+  CHECK(during.at(0) != during.at(1));
+  // The checkpoint, whole on one process with the run's thread count: the same greedy captions.
+  const std::string file = d.str() + "/captions.jsonl";
+  auto r = forge::test::run(std::string(FORGE_BIN) + " eval --checkpoint " + run_dir + " --captions 3 --captions-out " +
+                            file);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.output, Catch::Contains("generated captions (3,") && Catch::Contains("BLEU-4"));
+  CHECK(rows(file) == during);
 }
 
 TEST_CASE("a checkpoint sharded over 4 ranks resumes over 2 and over 1, continuing the uninterrupted run",

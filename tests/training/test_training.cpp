@@ -625,6 +625,21 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
                                   "/s/heldout_000000.png");
   CHECK(missing.code == 2);
   CHECK_THAT(missing.output, Catch::Contains("no forge checkpoint"));
+  const std::string png = d.str() + "/s/heldout_000000.png";
+  auto video = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --video " + png);
+  CHECK(video.code == 2);
+  CHECK_THAT(video.output, Catch::Contains("is an image model; caption an image with --image FILE"));
+  auto neither = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run");
+  CHECK(neither.code == 2);
+  CHECK_THAT(neither.output, Catch::Contains("--image FILE is required"));
+  auto both = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + png + " --video " + png);
+  CHECK(both.code == 2);
+  CHECK_THAT(both.output, Catch::Contains("excludes"));
+  auto out_only = forge::test::run(forge + " eval --checkpoint " + d.str() + "/run --captions 0 --captions-out " +
+                                   d.str() + "/c.jsonl");
+  CHECK(out_only.code == 2);
+  CHECK_THAT(out_only.output, Catch::Contains("--captions-out " + d.str() + "/c.jsonl: no captions to write"));
+  CHECK_FALSE(std::filesystem::exists(d.path() / "c.jsonl"));
   auto bad = forge::test::run(forge + " train " FORGE_SOURCE_DIR "/configs/shapes.toml --model.vocab_size=100" + common);
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("model.vocab_size = 100 is smaller than the tokenizer's 259 ids"));

@@ -27,7 +27,6 @@ struct OutputSlice {
 //   - at most one of inputs_embeds / prefix_embeds / image_features;
 //   - image_mask requires image_features;
 //   - modality_ids requires prefix_embeds or inputs_embeds;
-//   - key_padding_mask requires prefix_embeds or inputs_embeds;
 //   - shapes and dtypes agree (3-D embeddings, int64 modality_ids, bool masks
 //     with matching batch and length).
 // Per arch: joint_decoder = prefix_embeds (+ output_slice); cross_attention =
@@ -41,7 +40,11 @@ class FORGE_API ModalityContext {
     at::Tensor image_features;    // (B, N, D) read by cross-attention layers
     at::Tensor image_mask;        // (B, N) bool, true = attend
     at::Tensor modality_ids;      // (B, N + T) int64, 0 = image, 1 = text
-    at::Tensor key_padding_mask;  // (B, N + T) bool, true = a real position
+    // (B, N + T) bool, true = a real position. With a KV cache it covers the
+    // cached positions and the new ones (a clip's padding frames stay masked
+    // while tokens are generated), so unlike the reference it may come with
+    // token ids alone.
+    at::Tensor key_padding_mask;
     std::optional<OutputSlice> output_slice;
   };
 
