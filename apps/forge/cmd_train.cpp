@@ -98,9 +98,11 @@ int cmd_train(const ConfigArgs& args) {
   if (!s.last_checkpoint.empty()) {
     std::cout << fmt::format("checkpoint: {}\n", s.last_checkpoint);
     const JobConfig& job = cfg.job;
-    const bool generates = job.vlm && !job.video &&
+    const bool generates = job.vlm &&
                            Registry::global().arch(job.vlm->arch)->make_hooks(job.model, *job.vlm, 0)->generation_refusal().empty();
-    if (generates)
+    if (generates && job.video)
+      std::cout << fmt::format("caption a clip: forge generate --checkpoint {} --video <clip.mp4>\n", job.checkpoint.dir);
+    else if (generates)
       std::cout << fmt::format("caption an image: forge generate --checkpoint {} --image <file.png>\n", job.checkpoint.dir);
     else
       std::cout << fmt::format("evaluate it: forge eval --checkpoint {}\n", job.checkpoint.dir);
@@ -117,9 +119,13 @@ int cmd_generate(const GenerateArgs& a) {
     throw UsageError(fmt::format("--top-p {} must be in (0, 1]; 1 turns nucleus sampling off", a.top_p));
   if (a.temperature == 0.0 && (a.top_k > 0 || a.top_p < 1.0))
     log()->warn("--top-k/--top-p only act when sampling; with --temperature 0 decoding is greedy");
+  if (a.image.empty() && a.video.empty())
+    throw UsageError("one of --image FILE (an image model) and --video FILE (a video model) is required: what to "
+                     "caption");
   Restored r = restore(a.checkpoint, a.device, a.plugin_paths);
   const JobConfig& job = r.cfg.job;
   VLM& model = r.model;
+  if (job.train.threads > 0) at::set_num_threads(static_cast<int>(job.train.threads));  // as the run did
   if (std::string why = model->transformer->hooks().generation_refusal(); !why.empty())
     throw UserError(fmt::format("{}: {}", a.checkpoint, why));
   at::Tensor px, frame_mask;
@@ -138,7 +144,6 @@ int cmd_generate(const GenerateArgs& a) {
   } else {
     if (!a.video.empty())
       throw UsageError(fmt::format("--video: {} is an image model; caption an image with --image FILE", a.checkpoint));
-    if (a.image.empty()) throw UsageError("--image FILE is required: the image to caption");
     px = image_pixels(*model, job, a.image);
   }
   auto tokenizer = make_tokenizer(job.data);
@@ -163,7 +168,11 @@ int cmd_generate(const GenerateArgs& a) {
   o.eos_id = tokenizer->eos_id();
   o.seed = a.seed;
   const auto t0 = std::chrono::steady_clock::now();
-  at::Tensor out = generate(*model, px.to(r.device), prompt.to(r.device), o, frame_mask).to(at::kCPU);
+  at::Tensor out;
+  {
+    AutocastScope autocast(resolve_precision(job.train.mixed_precision, r.device));  // the precision it trained in
+    out = generate(*model, px.to(r.device), prompt.to(r.device), o, frame_mask).to(at::kCPU);
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<int64_t> gen(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
   std::cout << tokenizer->decode(gen) << std::endl;
@@ -289,9 +298,11 @@ int cmd_eval(const EvalArgs& a) {
     for (const auto& [k, v] : e.by_kind)
       std::cout << fmt::format("  {:<9} {:.4f} ({} words)\n", k, e.kind_accuracy(k), v.second);
   }
-  if (samples > 0)
-    report_captions(caption_eval(*r.model, loader, {samples, job.model.max_seq_len, r.device, precision}),
-                    a.captions_out);
+  if (samples > 0) {
+    CaptionEvalOptions o{samples, job.model.max_seq_len, r.device, precision};
+    o.batch_size = lo.batch_size;
+    report_captions(caption_eval(*r.model, loader, o), a.captions_out);
+  }
   return kExitOk;
 }
 

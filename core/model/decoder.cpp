@@ -259,10 +259,11 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const ModalityContext&
   if (start + S > cfg_.max_seq_len)
     throw InvalidArgument(fmt::format("decoder: {} positions starting at {} exceed model.max_seq_len = {}", S, start,
                                       cfg_.max_seq_len));
-  if (const at::Tensor& keys = modality.key_padding_mask(); keys.defined() && keys.size(1) != start + S)
-    throw InvalidArgument(fmt::format("decoder: key_padding_mask covers {} positions, not the {}", keys.size(1),
-                                      start > 0 ? fmt::format("{} cached and {} new ones", start, S)
-                                                : fmt::format("{} of the residual stream", S)));
+  if (const at::Tensor& keys = modality.key_padding_mask();
+      keys.defined() && (keys.size(0) != h.size(0) || keys.size(1) != start + S))
+    throw InvalidArgument(fmt::format("decoder: key_padding_mask is {}; it must be (B, {}) = ({}, {}){}", util::shape(keys),
+                                      start > 0 ? "cached + new positions" : "positions", h.size(0), start + S,
+                                      start > 0 ? fmt::format(" with {} positions in the KV cache", start) : ""));
   if (modality.modality_ids().defined() && modality.modality_ids().size(1) != S)
     throw InvalidArgument(fmt::format("decoder: modality_ids cover {} positions, the residual stream has {}",
                                       modality.modality_ids().size(1), S));

@@ -135,6 +135,8 @@ ModalityContext VLMImpl::compose(const at::Tensor& pixel_values, const at::Tenso
 
 ModalityContext VLMImpl::compose_encoded(const at::Tensor& visual, const at::Tensor& input_ids,
                                          const at::Tensor& frame_mask) {
+  if (visual.size(0) != input_ids.size(0))
+    throw InvalidArgument(fmt::format("VLM: {} images but {} text rows", visual.size(0), input_ids.size(0)));
   ModalityContext ctx = strategy->compose(visual, input_ids);
   if (ctx.prefix_embeds().defined() && ctx.prefix_length() != residual_tokens_)
     throw InvalidArgument(fmt::format("VLM: the {} strategy put {} image positions in the residual stream but "
@@ -144,7 +146,7 @@ ModalityContext VLMImpl::compose_encoded(const at::Tensor& visual, const at::Ten
   if (!video() || frame_mask.sizes() != at::IntArrayRef{visual.size(0), frames_per_clip_})
     throw InvalidArgument(fmt::format("VLM: frame_mask {} must be (B, F) = ({}, {}) for a video model",
                                       util::shape(frame_mask), visual.size(0), frames_per_clip_));
-  return mask_frames(ctx, frame_mask, visual_tokens_, input_ids.size(1));
+  return mask_frames(ctx, frame_mask.to(visual.device()), visual_tokens_, input_ids.size(1));
 }
 
 VLMOutput VLMImpl::forward(const at::Tensor& pixel_values, const at::Tensor& input_ids, const at::Tensor& labels,
@@ -428,10 +430,13 @@ at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Te
                                       "exceeds model.max_seq_len = {}",
                                       N, P, o.max_new_tokens, total, m.max_seq_len));
   at::Tensor visual = model.encode_images(pixel_values);
+  // Clips without padding frames need no mask: the decode steps keep the unmasked (GQA) attention kernel.
+  const at::Tensor frames =
+      frame_mask.defined() && model.video() && frame_mask.all().item<bool>() ? at::Tensor() : frame_mask;
   if (!o.use_cache) {
     at::Tensor tokens = prompt;
     auto run = [&](const at::Tensor& ids) {
-      ModalityContext ctx = model.compose_encoded(visual, ids, frame_mask);
+      ModalityContext ctx = model.compose_encoded(visual, ids, frames);
       const int64_t S = N + ids.size(1);
       return model.transformer->forward(ids, ctx.with_output_slice(OutputSlice{S - 1, 1}));
     };
@@ -441,7 +446,7 @@ at::Tensor generate(VLMImpl& model, const at::Tensor& pixel_values, const at::Te
   }
   at::ScalarType dtype = model.transformer->parameters().front().scalar_type();
   KVCache cache = model.transformer->make_cache(prompt.size(0), total, dtype, prompt.device());
-  ModalityContext ctx = model.compose_encoded(visual, prompt, frame_mask);
+  ModalityContext ctx = model.compose_encoded(visual, prompt, frames);
   at::Tensor logits = model.transformer->forward(prompt, ctx.with_output_slice(OutputSlice{N + P - 1, 1}), &cache);
   ModalityContext decode_ctx = model.strategy->decode_context(ctx);
   // Padding frames of a clip stay masked as keys for the whole generation: the mask grows by one real

@@ -38,14 +38,19 @@ struct FORGE_API CaptionEvalOptions {
   at::Device device = at::kCPU;
   Precision precision;
   int thumbnail_side = 160;  // CaptionSample::image's longer side at most
-  // GenerateOptions::agree: set when every rank captions together over
-  // sharded parameters.
+  int64_t batch_size = 16;  // samples generated together (those of equal prompt length)
+  // Set when every rank captions together over sharded parameters (their
+  // gathers are collectives, so all must decode the same batches in step):
+  // GenerateOptions::agree, and whether a sample loaded and fits on every
+  // rank (a collective; a sample any rank cannot use is left out by all).
   std::function<void(at::Tensor&)> agree;
+  std::function<bool(bool)> every_rank;
 };
 
 // Captions the first `options.samples` examples of the loader's dataset that
-// load (a bad row is passed over), one at a time. Under sharding every rank
-// calls it with the same data and an `agree` that makes their tokens one.
+// load and fit (a bad row is passed over), in batches of equal prompt length.
+// Under sharding every rank calls it with the same data, with `agree` and
+// `every_rank` set.
 FORGE_API CaptionEval caption_eval(VLMImpl& model, const DataLoader& data, const CaptionEvalOptions& options);
 
 }  // namespace forge

@@ -347,8 +347,11 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     dp.begin_eval();
     EvalResult r = evaluate(*model, *heldout, job.eval.steps, device, precision);
     CaptionEvalOptions caption_options{job.eval.caption_samples, job.model.max_seq_len, device, precision};
-    if (dp.sharded())  // every rank generates, gathering each layer in turn: all must pick rank 0's tokens
+    caption_options.batch_size = job.train.batch_size;  // what fits in training fits here
+    if (dp.sharded()) {  // every rank generates, gathering each layer in turn: all decode the same, in step
       caption_options.agree = [&](at::Tensor& next) { dist->broadcast({next}); };
+      caption_options.every_rank = [&](bool ok) { return dist->sum(ok ? 0.0 : 1.0) == 0.0; };
+    }
     CaptionEval captions = caption_eval(*model, *heldout, caption_options);
     dp.end_eval();
     set_modes();

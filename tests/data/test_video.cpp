@@ -298,8 +298,14 @@ TEST_CASE("a clip's padding frames stay masked while its caption is generated", 
         const at::Tensor seen = model->transformer->forward(seq.narrow(1, P, 1), ModalityContext(step), &unmasked);
         CHECK_FALSE(at::allclose(seen.select(1, -1), want, 1e-4, 1e-5));
         step.key_padding_mask = at::cat({ctx.key_padding_mask(), at::ones({1, 1}, at::kBool)}, 1);
-      } else {
-        CHECK(step.image_mask.defined());  // cross-attention: the frames' mask rides with the image features
+      } else {  // cross-attention: the frames' mask rides with the image features into every decode step
+        REQUIRE(step.image_mask.defined());
+        KVCache copy = cache;
+        for (auto& l : copy.layers) l = nn::LayerKV{l.k.clone(), l.v.clone()};
+        ModalityContext::Fields unmasked = step;
+        unmasked.image_mask = at::Tensor();
+        const at::Tensor seen = model->transformer->forward(seq.narrow(1, P, 1), ModalityContext(unmasked), &copy);
+        CHECK_FALSE(at::allclose(seen.select(1, -1), want, 1e-4, 1e-5));
       }
       const at::Tensor got = model->transformer->forward(seq.narrow(1, P, 1), ModalityContext(step), &cache);
       CHECK(at::allclose(got.select(1, -1), want, 1e-5, 1e-6));
@@ -362,11 +368,12 @@ TEST_CASE("a video config trains on generated clips, and a corrupt clip stops it
   REQUIRE(rows.size() == 4);
   CHECK(rows[0]["source"] == d.str() + "/validation.jsonl:1");
   CHECK(rows[0]["reference"] == "a red clip");
-  auto gen = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --video " + d.str() +
-                              "/red_0.mp4 --log-level=warn");
+  // red_0.mp4 lasts 1 s: 2 frames at fps 2, padded to max_frames 4 and masked.
+  auto gen = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --video " + d.str() + "/red_0.mp4");
   INFO(gen.output);
   CHECK(gen.code == 0);
-  CHECK(gen.output == rows[0]["generated"].get<std::string>() + "\n");
+  CHECK_THAT(gen.output, Catch::Contains("red_0.mp4: 2 of 4 frames taken (1.0 s clip)"));
+  CHECK_THAT(gen.output, Catch::Contains(rows[0]["generated"].get<std::string>() + "\n"));
   auto image = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + config);
   CHECK(image.code == 2);
   CHECK_THAT(image.output, Catch::Contains("is a video model ([video], 4 frames a clip): caption a clip with --video"));

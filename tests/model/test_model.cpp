@@ -298,11 +298,15 @@ TEST_CASE("decoder argument checks", "[model][decoder]") {
   keys.key_padding_mask = torch::ones({1, 4}, torch::kBool);
   d->forward(tok, ModalityContext(keys), &c2);  // positions 0-3
   CHECK_THROWS_WITH(d->forward(tok.narrow(1, 0, 1), ModalityContext(keys), &c2),
-                    Catch::Contains("key_padding_mask covers 4 positions, not the 4 cached and 1 new ones"));
+                    Catch::Contains("key_padding_mask is (1, 4); it must be (B, cached + new positions) = (1, 5) "
+                                    "with 4 positions in the KV cache"));
   ModalityContext::Fields short_keys;
   short_keys.key_padding_mask = torch::ones({1, 3}, torch::kBool);
   CHECK_THROWS_WITH(d->forward(tok, ModalityContext(short_keys)),
-                    Catch::Contains("key_padding_mask covers 3 positions, not the 4 of the residual stream"));
+                    Catch::Contains("key_padding_mask is (1, 3); it must be (B, positions) = (1, 4)"));
+  short_keys.key_padding_mask = torch::ones({2, 4}, torch::kBool);
+  CHECK_THROWS_WITH(d->forward(tok, ModalityContext(short_keys)),
+                    Catch::Contains("key_padding_mask is (2, 4); it must be (B, positions) = (1, 4)"));
   CHECK_THROWS_WITH(d->make_cache(1, 17, at::kFloat, at::kCPU), Catch::Contains("exceeds model.max_seq_len"));
 }
 

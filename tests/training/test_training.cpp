@@ -631,7 +631,7 @@ TEST_CASE("forge train, generate and eval from the command line", "[train][cli]"
   CHECK_THAT(video.output, Catch::Contains("is an image model; caption an image with --image FILE"));
   auto neither = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run");
   CHECK(neither.code == 2);
-  CHECK_THAT(neither.output, Catch::Contains("--image FILE is required"));
+  CHECK_THAT(neither.output, Catch::Contains("one of --image FILE (an image model) and --video FILE"));
   auto both = forge::test::run(forge + " generate --checkpoint " + d.str() + "/run --image " + png + " --video " + png);
   CHECK(both.code == 2);
   CHECK_THAT(both.output, Catch::Contains("excludes"));

@@ -32,7 +32,9 @@ struct FORGE_API KVCache {
   int64_t capacity = 0;  // positions the cache can hold
 };
 
-// What every layer and hook sees during one decoder forward.
+// What every layer and hook sees during one decoder forward. With a KV cache,
+// modality.key_padding_mask (when set) covers start_pos + length positions:
+// the cached ones and this chunk's, as the attention's keys do.
 struct FORGE_API DecoderStep {
   const ModalityContext& modality;
   nn::AttentionInputs attention;  // RoPE rows, start position, masks
