@@ -10,15 +10,15 @@
 #   - moma: MoMa with 4 image and 4 text experts of hidden F, expert choice at
 #     the default capacity (each expert takes 1/4 of its modality's tokens), so
 #     a token gets one expert's work on average.
-# Writes bench/results/moe_<precision>.json and prints a table with each
-# run's time relative to dense.
-#   bench/moe.sh [build-dir] [fp32|bf16] [steps]
+# Writes bench/results/moe_<precision><suffix>.json and prints a table with
+# each run's time relative to dense.
+#   bench/moe.sh [build-dir] [fp32|bf16] [steps] [suffix]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 forge=${1:-$root/build}/bin/forge
 precision=${2:-fp32}
 steps=${3:-5}
-out=$root/bench/results/moe_${precision}.json
+out=$root/bench/results/moe_${precision}${4:-}.json
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 common=("$root/configs/bench/small.toml" --train.mixed_precision="$precision" --steps "$steps" --warmup 2)

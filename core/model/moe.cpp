@@ -93,14 +93,17 @@ MoEImpl::~MoEImpl() = default;
 
 std::vector<at::Tensor> MoEImpl::stacked_weights() const {
   if (options.packed) return {up_w, down_w, gate_w};
+  // Stacked as stored, (E, out, in), and used transposed: a plain copy, and in backward each expert's
+  // gradient is a contiguous slice its parameter takes as it is (a transposed stack made AccumulateGrad copy).
   std::vector<at::Tensor> up, down, gate;
   for (const auto& m : *experts) {
     auto* mlp = m->as<MlpImpl>();
-    up.push_back(mlp->up_proj->weight.t());
-    down.push_back(mlp->down_proj->weight.t());
-    if (mlp->gate_proj) gate.push_back(mlp->gate_proj->weight.t());
+    up.push_back(mlp->up_proj->weight);
+    down.push_back(mlp->down_proj->weight);
+    if (mlp->gate_proj) gate.push_back(mlp->gate_proj->weight);
   }
-  return {at::stack(up), at::stack(down), gate.empty() ? at::Tensor() : at::stack(gate)};
+  auto in_out = [](const std::vector<at::Tensor>& w) { return at::stack(w).transpose(1, 2); };
+  return {in_out(up), in_out(down), gate.empty() ? at::Tensor() : in_out(gate)};
 }
 
 at::Tensor MoEImpl::expert_forward(const at::Tensor& x_sorted, const at::Tensor& counts) const {
