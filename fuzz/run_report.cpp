@@ -14,7 +14,10 @@ using namespace forge;
 
 namespace {
 
-constexpr std::string_view kData = "data:image/png;base64,";
+// An embedded image is an attribute value; text that merely reads like a data
+// URL (a caption, a config value) is not one, and the page escapes the quote
+// such text would need to become an attribute.
+constexpr std::string_view kData = "src=\"data:image/png;base64,";
 
 std::vector<std::string> embedded_images(const std::string& html) {
   std::vector<std::string> out;

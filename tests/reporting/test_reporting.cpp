@@ -284,6 +284,15 @@ TEST_CASE("forge report draws any run folder with metrics.jsonl and names a hand
   size_t figures = 0;  // every row is still shown, with its captions
   for (size_t at = html2.find("<figure>"); at != std::string::npos; at = html2.find("<figure>", at + 1)) ++figures;
   CHECK(figures == 5);
+  // Captions are text: one that reads like markup or a data URL (a fuzz finding
+  // in the harness, not the page) stays escaped text and embeds nothing.
+  const std::string sly = "\"><img src=\"data:image/png;base64,AAAA\">";
+  d.write("run/eval_captions.jsonl", json{{"step", 2}, {"reference", sly}, {"generated", sly}}.dump() + "\n");
+  REQUIRE(forge::test::run(fmt::format("{} report {}/run", FORGE_BIN, d.str())).code == 0);
+  std::ifstream in3(d.str() + "/run/report.html");
+  const std::string html3((std::istreambuf_iterator<char>(in3)), std::istreambuf_iterator<char>());
+  CHECK(html3.find("<img") == std::string::npos);
+  CHECK_THAT(html3, Catch::Contains("&quot;&gt;&lt;img src=&quot;data:image/png;base64,AAAA&quot;&gt;"));
   d.write("run/eval_captions.jsonl", "{\"step\": 2, \"reference\": 5, \"generated\": \"a\"}\n");
   auto bad = forge::test::run(fmt::format("{} report {}/run", FORGE_BIN, d.str()));
   CHECK(bad.code == 2);
