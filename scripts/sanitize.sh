@@ -15,6 +15,7 @@ mode=full
 case "${1:-}" in
   --ci) mode=ci; shift ;;
   --configure) mode=configure; shift ;;
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 
 "$root/scripts/setup.sh" --no-build
