@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/fused_cpu.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 #include "forge/moe.h"
@@ -113,7 +114,7 @@ at::Tensor MoEImpl::expert_forward(const at::Tensor& x_sorted, const at::Tensor&
   at::Tensor up = w[0].to(dt), down = w[1].to(dt);
   at::Tensor hidden;
   if (w[2].defined()) {
-    hidden = at::silu(grouped_mm(x_sorted, w[2].to(dt), counts)) * grouped_mm(x_sorted, up, counts);
+    hidden = fused::silu_mul(grouped_mm(x_sorted, w[2].to(dt), counts), grouped_mm(x_sorted, up, counts));
   } else if (options.activation == "gelu") {
     hidden = at::gelu(grouped_mm(x_sorted, up, counts));
   } else {

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/fused_cpu.h"
 #include "forge/config.h"
 #include "forge/error.h"
 
@@ -27,11 +28,7 @@ NormImpl::NormImpl(int64_t dim, std::string type_, double eps_) : type(std::move
 NormImpl::~NormImpl() = default;
 
 at::Tensor NormImpl::forward(const at::Tensor& x) {
-  if (type == "rmsnorm") {
-    at::Tensor xf = x.to(at::kFloat);
-    at::Tensor y = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
-    return (y * weight.to(at::kFloat)).to(x.scalar_type());
-  }
+  if (type == "rmsnorm") return fused::rms_norm(x, weight, eps);  // fp32 math, cast back
   return at::layer_norm(x, {x.size(-1)}, weight.to(x.scalar_type()), bias.to(x.scalar_type()), eps);
 }
 
@@ -86,10 +83,7 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::rows(const at::Tensor& positi
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half);
-  at::Tensor x2 = x.narrow(-1, half, half);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  return fused::rope(x, cos, sin);
 }
 
 // ------------------------------------------------------------ attention core
@@ -216,7 +210,7 @@ MlpImpl::MlpImpl(int64_t dim, int64_t hidden, std::string act, bool bias) : acti
 MlpImpl::~MlpImpl() = default;
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  if (activation == "silu") return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  if (activation == "silu") return down_proj(fused::silu_mul(gate_proj(x), up_proj(x)));
   if (activation == "gelu") return down_proj(at::gelu(up_proj(x)));
   return down_proj(at::relu(up_proj(x)));
 }

@@ -1,13 +1,18 @@
 // linear_cross_entropy (loss.h): the output head and the token cross-entropy
 // in one autograd function, chunk by chunk over rows.
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include <fmt/format.h>
 
 #include "core/training/loss.h"
+#include "core/util/cpu_vec.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
@@ -18,10 +23,98 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Logits elements per chunk: on a CPU 32M fp32 values (128 MB, e.g. 1048 rows of a 32k vocabulary), on a GPU
-// 256M (1 GiB, 2093 rows of Llama-3's 128k): fewer, larger chunks keep the head's GEMMs efficient, and the
-// full logits would be (B x T x vocab), 7.6 GB in fp32 at 8 x 1852 text tokens of a 128k vocabulary.
-int64_t chunk_elements(const at::Device& d) { return d.is_cpu() ? int64_t{1} << 25 : int64_t{1} << 28; }
+// Logits elements per chunk. On a CPU 256 MB of logits in the compute dtype, which the loss turns into their
+// gradient in place (128M bf16 values: the small recipe's 1536 rows of a 32k vocabulary in one chunk, whose
+// GEMMs run faster than those of two). On a GPU 256M (1 GiB of fp32, 2093 rows of Llama-3's 128k): fewer, larger
+// chunks keep the head's GEMMs efficient, and the full logits would be (B x T x vocab), 7.6 GB in fp32 at
+// 8 x 1852 text tokens of a 128k vocabulary.
+int64_t chunk_elements(const at::Device& d, at::ScalarType dtype) {
+  return d.is_cpu() ? (int64_t{256} << 20) / static_cast<int64_t>(c10::elementSize(dtype)) : int64_t{1} << 28;
+}
+
+struct ChunkSoftmax {
+  at::Tensor lse, picked;  // (c) fp32
+  at::Tensor grad;         // (c, V) in the logits' dtype, or undefined
+};
+
+// ATen's ops over fp32 logits (any device).
+ChunkSoftmax chunk_softmax_aten(const at::Tensor& logits_in, const at::Tensor& t, const at::Tensor& valid,
+                                double z_loss_weight, double denom, bool want_grad) {
+  const at::Tensor safe_t = at::where(valid, t, at::zeros_like(t)).unsqueeze(1);
+  at::Tensor logits = logits_in.to(at::kFloat);
+  ChunkSoftmax out{at::logsumexp(logits, 1), logits.gather(1, safe_t).squeeze(1), at::Tensor()};
+  if (!want_grad) return out;
+  at::Tensor g = logits.sub_(out.lse.unsqueeze(1)).exp_();  // in place over the logits
+  g.mul_(((1.0 + 2.0 * z_loss_weight * out.lse) / denom).unsqueeze(1));
+  g.masked_fill_(valid.logical_not().unsqueeze(1), 0.0);  // ignored rows: exact zeros, whatever their logits
+  g.scatter_add_(1, safe_t, (valid.to(at::kFloat) * (-1.0 / denom)).unsqueeze(1));
+  out.grad = g.to(logits_in.scalar_type());
+  return out;
+}
+
+using namespace cpu_vec;
+
+// A row of V logits, in two reads (max, then the sum of exponentials) and,
+// for the gradient, one write over the logits themselves.
+template <typename T>
+FORGE_CLONES void softmax_row(T* l, int64_t V, int64_t target, bool want_grad, float z, float inv_denom, float* lse,
+                              float* picked) {
+  constexpr int W = 16;  // running maxima and sums the vectoriser keeps in registers
+  float acc[W];
+  for (float& a : acc) a = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + W <= V; j += W)
+    for (int k = 0; k < W; ++k) acc[k] = load(l[j + k]) > acc[k] ? load(l[j + k]) : acc[k];
+  float m = -std::numeric_limits<float>::infinity();
+  for (; j < V; ++j) m = load(l[j]) > m ? load(l[j]) : m;
+  for (float a : acc) m = a > m ? a : m;
+  for (float& a : acc) a = 0.0f;
+  float sum = 0.0f;
+  for (j = 0; j + W <= V; j += W)
+    for (int k = 0; k < W; ++k) acc[k] += exp_approx(load(l[j + k]) - m);
+  for (; j < V; ++j) sum += exp_approx(load(l[j]) - m);
+  for (float a : acc) sum += a;
+  const float row_lse = m + std::log(sum);
+  const bool valid = target >= 0;
+  *lse = row_lse;
+  *picked = valid ? load(l[target]) : 0.0f;
+  if (!want_grad) return;
+  if (!valid) {  // exact zeros, whatever the row's logits (an inf times 0 would be NaN)
+    for (j = 0; j < V; ++j) l[j] = store<T>(0.0f);
+    return;
+  }
+  const float scale = (1.0f + 2.0f * z * row_lse) * inv_denom;
+  for (j = 0; j < V; ++j) l[j] = store<T>(exp_approx(load(l[j]) - row_lse) * scale);
+  l[target] = store<T>(exp_approx(*picked - row_lse) * scale - inv_denom);
+}
+
+// The same on a CPU, fp32 or bf16 logits, in place: two reads of each row and one write, where ATen's ops
+// make seven full passes over fp32 copies.
+ChunkSoftmax chunk_softmax_cpu(at::Tensor& logits, const at::Tensor& t, double z_loss_weight, double denom,
+                               bool want_grad) {
+  RECORD_FUNCTION("forge::softmax_cross_entropy_rows", {});  // named in `forge bench --profile`
+  const int64_t c = logits.size(0), V = logits.size(1);
+  const at::Tensor tc = t.to(at::kLong).contiguous();
+  const int64_t* tp = tc.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < c; ++r)
+    if (tp[r] != -100 && (tp[r] < 0 || tp[r] >= V))
+      throw InvalidArgument(fmt::format("loss: target token id {} is outside the vocabulary of {}", tp[r], V));
+  auto f32 = logits.options().dtype(at::kFloat);
+  ChunkSoftmax out{at::empty({c}, f32), at::empty({c}, f32), want_grad ? logits : at::Tensor()};
+  float *lse = out.lse.mutable_data_ptr<float>(), *picked = out.picked.mutable_data_ptr<float>();
+  const float z = static_cast<float>(z_loss_weight), inv_denom = static_cast<float>(1.0 / denom);
+  auto rows = [&]<typename T>(T* l) {
+    at::parallel_for(0, c, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        softmax_row<T>(l + r * V, V, tp[r] == -100 ? -1 : tp[r], want_grad, z, inv_denom, lse + r, picked + r);
+    });
+  };
+  if (logits.scalar_type() == at::kFloat)
+    rows(logits.mutable_data_ptr<float>());
+  else
+    rows(logits.mutable_data_ptr<c10::BFloat16>());
+  return out;
+}
 
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   // hidden (N, D), weight (V, D), targets (N) with -100 = ignored; returns the scalar loss.
@@ -37,27 +130,23 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     at::Tensor grad_h = want_h ? at::empty({N, hidden.size(1)}, hidden.options().requires_grad(false)) : at::Tensor();
     at::Tensor grad_w;  // fp32 sum over chunks
     at::Tensor loss_sum = at::zeros({}, f32), z_sum = at::zeros({}, f32);
-    const int64_t chunk = std::max<int64_t>(1, chunk_elements(hidden.device()) / std::max<int64_t>(V, 1));
+    const int64_t chunk = std::max<int64_t>(1, chunk_elements(hidden.device(), dtype) / std::max<int64_t>(V, 1));
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t c = std::min(chunk, N - r0);
       const at::Tensor h = H.narrow(0, r0, c), t = targets.narrow(0, r0, c);
       const at::Tensor valid = t.ne(-100);
-      const at::Tensor safe_t = at::where(valid, t, at::zeros_like(t)).unsqueeze(1);
-      const at::Tensor validf = valid.to(at::kFloat);
-      at::Tensor logits = at::mm(h, W.t()).to(at::kFloat);  // (c, V)
-      const at::Tensor lse = at::logsumexp(logits, 1);
-      const at::Tensor picked = logits.gather(1, safe_t).squeeze(1);
+      at::Tensor logits = at::mm(h, W.t());  // (c, V) in dtype
+      const bool cpu_loop = logits.device().is_cpu() && logits.is_contiguous() &&
+                            (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16);
+      const bool want_grad = want_h || want_w;
+      const ChunkSoftmax sm = cpu_loop ? chunk_softmax_cpu(logits, t, z_loss_weight, denom, want_grad)
+                                       : chunk_softmax_aten(logits, t, valid, z_loss_weight, denom, want_grad);
       // where, not a product with 0: an ignored row's inf or NaN logits must not reach the sum (as cross_entropy).
-      const at::Tensor zero = at::zeros({}, lse.options());
-      loss_sum.add_(at::where(valid, lse - picked, zero).sum());
-      if (z_loss_weight > 0) z_sum.add_(at::where(valid, lse * lse, zero).sum());
-      if (!want_h && !want_w) continue;
-      // d loss / d logits = (softmax * (1 + 2 z lse) - onehot) * valid / denom, in place over the logits.
-      at::Tensor g = logits.sub_(lse.unsqueeze(1)).exp_();
-      g.mul_(((1.0 + 2.0 * z_loss_weight * lse) / denom).unsqueeze(1));
-      g.masked_fill_(valid.logical_not().unsqueeze(1), 0.0);  // ignored rows: exact zeros, whatever their logits
-      g.scatter_add_(1, safe_t, (validf * (-1.0 / denom)).unsqueeze(1));
-      const at::Tensor gd = g.to(dtype);
+      const at::Tensor zero = at::zeros({}, sm.lse.options());
+      loss_sum.add_(at::where(valid, sm.lse - sm.picked, zero).sum());
+      if (z_loss_weight > 0) z_sum.add_(at::where(valid, sm.lse * sm.lse, zero).sum());
+      if (!want_grad) continue;
+      const at::Tensor& gd = sm.grad;
       if (want_h) grad_h.narrow(0, r0, c).copy_(at::mm(gd, W));
       if (want_w) {
         at::Tensor part = at::mm(gd.t(), h);

@@ -5,11 +5,13 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/config/loader.h"
+#include "core/model/fused_cpu.h"
 #include "core/model/vlm.h"
 #include "core/training/fused_adamw.h"
 #include "core/training/loss.h"
@@ -214,8 +216,29 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
       }
     }
   }
+  SECTION("an ignored row's inf and NaN logits reach neither the loss nor the gradients; a bad target is named") {
+    at::Tensor w = at::randn({50, D}).requires_grad_(true);
+    at::Tensor h0 = at::randn({1, 4, D});
+    h0.index_put_({0, 1}, 3e38);  // row 1: finite features whose logits overflow to inf and NaN
+    h0.index_put_({0, 1, 0}, -3e38);
+    at::Tensor tgt = at::tensor({3, -100, 7, 49}, at::kLong).view({1, 4});
+    at::Tensor h = h0.clone().requires_grad_(true);
+    LossValue got = linear_cross_entropy(h, w, tgt);
+    got.loss.backward();
+    CHECK(got.tokens == 3);
+    CHECK(std::isfinite(got.loss.item<double>()));
+    CHECK(h.grad()[0][1].abs().max().item<double>() == 0.0);
+    CHECK_FALSE(at::isfinite(at::linear(h0[0][1], w.detach())).all().item<bool>());  // the row's logits really overflow
+    CHECK(at::isfinite(w.grad()).all().item<bool>());
+    at::Tensor keep = at::tensor({0, 2, 3}, at::kLong);  // the same loss over the valid rows alone
+    at::Tensor h2 = h0.index_select(1, keep).clone().requires_grad_(true);
+    LossValue ref = cross_entropy(at::linear(h2, w.detach()), tgt.index_select(1, keep));
+    CHECK(got.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(1e-6));
+    at::Tensor bad = at::tensor({3, 50, 7, 1}, at::kLong).view({1, 4});
+    CHECK_THROWS_WITH(linear_cross_entropy(h0, w, bad), Catch::Contains("target token id 50 is outside the vocabulary of 50"));
+  }
   SECTION("rows in many chunks, a frozen head, bf16 autocast") {
-    const int64_t Vbig = 40000;  // 838 rows per chunk: 3 chunks for 2000 rows
+    const int64_t Vbig = 40000;  // fp32: 1677 rows per chunk (256 MB), 2 chunks for 2000 rows
     at::Tensor h0 = at::randn({2, 1000, D}), w0 = at::randn({Vbig, D}) * 0.3;
     at::Tensor tgt = at::randint(0, Vbig, {2, 1000});
     at::Tensor h1 = h0.clone().requires_grad_(true), h2 = h0.clone().requires_grad_(true);
@@ -238,6 +261,90 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
     CHECK(h3.grad().scalar_type() == at::kFloat);
     CHECK(w3.grad().scalar_type() == at::kFloat);
     CHECK((h3.grad() - h1.grad()).norm().item<double>() / h1.grad().norm().item<double>() < 0.05);
+  }
+}
+
+namespace {
+
+// Relative error of a gradient against the fp64 one.
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  return (got.to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit and give fp64's gradients", "[fused]") {
+  at::manual_seed(11);
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    // fp32: a few ulps of fp32 error accumulated over a row; bf16: its own rounding, 2^-9.
+    const double tol = dt == at::kFloat ? 1e-5 : 1e-2;
+    for (std::vector<int64_t> shape : {std::vector<int64_t>{3, 5, 37}, std::vector<int64_t>{2, 96, 512}}) {
+      DYNAMIC_SECTION("RMSNorm " << c10::toString(dt) << " D " << shape.back()) {
+        const at::Tensor x0 = at::randn(shape).to(dt), w0 = 1 + 0.1 * at::randn({shape.back()});
+        const at::Tensor gy = at::randn(shape).to(dt);
+        for (bool frozen : {false, true}) {
+          at::Tensor x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(!frozen);
+          at::Tensor y = fused::rms_norm(x, w, 1e-5);
+          at::Tensor xf = x0.to(at::kFloat);  // the plain expression forge::nn::Norm computed before
+          at::Tensor plain = (xf * at::rsqrt(xf.pow(2).mean(-1, true) + 1e-5) * w0).to(dt);
+          CHECK(y.scalar_type() == dt);
+          CHECK(at::equal(y, plain));
+          y.backward(gy);
+          at::Tensor xd = x0.to(at::kDouble).requires_grad_(true), wd = w0.to(at::kDouble).requires_grad_(true);
+          (xd * at::rsqrt(xd.pow(2).mean(-1, true) + 1e-5) * wd).backward(gy.to(at::kDouble));
+          CHECK(x.grad().scalar_type() == dt);
+          CHECK(rel_err(x.grad(), xd.grad()) < tol);
+          if (frozen) {
+            CHECK_FALSE(w.grad().defined());
+          } else {
+            CHECK(w.grad().scalar_type() == at::kFloat);
+            CHECK(rel_err(w.grad(), wd.grad()) < tol);
+          }
+        }
+      }
+      DYNAMIC_SECTION("SwiGLU " << c10::toString(dt) << " width " << shape.back()) {
+        const at::Tensor g0 = 3 * at::randn(shape).to(dt), u0 = at::randn(shape).to(dt), gy = at::randn(shape).to(dt);
+        at::Tensor g = g0.clone().requires_grad_(true), u = u0.clone().requires_grad_(true);
+        at::Tensor y = fused::silu_mul(g, u);
+        CHECK(at::equal(y, at::silu(g0) * u0));
+        y.backward(gy);
+        at::Tensor gd = g0.to(at::kDouble).requires_grad_(true), ud = u0.to(at::kDouble).requires_grad_(true);
+        (at::silu(gd) * ud).backward(gy.to(at::kDouble));
+        CHECK(g.grad().scalar_type() == dt);
+        CHECK(rel_err(g.grad(), gd.grad()) < tol);
+        CHECK(rel_err(u.grad(), ud.grad()) < tol);
+      }
+    }
+  }
+  for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    DYNAMIC_SECTION("RoPE " << c10::toString(dt)) {
+      const int64_t B = 2, S = 9, H = 3, D = 40;
+      // q as attention makes it: a (B, H, S, D) view of a (B, S, H, D) projection.
+      const at::Tensor x0 = at::randn({B, S, H, D}).to(dt).transpose(1, 2);
+      const at::Tensor ang = at::rand({S, D / 2}) * 6;
+      for (bool per_sample : {false, true}) {
+        const at::Tensor cos = per_sample ? ang.cos().expand({B, 1, S, D / 2}).contiguous() : ang.cos();
+        const at::Tensor sin = per_sample ? ang.sin().expand({B, 1, S, D / 2}).contiguous() : ang.sin();
+        at::Tensor x = x0.detach().requires_grad_(true);
+        at::Tensor y = fused::rope(x, cos, sin);
+        const at::Tensor x1 = x0.narrow(-1, 0, D / 2), x2 = x0.narrow(-1, D / 2, D / 2);
+        CHECK(at::equal(y, at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1)));
+        const at::Tensor gy = at::randn(y.sizes());
+        y.backward(gy);
+        at::Tensor xd = x0.to(at::kDouble).requires_grad_(true);
+        const at::Tensor cd = cos.to(at::kDouble), sd = sin.to(at::kDouble);
+        const at::Tensor xd1 = xd.narrow(-1, 0, D / 2), xd2 = xd.narrow(-1, D / 2, D / 2);
+        at::cat({xd1 * cd - xd2 * sd, xd2 * cd + xd1 * sd}, -1).backward(gy.to(at::kDouble));
+        CHECK(x.grad().scalar_type() == dt);
+        CHECK(rel_err(x.grad(), xd.grad()) < (dt == at::kFloat ? 1e-6 : 1e-2));
+      }
+    }
+  }
+  SECTION("without autograd both are the plain expressions") {
+    at::NoGradGuard no_grad;
+    const at::Tensor x = at::randn({4, 8}), w = at::randn({8}).requires_grad_(true);
+    CHECK_FALSE(fused::rms_norm(x, w, 1e-6).requires_grad());
+    CHECK(at::equal(fused::silu_mul(x, x), at::silu(x) * x));
   }
 }
 

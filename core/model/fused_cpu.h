@@ -1,0 +1,29 @@
+// Elementwise chains of the decoder with a one-pass backward on CPUs.
+//
+// Each function computes its forward with the very ATen ops the plain version
+// uses, so outputs are bit-identical (forge's logits still equal HF's), and
+// replaces autograd's chain of small backward kernels, with a full-size
+// temporary at each link, by one pass over the saved inputs in fp32. Off a
+// CPU, without autograd, or for dtypes other than fp32 and bf16 they are the
+// plain ATen expressions.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "forge/export.h"
+
+namespace forge::fused {
+
+// RMSNorm as forge::nn::Norm defines it: (x * rsqrt(mean(x^2) + eps) * w),
+// computed in fp32 and cast back to x's dtype. x (..., D), weight (D).
+FORGE_API at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// SwiGLU's product silu(gate) * up, gate and up of one shape and dtype.
+FORGE_API at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
+
+// Rotary embedding, rotate-half form: cat(x1 cos - x2 sin, x2 cos + x1 sin)
+// with x = cat(x1, x2) over the last dim. x (B, H, S, D) of any strides with
+// a unit last one; cos and sin (.., D/2) fp32 and broadcast to x's rows.
+FORGE_API at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+}  // namespace forge::fused

@@ -1,0 +1,58 @@
+// Building blocks for forge's hand-written CPU loops (core/model/fused_cpu.cpp,
+// the loss's softmax gradient): loads and stores that convert bf16 as
+// c10::BFloat16 does, and an exp the auto-vectoriser takes. The file that
+// includes this builds with -fno-trapping-math (core/CMakeLists.txt): without
+// it GCC keeps the selects below as branches and vectorises nothing.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <bit>
+#include <cstdint>
+
+namespace forge::cpu_vec {
+
+// A loop function marked FORGE_CLONES is written for the auto-vectoriser (no
+// calls, no branches in its inner loops). GCC builds it for AVX-512, AVX2 and
+// the baseline and picks one at load time; other compilers (the sanitizer
+// build's clang) build the baseline only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FORGE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FORGE_CLONES
+#endif
+
+// bf16 <-> fp32 as c10::BFloat16 converts (round to nearest even, NaN kept).
+inline float load(float v) { return v; }
+inline float load(c10::BFloat16 v) { return std::bit_cast<float>(static_cast<uint32_t>(v.x) << 16); }
+template <typename T>
+inline T store(float f);
+template <>
+inline float store<float>(float f) {
+  return f;
+}
+template <>
+inline c10::BFloat16 store<c10::BFloat16>(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return c10::BFloat16(f != f ? uint16_t{0x7FC0} : rounded, c10::BFloat16::from_bits());
+}
+
+// e^x to about 1 ulp (Cephes' expf polynomial), branch-free so that it vectorises.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;  // ternaries, not std::min/max: those select a reference, a branch
+  x = x > 88.0f ? 88.0f : x;
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (no call to a rounding function, which stops the vectoriser).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  x = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * x * x + x + 1.0f;
+  return y * std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+}
+
+}  // namespace forge::cpu_vec
