@@ -38,21 +38,27 @@ inline c10::BFloat16 store<c10::BFloat16>(float f) {
   return c10::BFloat16(f != f ? uint16_t{0x7FC0} : rounded, c10::BFloat16::from_bits());
 }
 
-// e^x to about 1 ulp (Cephes' expf polynomial), branch-free so that it vectorises.
+// e^x to about 1 ulp (Cephes' expf polynomial), branch-free so that it
+// vectorises. Inputs are clamped to [-87, 88] (e^-87 = 1.6e-38 stands for 0,
+// e^88 = 1.7e38 for inf); NaN stays NaN, and is kept away from the
+// float-to-int conversion, where it would be undefined behaviour.
 inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : x;  // ternaries, not std::min/max: those select a reference, a branch
-  x = x > 88.0f ? 88.0f : x;
-  // n = round(x / ln 2) by the 1.5 * 2^23 trick (no call to a rounding function, which stops the vectoriser).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  x = x - n * 0.693359375f + n * 2.12194440e-4f;
+  const bool nan = x != x;
+  float c = x < -87.0f ? -87.0f : x;  // ternaries, not std::min/max: those select a reference, a branch
+  c = c > 88.0f ? 88.0f : c;
+  c = nan ? 0.0f : c;
+  // n = round(c / ln 2) by the 1.5 * 2^23 trick (no call to a rounding function, which stops the vectoriser).
+  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  c = c - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
-  y = y * x + 1.3981999507e-3f;
-  y = y * x + 8.3334519073e-3f;
-  y = y * x + 4.1665795894e-2f;
-  y = y * x + 1.6666665459e-1f;
-  y = y * x + 5.0000001201e-1f;
-  y = y * x * x + x + 1.0f;
-  return y * std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  y = y * c + 1.3981999507e-3f;
+  y = y * c + 8.3334519073e-3f;
+  y = y * c + 4.1665795894e-2f;
+  y = y * c + 1.6666665459e-1f;
+  y = y * c + 5.0000001201e-1f;
+  y = y * c * c + c + 1.0f;
+  y = y * std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return nan ? x : y;
 }
 
 }  // namespace forge::cpu_vec

@@ -1,9 +1,11 @@
 // forge's fast paths and their numerics: bf16 on CPUs (D5: bf16 compute over
-// fp32 masters) against fp32, the fused AdamW against LibTorch's, and
+// fp32 masters) against fp32, the fused AdamW against LibTorch's, the CPU
+// loops (RMSNorm, SwiGLU, RoPE, the loss) against ATen and fp64, and
 // forge bench's smoke run (CI runs the harness on the tiny shape; no timing
 // is asserted).
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -17,6 +19,7 @@
 #include "core/training/loss.h"
 #include "core/training/optim.h"
 #include "core/training/precision.h"
+#include "core/util/cpu_vec.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
@@ -272,6 +275,17 @@ double rel_err(const at::Tensor& got, const at::Tensor& want) {
 }
 
 }  // namespace
+
+TEST_CASE("the CPU loops' exp is within 2 ulp of std::exp and keeps NaN", "[fused]") {
+  double worst = 0.0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f)
+    worst = std::max(worst, std::abs(cpu_vec::exp_approx(x) / std::exp(static_cast<double>(x)) - 1.0));
+  CHECK(worst < 2.4e-7);  // 2 ulp of fp32
+  CHECK(std::isnan(cpu_vec::exp_approx(std::nanf(""))));
+  CHECK(cpu_vec::exp_approx(-std::numeric_limits<float>::infinity()) < 2e-38f);
+  CHECK(cpu_vec::exp_approx(-1000.0f) < 2e-38f);
+  CHECK(cpu_vec::exp_approx(1000.0f) > 1e38f);
+}
 
 TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit and give fp64's gradients", "[fused]") {
   at::manual_seed(11);
