@@ -121,6 +121,8 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
 
 // ------------------------------------------------------------ SwiGLU
 
+at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up) { return at::silu(gate) * up; }
+
 // d(silu(g) * u): dg = gy * u * s * (1 + g * (1 - s)), du = gy * g * s, s = sigmoid(g).
 template <typename T>
 FORGE_CLONES void silu_mul_backward_range(const T* g, const T* u, const T* gy, T* dg, T* du, int64_t begin,
@@ -145,7 +147,7 @@ void silu_mul_backward(const at::Tensor& g, const at::Tensor& u, const at::Tenso
 struct SiluMul : torch::autograd::Function<SiluMul> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
     ctx->save_for_backward({gate, up});
-    return at::silu(gate) * up;
+    return silu_mul_forward(gate, up);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
@@ -218,6 +220,28 @@ at::Tensor rope_table(const at::Tensor& t, const at::Tensor& x) {
   return t.contiguous().expand({x.size(0), x.size(1), x.size(2), x.size(3) / 2});
 }
 
+// The plain expression, and what every path off the fused one computes.
+at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+// The loops' layout: x 4-d, fp32 or bf16, unit last stride, under autograd; cos and sin fp32 CPU tables without
+// gradients that broadcast to x's rows (as the plain expression requires).
+bool rope_fusable(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const bool tables = cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.device().is_cpu() &&
+                      cos.sizes().equals(sin.sizes()) && !cos.requires_grad() && !sin.requires_grad();
+  if (!fusable(x) || !tables || x.dim() != 4 || x.size(3) % 2 != 0 || x.stride(3) != 1 || !autograd_wanted({x}) ||
+      cos.dim() > 4 || cos.size(-1) != x.size(3) / 2)
+    return false;
+  for (int64_t d = 1; d < cos.dim() && d <= 3; ++d) {
+    const int64_t cs = cos.size(cos.dim() - 1 - d), xs = x.size(3 - d);
+    if (cs != xs && cs != 1) return false;
+  }
+  return true;
+}
+
 struct Rope : torch::autograd::Function<Rope> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
     const at::Tensor c = rope_table(cos, x), s = rope_table(sin, x);
@@ -255,31 +279,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   if (!fusable(gate) || gate.scalar_type() != up.scalar_type() || !gate.sizes().equals(up.sizes()) ||
       !autograd_wanted({gate, up}))
-    return at::silu(gate) * up;
+    return silu_mul_forward(gate, up);
   return SiluMul::apply(gate, up);
 }
 
-}  // namespace forge::fused
-
-namespace forge::fused {
-
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  auto plain = [&] {
-    const int64_t half = x.size(-1) / 2;
-    const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-    return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-  };
-  const bool tables = cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.device().is_cpu() &&
-                      cos.sizes().equals(sin.sizes()) && !cos.requires_grad() && !sin.requires_grad();
-  if (!fusable(x) || !tables || x.dim() != 4 || x.size(3) % 2 != 0 || x.stride(3) != 1 ||
-      !autograd_wanted({x}) || cos.dim() > 4 || cos.size(-1) != x.size(3) / 2)
-    return plain();
-  // cos/sin must broadcast to x's rows, as the plain expression requires.
-  for (int64_t d = 1; d < cos.dim() && d <= 3; ++d) {
-    const int64_t cs = cos.size(cos.dim() - 1 - d), xs = x.size(3 - d);
-    if (cs != xs && cs != 1) return plain();
-  }
-  return Rope::apply(x, cos, sin);
+  return rope_fusable(x, cos, sin) ? Rope::apply(x, cos, sin) : rope_forward(x, cos, sin);
 }
 
 }  // namespace forge::fused
