@@ -13,11 +13,14 @@
 namespace forge::cpu_vec {
 
 // A loop function marked FORGE_CLONES is written for the auto-vectoriser (no
-// calls, no branches in its inner loops). GCC builds it for AVX-512, AVX2 and
-// the baseline and picks one at load time; other compilers (the sanitizer
-// build's clang) build the baseline only.
+// calls, no branches in its inner loops). GCC builds it for x86-64-v4, AVX2
+// and the baseline and picks one at load time; other compilers (the sanitizer
+// build's clang) build the baseline only. x86-64-v4 (AVX-512 F, BW, DQ, VL,
+// CD: every AVX-512 server CPU since Skylake) rather than plain "avx512f":
+// without BW there are no 512-bit 16-bit-integer operations, so a bf16 loop
+// falls back to 256-bit vectors.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FORGE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FORGE_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define FORGE_CLONES
 #endif
