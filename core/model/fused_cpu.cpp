@@ -5,7 +5,11 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <fmt/format.h>
+
 #include "core/util/cpu_vec.h"
+#include "core/util/tensor.h"
+#include "forge/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -123,11 +127,10 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
 
 at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up) { return at::silu(gate) * up; }
 
-// d(silu(g) * u): dg = gy * u * s * (1 + g * (1 - s)), du = gy * g * s, s = sigmoid(g).
+// d(silu(g) * u) over n elements: dg = gy * u * s * (1 + g * (1 - s)), du = gy * g * s, s = sigmoid(g).
 template <typename T>
-FORGE_CLONES void silu_mul_backward_range(const T* g, const T* u, const T* gy, T* dg, T* du, int64_t begin,
-                                          int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
+FORGE_CLONES void silu_mul_backward_span(const T* g, const T* u, const T* gy, T* dg, T* du, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
     const float gv = load(g[i]), yv = load(gy[i]);
     const float s = 1.0f / (1.0f + exp_approx(-gv));
     dg[i] = store<T>(yv * load(u[i]) * s * (1.0f + gv * (1.0f - s)));
@@ -135,13 +138,29 @@ FORGE_CLONES void silu_mul_backward_range(const T* g, const T* u, const T* gy, T
   }
 }
 
+// Rows of H gate and up values `stride` apart (H for separate tensors, 2H for one packed gate|up tensor, whose
+// gradient is packed alike); gy has rows of H.
+struct SwigluRows {
+  at::Tensor g, u, dg, du;  // g and u may be views into one packed tensor, dg and du into its gradient
+  int64_t rows, H, stride;
+};
+
 template <typename T>
-void silu_mul_backward(const at::Tensor& g, const at::Tensor& u, const at::Tensor& gy, at::Tensor& dg, at::Tensor& du) {
-  const T *gp = g.const_data_ptr<T>(), *up = u.const_data_ptr<T>(), *yp = gy.const_data_ptr<T>();
-  T *dgp = dg.mutable_data_ptr<T>(), *dup = du.mutable_data_ptr<T>();
-  at::parallel_for(0, g.numel(), 32768, [&](int64_t begin, int64_t end) {
-    silu_mul_backward_range<T>(gp, up, yp, dgp, dup, begin, end);
+void silu_mul_backward_rows(const SwigluRows& r, const at::Tensor& gy) {
+  const T *gp = r.g.const_data_ptr<T>(), *up = r.u.const_data_ptr<T>(), *yp = gy.const_data_ptr<T>();
+  T *dgp = r.dg.mutable_data_ptr<T>(), *dup = r.du.mutable_data_ptr<T>();
+  const int64_t H = r.H, st = r.stride;
+  at::parallel_for(0, r.rows, grain_rows(H), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i)
+      silu_mul_backward_span<T>(gp + i * st, up + i * st, yp + i * H, dgp + i * st, dup + i * st, H);
   });
+}
+
+void silu_mul_backward(const SwigluRows& r, const at::Tensor& gy) {
+  if (gy.scalar_type() == at::kFloat)
+    silu_mul_backward_rows<float>(r, gy);
+  else
+    silu_mul_backward_rows<c10::BFloat16>(r, gy);
 }
 
 struct SiluMul : torch::autograd::Function<SiluMul> {
@@ -155,11 +174,31 @@ struct SiluMul : torch::autograd::Function<SiluMul> {
     const at::Tensor g = saved[0].contiguous(), u = saved[1].contiguous();
     const at::Tensor gy = grad_out[0].to(g.scalar_type()).contiguous();
     at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
-    if (g.scalar_type() == at::kFloat)
-      silu_mul_backward<float>(g, u, gy, dg, du);
-    else
-      silu_mul_backward<c10::BFloat16>(g, u, gy, dg, du);
+    const int64_t H = g.dim() ? g.size(-1) : 1;
+    silu_mul_backward({g, u, dg, du, H ? g.numel() / H : 0, H, H}, gy);
     return {ctx->needs_input_grad(0) ? dg : at::Tensor(), ctx->needs_input_grad(1) ? du : at::Tensor()};
+  }
+};
+
+at::Tensor silu_mul_packed_forward(const at::Tensor& gate_up) {
+  const auto parts = gate_up.chunk(2, -1);
+  return silu_mul_forward(parts[0], parts[1]);
+}
+
+struct SiluMulPacked : torch::autograd::Function<SiluMulPacked> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_up) {
+    ctx->save_for_backward({gate_up});
+    return silu_mul_packed_forward(gate_up);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const at::Tensor gu = ctx->get_saved_variables()[0].contiguous();
+    const at::Tensor gy = grad_out[0].to(gu.scalar_type()).contiguous();
+    at::Tensor d = at::empty_like(gu);
+    const int64_t H = gu.size(-1) / 2;
+    // The pointers of the up halves start H values into each buffer; narrow keeps them in the tensors' storage.
+    silu_mul_backward({gu, gu.narrow(-1, H, H), d, d.narrow(-1, H, H), H ? gy.numel() / H : 0, H, 2 * H}, gy);
+    return {d};
   }
 };
 
@@ -281,6 +320,14 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
       !autograd_wanted({gate, up}))
     return silu_mul_forward(gate, up);
   return SiluMul::apply(gate, up);
+}
+
+at::Tensor silu_mul_packed(const at::Tensor& gate_up) {
+  if (gate_up.dim() == 0 || gate_up.size(-1) % 2 != 0)
+    throw InvalidArgument(fmt::format("silu_mul_packed: the last dim of {} is not gate and up halves",
+                                      util::shape(gate_up)));
+  if (!fusable(gate_up) || !autograd_wanted({gate_up})) return silu_mul_packed_forward(gate_up);
+  return SiluMulPacked::apply(gate_up);
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

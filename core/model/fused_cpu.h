@@ -21,6 +21,12 @@ FORGE_API at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, dou
 // SwiGLU's product silu(gate) * up, gate and up of one shape and dtype.
 FORGE_API at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
+// The same over one packed tensor (..., 2H), gate in the first half of the
+// last dim and up in the second, as one GEMM over the concatenated gate and up
+// weights gives it; its gradient comes back packed alike, with no copy to
+// split or join the halves.
+FORGE_API at::Tensor silu_mul_packed(const at::Tensor& gate_up);
+
 // Rotary embedding, rotate-half form: cat(x1 cos - x2 sin, x2 cos + x1 sin)
 // with x = cat(x1, x2) over the last dim. x (B, H, S, D) of any strides with
 // a unit last one; cos and sin (.., D/2) fp32 and broadcast to x's rows.

@@ -1,8 +1,10 @@
 // Decoder building blocks (forge/nn.h). Semantics follow spec section 2.
 #include "forge/nn.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn/init.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <unordered_set>
@@ -158,6 +160,31 @@ static torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+// Whether the projections that read one input (q, k and v; gate and up) run as one GEMM over their concatenated
+// weights: under autocast, when x is not already in the autocast dtype. x is then cast once instead of once per
+// projection, and its gradient is one GEMM's output instead of a sum of per-projection casts (fewer roundings).
+// Without autocast (fp32 runs, the HF parity checks) each projection runs on its own, bit for bit as before.
+static bool packs_projections(const at::Tensor& x) {
+  const auto dev = x.device().type();
+  return at::autocast::is_autocast_enabled(dev) && at::autocast::get_autocast_dtype(dev) != x.scalar_type();
+}
+
+// x through the linears `ls` at once under autocast: (..., sum of their out_features), in their order. Each weight
+// is cast by autocast's per-step cache, as at::linear would.
+static at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
+  const auto dev = x.device().type();
+  const auto dt = at::autocast::get_autocast_dtype(dev);
+  std::vector<at::Tensor> w, b;
+  const bool any_bias = std::any_of(ls.begin(), ls.end(), [](auto* l) { return l->bias.defined(); });
+  for (const auto* l : ls) {
+    w.push_back(at::autocast::cached_cast(dt, l->weight, dev));
+    if (any_bias)
+      b.push_back(l->bias.defined() ? at::autocast::cached_cast(dt, l->bias, dev)
+                                    : at::zeros({l->weight.size(0)}, l->weight.options().dtype(dt)));
+  }
+  return at::linear(x, at::cat(w), any_bias ? at::cat(b) : at::Tensor());
+}
+
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   if (o.n_heads <= 0 || o.n_kv_heads <= 0 || o.n_heads % o.n_kv_heads != 0)
     throw InvalidArgument(fmt::format("attention: n_kv_heads ({}) must be > 0 and divide n_heads ({})", o.n_kv_heads,
@@ -173,24 +200,40 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
 }
 AttentionImpl::~AttentionImpl() = default;
 
+// A projection's output (B, S, heads * hd) as (B, heads, S, hd), after the optional per-head norm.
+static at::Tensor split_heads(const at::Tensor& y, int64_t heads, int64_t hd, Norm& norm) {
+  at::Tensor h = y.view({y.size(0), y.size(1), heads, hd});
+  if (norm) h = norm(h);
+  return h.transpose(1, 2);
+}
+
 at::Tensor AttentionImpl::project_q(const at::Tensor& x) {
-  at::Tensor q = q_proj(x).view({x.size(0), x.size(1), options.n_heads, options.head_dim});
-  if (q_norm) q = q_norm(q);
-  return q.transpose(1, 2);
+  return split_heads(q_proj(x), options.n_heads, options.head_dim, q_norm);
 }
 at::Tensor AttentionImpl::project_k(const at::Tensor& x) {
-  at::Tensor k = k_proj(x).view({x.size(0), x.size(1), options.n_kv_heads, options.head_dim});
-  if (k_norm) k = k_norm(k);
-  return k.transpose(1, 2);
+  return split_heads(k_proj(x), options.n_kv_heads, options.head_dim, k_norm);
 }
 at::Tensor AttentionImpl::project_v(const at::Tensor& x) {
-  return v_proj(x).view({x.size(0), x.size(1), options.n_kv_heads, options.head_dim}).transpose(1, 2);
+  Norm none{nullptr};
+  return split_heads(v_proj(x), options.n_kv_heads, options.head_dim, none);
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in, LayerKV* cache) {
-  at::Tensor q = apply_rope(project_q(x), in.cos, in.sin);
-  at::Tensor k = apply_rope(project_k(x), in.cos, in.sin);
-  at::Tensor v = project_v(x);
+  at::Tensor q, k, v;
+  if (packs_projections(x)) {
+    const int64_t hd = options.head_dim, nq = options.n_heads * hd, nkv = options.n_kv_heads * hd;
+    const auto parts = packed_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}).split_with_sizes({nq, nkv, nkv}, -1);
+    Norm none{nullptr};
+    q = split_heads(parts[0], options.n_heads, hd, q_norm);
+    k = split_heads(parts[1], options.n_kv_heads, hd, k_norm);
+    v = split_heads(parts[2], options.n_kv_heads, hd, none);
+  } else {
+    q = project_q(x);
+    k = project_k(x);
+    v = project_v(x);
+  }
+  q = apply_rope(q, in.cos, in.sin);
+  k = apply_rope(k, in.cos, in.sin);
   if (keep_probabilities && !cache) probabilities = attention_probabilities(q, k, in).detach();
   at::Tensor o = causal_attention(q, k, v, in, cache);
   return o_proj(o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));
@@ -210,7 +253,9 @@ MlpImpl::MlpImpl(int64_t dim, int64_t hidden, std::string act, bool bias) : acti
 MlpImpl::~MlpImpl() = default;
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  if (activation == "silu") return down_proj(fused::silu_mul(gate_proj(x), up_proj(x)));
+  if (activation == "silu")
+    return down_proj(packs_projections(x) ? fused::silu_mul_packed(packed_linear(x, {gate_proj.get(), up_proj.get()}))
+                                          : fused::silu_mul(gate_proj(x), up_proj(x)));
   if (activation == "gelu") return down_proj(at::gelu(up_proj(x)));
   return down_proj(at::relu(up_proj(x)));
 }

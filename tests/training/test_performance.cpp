@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -328,6 +329,23 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
         CHECK(rel_err(g.grad(), gd.grad()) < tol);
         CHECK(rel_err(u.grad(), ud.grad()) < tol);
       }
+      DYNAMIC_SECTION("packed SwiGLU " << c10::toString(dt) << " width " << shape.back()) {
+        // One (..., 2H) tensor, gate then up, as the packed gate|up GEMM gives it.
+        std::vector<int64_t> packed = shape;
+        packed.back() *= 2;
+        const at::Tensor gu0 = at::cat({3 * at::randn(shape), at::randn(shape)}, -1).to(dt);
+        const at::Tensor gy = at::randn(shape).to(dt);
+        at::Tensor gu = gu0.clone().requires_grad_(true);
+        at::Tensor y = fused::silu_mul_packed(gu);
+        const int64_t H = shape.back();
+        CHECK(at::equal(y, at::silu(gu0.narrow(-1, 0, H)) * gu0.narrow(-1, H, H)));
+        y.backward(gy);
+        at::Tensor gud = gu0.to(at::kDouble).requires_grad_(true);
+        (at::silu(gud.narrow(-1, 0, H)) * gud.narrow(-1, H, H)).backward(gy.to(at::kDouble));
+        CHECK(gu.grad().sizes() == gu0.sizes());
+        CHECK(gu.grad().scalar_type() == dt);
+        CHECK(rel_err(gu.grad(), gud.grad()) < tol);
+      }
     }
   }
   for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
@@ -359,6 +377,102 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
     const at::Tensor x = at::randn({4, 8}), w = at::randn({8}).requires_grad_(true);
     CHECK_FALSE(fused::rms_norm(x, w, 1e-6).requires_grad());
     CHECK(at::equal(fused::silu_mul(x, x), at::silu(x) * x));
+    CHECK(at::equal(fused::silu_mul_packed(x), at::silu(x.narrow(1, 0, 4)) * x.narrow(1, 4, 4)));
+  }
+  SECTION("a packed tensor needs an even last dim") {
+    CHECK_THROWS_WITH(fused::silu_mul_packed(at::randn({2, 5})), Catch::Contains("(2, 5)"));
+  }
+}
+
+namespace {
+
+// The names of every autograd node behind `t`.
+std::set<std::string> graph_nodes(const at::Tensor& t) {
+  std::set<std::string> names;
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    torch::autograd::Node* n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    names.insert(n->name());
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("under autocast q, k, v and gate, up run as one GEMM each, as the separate projections would", "[fused]") {
+  at::manual_seed(12);
+  nn::AttentionOptions o;
+  o.dim = 48;
+  o.n_heads = 6;
+  o.n_kv_heads = 2;
+  o.head_dim = 8;
+  Precision bf16;
+  bf16.bf16 = true;
+  for (bool bias : {false, true}) {
+    for (bool qk_norm : {false, true}) {
+      DYNAMIC_SECTION("bias " << bias << " qk_norm " << qk_norm) {
+        o.qkv_bias = bias;
+        o.qk_norm = qk_norm;
+        nn::Attention attn(o);
+        nn::Mlp mlp(o.dim, 80, "silu", bias);
+        const nn::RotaryEmbedding rope(o.head_dim, 32, 10000.0);
+        const int64_t S = 11;
+        const at::Tensor x0 = at::randn({2, S, o.dim});
+        nn::AttentionInputs in;
+        std::tie(in.cos, in.sin) = rope.rows(at::arange(S), at::kFloat);
+        // The separate projections, spelled out: what the layers compute without packing.
+        auto separate = [&](const at::Tensor& x) {
+          at::Tensor q = nn::apply_rope(attn->project_q(x), in.cos, in.sin);
+          at::Tensor k = nn::apply_rope(attn->project_k(x), in.cos, in.sin);
+          at::Tensor a = nn::causal_attention(q, k, attn->project_v(x), in, nullptr);
+          a = attn->o_proj(a.transpose(1, 2).reshape({x.size(0), S, o.n_heads * o.head_dim}));
+          return a + mlp->down_proj(fused::silu_mul(mlp->gate_proj(x), mlp->up_proj(x)));
+        };
+        struct Run {
+          at::Tensor y;
+          std::vector<at::Tensor> grads;  // x's, then every parameter's
+          std::set<std::string> nodes;
+        };
+        auto run = [&](bool autocast, bool packed) {
+          attn->zero_grad();
+          mlp->zero_grad();
+          at::Tensor x = x0.clone().requires_grad_(true);
+          Run r;
+          {
+            AutocastScope scope(autocast ? bf16 : Precision{});
+            r.y = packed ? attn(x, in) + mlp(x) : separate(x);
+          }
+          r.nodes = graph_nodes(r.y);
+          r.y.to(at::kFloat).pow(2).sum().backward();
+          r.grads = {x.grad()};
+          for (const auto& p : attn->parameters()) r.grads.push_back(p.grad());
+          for (const auto& p : mlp->parameters()) r.grads.push_back(p.grad());
+          r.y = r.y.to(at::kFloat).detach();
+          return r;
+        };
+        const Run fp32 = run(false, true), plain = run(false, false), sep = run(true, false), pack = run(true, true);
+        // Without autocast nothing is packed: bit for bit the separate projections.
+        CHECK(at::equal(fp32.y, plain.y));
+        CHECK_FALSE(fp32.nodes.count("SplitWithSizesBackward0"));
+        // Under autocast the packed GEMMs ran (their outputs are split), and agree with the separate ones.
+        CHECK(pack.nodes.count("SplitWithSizesBackward0"));
+        CHECK(pack.nodes.count("torch::autograd::CppNode<forge::fused::(anonymous namespace)::SiluMulPacked>"));
+        CHECK(rel_err(pack.y, sep.y) < 1e-2);
+        CHECK(rel_err(pack.y, fp32.y) < 2e-2);
+        REQUIRE(pack.grads.size() == fp32.grads.size());
+        for (size_t i = 0; i < fp32.grads.size(); ++i) {
+          INFO("gradient " << i << " of " << fp32.grads.size());
+          REQUIRE(pack.grads[i].defined());
+          CHECK(pack.grads[i].scalar_type() == at::kFloat);
+          CHECK(rel_err(pack.grads[i], sep.grads[i]) < 2e-2);
+          CHECK(rel_err(pack.grads[i], fp32.grads[i]) < 2e-2);
+        }
+      }
+    }
   }
 }
 
