@@ -1,6 +1,7 @@
 // forge's fast paths and their numerics: bf16 on CPUs (D5: bf16 compute over
 // fp32 masters) against fp32, the fused AdamW against LibTorch's, the CPU
-// loops (RMSNorm, SwiGLU, RoPE, the loss) against ATen and fp64, and
+// loops (RMSNorm, SwiGLU, RoPE, attention's backward, the loss) against ATen
+// and fp64, the packed projections under autocast, and
 // forge bench's smoke run (CI runs the harness on the tiny shape; no timing
 // is asserted).
 #include <catch2/catch.hpp>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config/loader.h"
+#include "core/model/attention_cpu.h"
 #include "core/model/fused_cpu.h"
 #include "core/model/vlm.h"
 #include "core/training/fused_adamw.h"
@@ -473,6 +475,68 @@ TEST_CASE("under autocast q, k, v and gate, up run as one GEMM each, as the sepa
         }
       }
     }
+  }
+}
+
+TEST_CASE("the CPU attention backward by batched GEMMs keeps the flash forward and gives fp64's gradients", "[fused]") {
+  at::manual_seed(13);
+  struct Shape {
+    int64_t B, H, Hkv, S, hd;
+  };
+  for (const Shape& sh : {Shape{2, 4, 2, 37, 16}, Shape{1, 6, 6, 130, 32}, Shape{3, 8, 1, 2, 8}}) {
+    DYNAMIC_SECTION("B " << sh.B << " H " << sh.H << " Hkv " << sh.Hkv << " S " << sh.S << " hd " << sh.hd) {
+      // q as attention makes it, a (B, H, S, hd) view of a (B, S, H, hd) projection.
+      const at::Tensor q0 = at::randn({sh.B, sh.S, sh.H, sh.hd}).transpose(1, 2);
+      const at::Tensor k0 = at::randn({sh.B, sh.S, sh.Hkv, sh.hd}).transpose(1, 2);
+      const at::Tensor v0 = at::randn({sh.B, sh.S, sh.Hkv, sh.hd}).transpose(1, 2);
+      const at::Tensor gy = at::randn({sh.B, sh.H, sh.S, sh.hd}).to(at::kBFloat16);
+      auto leaf = [](const at::Tensor& t, at::ScalarType dt) { return t.to(dt).detach().requires_grad_(true); };
+      at::Tensor q = leaf(q0, at::kBFloat16), k = leaf(k0, at::kBFloat16), v = leaf(v0, at::kBFloat16);
+      REQUIRE(fused::causal_attention_fusable(q, k, v));
+      at::Tensor y = fused::causal_attention(q, k, v);
+      CHECK(at::equal(y, at::scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), {}, 0.0, true,
+                                                          std::nullopt, sh.H != sh.Hkv)));
+      y.backward(gy);
+      at::Tensor qd = leaf(q.detach(), at::kDouble), kd = leaf(k.detach(), at::kDouble),
+                 vd = leaf(v.detach(), at::kDouble);
+      at::scaled_dot_product_attention(qd, kd, vd, {}, 0.0, true, std::nullopt, sh.H != sh.Hkv)
+          .backward(gy.to(at::kDouble));
+      for (auto [got, want] : {std::pair{q.grad(), qd.grad()}, {k.grad(), kd.grad()}, {v.grad(), vd.grad()}}) {
+        CHECK(got.scalar_type() == at::kBFloat16);
+        CHECK(got.sizes() == want.sizes());
+        CHECK(rel_err(got, want) < 1e-2);  // bf16's rounding of the scores, probabilities and dS
+      }
+      // Under CPU autocast fp32 inputs are cast as at::scaled_dot_product_attention's autocast would, and their
+      // gradients come back in fp32.
+      at::Tensor qf = leaf(q0, at::kFloat), kf = leaf(k0, at::kFloat), vf = leaf(v0, at::kFloat);
+      Precision bf16;
+      bf16.bf16 = true;
+      {
+        AutocastScope scope(bf16);
+        REQUIRE(fused::causal_attention_fusable(qf, kf, vf));
+        y = fused::causal_attention(qf, kf, vf);
+      }
+      CHECK(y.scalar_type() == at::kBFloat16);
+      y.backward(gy);
+      CHECK(qf.grad().scalar_type() == at::kFloat);
+      CHECK(rel_err(qf.grad(), qd.grad()) < 2e-2);  // the inputs' own bf16 rounding too
+      CHECK(rel_err(vf.grad(), vd.grad()) < 2e-2);
+    }
+  }
+  SECTION("it takes only what it handles: bf16 on a CPU, with autograd, up to 1024 positions") {
+    auto t = [](int64_t H, int64_t S, at::ScalarType dt) {
+      return at::randn({1, H, S, 8}).to(dt).requires_grad_(true);
+    };
+    CHECK(fused::causal_attention_fusable(t(4, 1024, at::kBFloat16), t(2, 1024, at::kBFloat16),
+                                          t(2, 1024, at::kBFloat16)));
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 1025, at::kBFloat16), t(2, 1025, at::kBFloat16),
+                                                t(2, 1025, at::kBFloat16)));
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kFloat), t(2, 16, at::kFloat)));
+    CHECK_FALSE(fused::causal_attention_fusable(t(3, 16, at::kBFloat16), t(2, 16, at::kBFloat16),
+                                                t(2, 16, at::kBFloat16)));
+    at::NoGradGuard no_grad;
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kBFloat16), t(2, 16, at::kBFloat16),
+                                                t(2, 16, at::kBFloat16)));
   }
 }
 
