@@ -159,12 +159,23 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     return (loss_sum + z_loss_weight * z_sum) / denom;
   }
 
+  // The gradients were made for an upstream gradient of 1 and are scaled by the real one here. They leave the
+  // context, so that autograd holds the only reference and accumulates them without a copy; on a CPU, where
+  // reading the upstream gradient costs no device sync, a 1 (loss.backward() over one micro-batch) hands them
+  // over as they are, without a pass over the head's (V, D) gradient.
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    if (!ctx->saved_data.count("grad_w"))
+      throw InvalidArgument("loss: linear_cross_entropy's backward ran twice over one forward; its gradients are "
+                            "handed over once (run the forward again)");
     const at::Tensor& g = grad_out[0];
-    at::Tensor gh = ctx->saved_data["grad_h"].toTensor(), gw = ctx->saved_data["grad_w"].toTensor();
-    return {gh.defined() ? gh * g.to(gh.scalar_type()) : at::Tensor(), gw.defined() ? gw * g.to(gw.scalar_type())
-                                                                                    : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool unit = g.device().is_cpu() && g.numel() == 1 && g.item<double>() == 1.0;
+    auto take = [&](const char* key) {
+      at::Tensor t = ctx->saved_data[key].toTensor();
+      ctx->saved_data.erase(key);
+      return !t.defined() || unit ? t : t * g.to(t.scalar_type());
+    };
+    at::Tensor gh = take("grad_h"), gw = take("grad_w");
+    return {gh, gw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -243,6 +243,19 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
     at::Tensor bad = at::tensor({3, 50, 7, 1}, at::kLong).view({1, 4});
     CHECK_THROWS_WITH(linear_cross_entropy(h0, w, bad), Catch::Contains("target token id 50 is outside the vocabulary of 50"));
   }
+  SECTION("the gradients are handed over once: as made for loss.backward(), and a second backward is refused") {
+    at::Tensor h0 = at::randn({2, 5, D}), w0 = at::randn({V, D}) * 0.3;
+    at::Tensor tgt = at::randint(0, V, {2, 5});
+    at::Tensor h1 = h0.clone().requires_grad_(true), w1 = w0.clone().requires_grad_(true);
+    at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+    LossValue ref = cross_entropy(at::linear(h1, w1), tgt);
+    LossValue got = linear_cross_entropy(h2, w2, tgt);
+    ref.loss.backward();
+    got.loss.backward({}, /*retain_graph=*/true);
+    CHECK(at::allclose(h2.grad(), h1.grad(), 1e-4, 1e-7));
+    CHECK(at::allclose(w2.grad(), w1.grad(), 1e-4, 1e-7));
+    CHECK_THROWS_WITH(got.loss.backward(), Catch::Contains("backward ran twice over one forward"));
+  }
   SECTION("rows in many chunks, a frozen head, bf16 autocast") {
     const int64_t Vbig = 40000;  // fp32: 1677 rows per chunk (256 MB), 2 chunks for 2000 rows
     at::Tensor h0 = at::randn({2, 1000, D}), w0 = at::randn({Vbig, D}) * 0.3;
