@@ -163,18 +163,13 @@ static torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
-// Whether the projections that read one input (q, k and v; gate and up) run as one GEMM over their concatenated
-// weights: under autocast, when x is not already in the autocast dtype. x is then cast once instead of once per
-// projection, and its gradient is one GEMM's output instead of a sum of per-projection casts (fewer roundings).
-// Without autocast (fp32 runs, the HF parity checks) each projection runs on its own, bit for bit as before.
-static bool packs_projections(const at::Tensor& x) {
+bool packs_projections(const at::Tensor& x) {
   const auto dev = x.device().type();
   return at::autocast::is_autocast_enabled(dev) && at::autocast::get_autocast_dtype(dev) != x.scalar_type();
 }
 
-// x through the linears `ls` at once under autocast: (..., sum of their out_features), in their order. Each weight
-// is cast by autocast's per-step cache, as at::linear would.
-static at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
+// Each weight is cast by autocast's per-step cache, as at::linear would.
+at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
   const auto dev = x.device().type();
   const auto dt = at::autocast::get_autocast_dtype(dev);
   std::vector<at::Tensor> w, b;

@@ -108,6 +108,17 @@ struct AttentionOptions {
 };
 
 
+// Projections that read one input (q, k and v; gate and up) as one GEMM over
+// their concatenated weights. packs_projections(x) is true under autocast when
+// x is not already in the autocast dtype: packed, x is cast once instead of
+// once per projection, and its gradient is one GEMM's output instead of a sum
+// of per-projection casts (fewer roundings). Without autocast (fp32, the HF
+// parity checks) run each projection on its own, bit for bit as before.
+// packed_linear(x, {a, b, ...}) is (..., sum of their out_features), in their
+// order, for split_with_sizes; only under autocast.
+FORGE_API bool packs_projections(const at::Tensor& x);
+FORGE_API at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> linears);
+
 // Self-attention: q_proj, k_proj, v_proj, o_proj (bias-free unless the options
 // say otherwise) [+ q_norm, k_norm].
 class FORGE_API AttentionImpl : public torch::nn::Module {
