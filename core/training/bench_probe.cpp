@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/distributed/nccl.h"
+#include "core/model/attention_cpu.h"
 #include "core/training/precision.h"
 
 namespace forge {
@@ -51,7 +52,13 @@ std::string sdpa_backend(int64_t batch, int64_t heads, int64_t kv_heads, int64_t
       at::_fused_sdp_choice(q, kv, kv, {}, 0.0, /*is_causal=*/true, std::nullopt, /*enable_gqa=*/heads != kv_heads));
   switch (choice) {
     case at::SDPBackend::math: return "math";
-    case at::SDPBackend::flash_attention: return device.is_cuda() ? "flash" : "flash (CPU kernel)";
+    case at::SDPBackend::flash_attention: {
+      if (device.is_cuda()) return "flash";
+      // bf16 training on a CPU: nn::causal_attention's own backward (core/model/attention_cpu.h).
+      const at::Tensor qg = q.requires_grad_(true), kvg = kv.requires_grad_(true);
+      return fused::causal_attention_fusable(qg, kvg, kvg) ? "flash (CPU kernel) forward, forge's batched-GEMM backward"
+                                                           : "flash (CPU kernel)";
+    }
     case at::SDPBackend::efficient_attention: return "efficient";
     case at::SDPBackend::cudnn_attention: return "cudnn";
     case at::SDPBackend::overrideable: return "overrideable";

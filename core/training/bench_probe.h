@@ -29,7 +29,8 @@ FORGE_API GemmRate measure_gemm(const std::string& what, int64_t m, int64_t k, i
 // The kernel at::scaled_dot_product_attention picks for the decoder's
 // training call: causal, no mask, (batch, heads, seq, head_dim) queries over
 // kv_heads keys and values (GQA inside the kernel when fewer): "flash",
-// "efficient", "cudnn", "math", ...
+// "efficient", "cudnn", "math", ...; on a CPU in bf16, where forge's own
+// backward replaces the flash one (core/model/attention_cpu.h), it says so.
 FORGE_API std::string sdpa_backend(int64_t batch, int64_t heads, int64_t kv_heads, int64_t seq, int64_t head_dim,
                                    at::ScalarType dtype, const at::Device& device);
 
