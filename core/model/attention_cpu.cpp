@@ -49,7 +49,7 @@ void attention_rows(at::Tensor& P, at::Tensor& dS, const at::Tensor& o, const at
   T *pp = P.mutable_data_ptr<T>(), *dp = dS.mutable_data_ptr<T>();
   const T *op = o.const_data_ptr<T>(), *gp = dout.const_data_ptr<T>();
   const float* lp = lse.const_data_ptr<float>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / S), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, grain_rows(S), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float D = 0.0f;  // dO . O over the head dim, the flash backward's "delta"
       for (int64_t d = 0; d < hd; ++d) D += load(op[r * hd + d]) * load(gp[r * hd + d]);
@@ -113,7 +113,7 @@ at::ScalarType compute_dtype(const at::Tensor& t) {
 bool causal_attention_fusable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   for (const at::Tensor* t : {&q, &k, &v})
     if (!t->device().is_cpu() || compute_dtype(*t) != at::kBFloat16 || t->dim() != 4) return false;
-  if (!at::GradMode::is_enabled() || !(q.requires_grad() || k.requires_grad() || v.requires_grad())) return false;
+  if (!autograd_wanted({q, k, v})) return false;
   const int64_t S = q.size(2);
   return S >= 2 && S <= 1024 && k.sizes().equals(v.sizes()) && k.size(0) == q.size(0) && k.size(2) == S &&
          k.size(3) == q.size(3) && k.size(1) > 0 && q.size(1) % k.size(1) == 0;

@@ -23,18 +23,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using namespace forge::cpu_vec;
 
-// Rows of the saved input big enough that a thread's share is worth starting.
-int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
-
 bool fusable(const at::Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
-}
-
-bool autograd_wanted(std::initializer_list<at::Tensor> inputs) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const auto& t : inputs)
-    if (t.requires_grad()) return true;
-  return false;
 }
 
 // ------------------------------------------------------------ RMSNorm

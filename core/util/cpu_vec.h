@@ -1,14 +1,19 @@
 // Building blocks for forge's hand-written CPU loops (core/model/fused_cpu.cpp,
-// the loss's softmax gradient): loads and stores that convert bf16 as
-// c10::BFloat16 does, and an exp the auto-vectoriser takes. The file that
+// core/model/attention_cpu.cpp, the loss's softmax gradient): loads and stores
+// that convert bf16 as c10::BFloat16 does, an exp the auto-vectoriser takes,
+// and the checks and task sizes the loops' autograd functions share. The file that
 // includes this builds with -fno-trapping-math (core/CMakeLists.txt): without
 // it GCC keeps the selects below as branches and vectorises nothing.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <initializer_list>
 
 namespace forge::cpu_vec {
 
@@ -24,6 +29,17 @@ namespace forge::cpu_vec {
 #else
 #define FORGE_CLONES
 #endif
+
+// Rows of `row_len` values per parallel task: enough that a thread's share is worth starting.
+inline int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
+
+// Whether autograd will ask for a backward through an op over `inputs`.
+inline bool autograd_wanted(std::initializer_list<at::Tensor> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto& t : inputs)
+    if (t.requires_grad()) return true;
+  return false;
+}
 
 // bf16 <-> fp32 as c10::BFloat16 converts (round to nearest even, NaN kept).
 inline float load(float v) { return v; }
