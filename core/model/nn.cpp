@@ -13,6 +13,7 @@
 
 #include "core/model/attention_cpu.h"
 #include "core/model/fused_cpu.h"
+#include "core/model/linear_cpu.h"
 #include "forge/config.h"
 #include "forge/error.h"
 
@@ -163,13 +164,20 @@ static torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+// One linear: by fused::linear_bf16 where it applies (a CPU under bf16 autocast), else as the module runs it.
+static at::Tensor project(torch::nn::Linear& l, const at::Tensor& x) {
+  return fused::linear_bf16_applies(x, {l.get()}) ? fused::linear_bf16(x, {l.get()}) : l(x);
+}
+
 bool packs_projections(const at::Tensor& x) {
   const auto dev = x.device().type();
   return at::autocast::is_autocast_enabled(dev) && at::autocast::get_autocast_dtype(dev) != x.scalar_type();
 }
 
-// Each weight is cast by autocast's per-step cache, as at::linear would.
+// On a CPU under bf16 autocast, fused::linear_bf16 (fp32 weight gradients); elsewhere each weight is cast by
+// autocast's per-step cache, as at::linear would.
 at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
+  if (fused::linear_bf16_applies(x, ls)) return fused::linear_bf16(x, ls);
   const auto dev = x.device().type();
   const auto dt = at::autocast::get_autocast_dtype(dev);
   std::vector<at::Tensor> w, b;
@@ -206,14 +214,14 @@ static at::Tensor split_heads(const at::Tensor& y, int64_t heads, int64_t hd, No
 }
 
 at::Tensor AttentionImpl::project_q(const at::Tensor& x) {
-  return split_heads(q_proj(x), options.n_heads, options.head_dim, q_norm);
+  return split_heads(project(q_proj, x), options.n_heads, options.head_dim, q_norm);
 }
 at::Tensor AttentionImpl::project_k(const at::Tensor& x) {
-  return split_heads(k_proj(x), options.n_kv_heads, options.head_dim, k_norm);
+  return split_heads(project(k_proj, x), options.n_kv_heads, options.head_dim, k_norm);
 }
 at::Tensor AttentionImpl::project_v(const at::Tensor& x) {
   Norm none{nullptr};
-  return split_heads(v_proj(x), options.n_kv_heads, options.head_dim, none);
+  return split_heads(project(v_proj, x), options.n_kv_heads, options.head_dim, none);
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in, LayerKV* cache) {
@@ -234,7 +242,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in
   k = apply_rope(k, in.cos, in.sin);
   if (keep_probabilities && !cache) probabilities = attention_probabilities(q, k, in).detach();
   at::Tensor o = causal_attention(q, k, v, in, cache);
-  return o_proj(o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));
+  return project(o_proj, o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));
 }
 
 // ------------------------------------------------------------ MLP
@@ -252,10 +260,11 @@ MlpImpl::~MlpImpl() = default;
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
   if (activation == "silu")
-    return down_proj(packs_projections(x) ? fused::silu_mul_packed(packed_linear(x, {gate_proj.get(), up_proj.get()}))
-                                          : fused::silu_mul(gate_proj(x), up_proj(x)));
-  if (activation == "gelu") return down_proj(at::gelu(up_proj(x)));
-  return down_proj(at::relu(up_proj(x)));
+    return project(down_proj, packs_projections(x)
+                                  ? fused::silu_mul_packed(packed_linear(x, {gate_proj.get(), up_proj.get()}))
+                                  : fused::silu_mul(gate_proj(x), up_proj(x)));
+  if (activation == "gelu") return project(down_proj, at::gelu(project(up_proj, x)));
+  return project(down_proj, at::relu(project(up_proj, x)));
 }
 
 // ------------------------------------------------------------ embedding and head

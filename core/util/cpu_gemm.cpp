@@ -1,0 +1,87 @@
+// cpu_gemm.h: MKL's bf16 x bf16 -> fp32 GEMM, found in libtorch_cpu at run time.
+#include "core/util/cpu_gemm.h"
+
+#include <ATen/ATen.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/util/tensor.h"
+#include "forge/error.h"
+
+namespace forge::cpu_gemm {
+
+namespace {
+
+// CBLAS's enums; MKL_INT is 32-bit (LP64) or 64-bit (ILP64) by how torch was linked. Every integer is passed as
+// 64 bits: an LP64 MKL reads the low half of the register or stack slot, which holds the same value.
+constexpr int64_t kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+using GemmFn = void (*)(int64_t layout, int64_t transa, int64_t transb, int64_t m, int64_t n, int64_t k, float alpha,
+                        const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+GemmFn lookup() {
+  if (const char* env = std::getenv("FORGE_CPU_BF16_GEMM"); env && std::strcmp(env, "aten") == 0) return nullptr;
+  constexpr const char* kName = "cblas_gemm_bf16bf16f32";
+  if (void* f = dlsym(RTLD_DEFAULT, kName)) return reinterpret_cast<GemmFn>(f);
+  for (const char* lib : {"libtorch_cpu.so", "libmkl_rt.so.2", "libmkl_rt.so"})
+    if (void* h = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD))
+      if (void* f = dlsym(h, kName)) return reinterpret_cast<GemmFn>(f);
+  return nullptr;
+}
+
+GemmFn gemm() {
+  static const GemmFn fn = lookup();
+  return fn;
+}
+
+// A bf16 matrix as CBLAS takes it, row-major: unit column stride (as is), or unit row stride (the transpose of a
+// row-major matrix); anything else is copied.
+struct Operand {
+  at::Tensor t;
+  int64_t trans, ld;
+};
+
+Operand operand(const at::Tensor& x) {
+  if (x.stride(1) == 1 && x.stride(0) >= std::max<int64_t>(1, x.size(1))) return {x, kNoTrans, x.stride(0)};
+  if (x.stride(0) == 1 && x.stride(1) >= std::max<int64_t>(1, x.size(0))) return {x, kTrans, x.stride(1)};
+  at::Tensor c = x.contiguous();
+  return {c, kNoTrans, std::max<int64_t>(1, c.size(1))};
+}
+
+}  // namespace
+
+bool available() { return gemm() != nullptr; }
+
+void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool accumulate) {
+  if (!available())
+    throw InvalidArgument("cpu_gemm: MKL's cblas_gemm_bf16bf16f32 is not available (check cpu_gemm::available())");
+  if (a.dim() != 2 || b.dim() != 2 || c.dim() != 2 || a.size(1) != b.size(0) || c.size(0) != a.size(0) ||
+      c.size(1) != b.size(1))
+    throw InvalidArgument(fmt::format("cpu_gemm: cannot multiply {} by {} into {}", util::shape(a), util::shape(b),
+                                      util::shape(c)));
+  if (a.scalar_type() != at::kBFloat16 || b.scalar_type() != at::kBFloat16 || c.scalar_type() != at::kFloat ||
+      !a.device().is_cpu() || !b.device().is_cpu() || !c.device().is_cpu())
+    throw InvalidArgument("cpu_gemm: takes bf16 CPU inputs and an fp32 CPU output");
+  if (c.size(1) > 1 && c.stride(1) != 1)
+    throw InvalidArgument("cpu_gemm: the output needs contiguous rows (unit column stride)");
+  const int64_t m = c.size(0), n = c.size(1), k = a.size(1);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate) c.zero_();
+    return;
+  }
+  const Operand A = operand(a), B = operand(b);
+  gemm()(kRowMajor, A.trans, B.trans, m, n, k, 1.0f, A.t.const_data_ptr(), A.ld, B.t.const_data_ptr(), B.ld,
+         accumulate ? 1.0f : 0.0f, c.mutable_data_ptr<float>(), std::max<int64_t>(c.stride(0), std::max<int64_t>(n, 1)));
+}
+
+at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options().dtype(at::kFloat));
+  mm_bf16_f32(a, b, c, false);
+  return c;
+}
+
+}  // namespace forge::cpu_gemm

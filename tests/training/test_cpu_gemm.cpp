@@ -1,0 +1,160 @@
+// The bf16 -> fp32 products on CPUs (core/util/cpu_gemm.h) and the linear
+// layers under CPU bf16 autocast that take their weight gradients from them
+// (core/model/linear_cpu.h), against fp64 products of the same bf16 operands.
+#include <catch2/catch.hpp>
+
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/nn/modules/linear.h>
+
+#include <set>
+
+#include "core/model/linear_cpu.h"
+#include "core/training/precision.h"
+#include "core/util/cpu_gemm.h"
+#include "forge/nn.h"
+
+using namespace forge;
+
+namespace {
+
+double rel64(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor w = want.to(at::kDouble);
+  return (got.to(at::kDouble) - w).norm().item<double>() / w.norm().item<double>();
+}
+
+// The product of two bf16 tensors in fp64: the exact value an fp32-accumulating GEMM approximates.
+at::Tensor mm64(const at::Tensor& a, const at::Tensor& b) { return at::mm(a.to(at::kDouble), b.to(at::kDouble)); }
+
+Precision bf16_precision() {
+  Precision p;
+  p.bf16 = true;
+  return p;
+}
+
+bool graph_has(const at::Tensor& t, const std::string& name) {
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    torch::autograd::Node* n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    if (n->name() == name) return true;
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return false;
+}
+
+const char* kLinearNode = "torch::autograd::CppNode<forge::fused::(anonymous namespace)::LinearBf16>";
+
+}  // namespace
+
+TEST_CASE("the CPU bf16 -> fp32 product is fp64's product of the bf16 operands to fp32 accuracy", "[fused][gemm]") {
+#if defined(__x86_64__)
+  REQUIRE(cpu_gemm::available());  // every x86-64 torch wheel bundles MKL
+#endif
+  if (!cpu_gemm::available()) return;
+  at::manual_seed(3);
+  const int64_t m = 37, n = 29, k = 53;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      DYNAMIC_SECTION("a " << (ta ? "transposed" : "as is") << ", b " << (tb ? "transposed" : "as is")) {
+        // Transposed operands are views of row-major (k, m) and (n, k) matrices, as a backward hands them over.
+        const at::Tensor a = ta ? at::randn({k, m}).to(at::kBFloat16).t() : at::randn({m, k}).to(at::kBFloat16);
+        const at::Tensor b = tb ? at::randn({n, k}).to(at::kBFloat16).t() : at::randn({k, n}).to(at::kBFloat16);
+        const at::Tensor want = mm64(a, b);
+        const at::Tensor c = cpu_gemm::mm_bf16_f32(a, b);
+        CHECK(c.scalar_type() == at::kFloat);
+        CHECK(rel64(c, want) < 1e-6);
+        // Accumulating adds to what the output holds, here into every other row of a wider buffer.
+        const at::Tensor base = at::randn({2 * m, n + 3});
+        const at::Tensor into = base.clone();
+        const at::Tensor rows = into.narrow(1, 1, n).slice(0, 0, 2 * m, 2);
+        cpu_gemm::mm_bf16_f32(a, b, rows, true);
+        CHECK(rel64(rows, want + base.narrow(1, 1, n).slice(0, 0, 2 * m, 2).to(at::kDouble)) < 1e-6);
+        CHECK(at::equal(into.narrow(1, 0, 1), base.narrow(1, 0, 1)));  // the rest is untouched
+        CHECK(at::equal(into.slice(0, 1, 2 * m, 2), base.slice(0, 1, 2 * m, 2)));
+      }
+    }
+  }
+  SECTION("a strided operand is copied first; an empty reduction gives zeros or leaves the sum") {
+    const at::Tensor a = at::randn({m, 2 * k}).to(at::kBFloat16).slice(1, 0, 2 * k, 2);
+    const at::Tensor b = at::randn({k, n}).to(at::kBFloat16);
+    CHECK(rel64(cpu_gemm::mm_bf16_f32(a, b), mm64(a, b)) < 1e-6);
+    at::Tensor c = at::ones({m, n});
+    cpu_gemm::mm_bf16_f32(at::empty({m, 0}, at::kBFloat16), at::empty({0, n}, at::kBFloat16), c, true);
+    CHECK(at::equal(c, at::ones({m, n})));
+    cpu_gemm::mm_bf16_f32(at::empty({m, 0}, at::kBFloat16), at::empty({0, n}, at::kBFloat16), c, false);
+    CHECK(at::equal(c, at::zeros({m, n})));
+  }
+  SECTION("shapes and dtypes it cannot take are named") {
+    const at::Tensor a = at::randn({4, 5}).to(at::kBFloat16);
+    CHECK_THROWS_WITH(cpu_gemm::mm_bf16_f32(a, a), Catch::Contains("(4, 5) by (4, 5)"));
+    CHECK_THROWS_WITH(cpu_gemm::mm_bf16_f32(a.to(at::kFloat), a.t()), Catch::Contains("bf16 CPU inputs"));
+    at::Tensor c16 = at::empty({4, 4}, at::kBFloat16);
+    CHECK_THROWS_WITH(cpu_gemm::mm_bf16_f32(a, a.t(), c16, false), Catch::Contains("fp32 CPU output"));
+  }
+}
+
+TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gradients", "[fused][gemm]") {
+  if (!cpu_gemm::available()) return;
+  at::manual_seed(5);
+  const Precision bf16 = bf16_precision();
+  for (int64_t width : {24, 2100}) {  // 2100 >= 2048: x's gradient comes from the fp32-out product too
+    for (bool bias : {false, true}) {
+      DYNAMIC_SECTION("width " << width << " bias " << bias) {
+        torch::nn::Linear a(torch::nn::LinearOptions(40, width).bias(bias));
+        torch::nn::Linear b(torch::nn::LinearOptions(40, 16).bias(bias));
+        const at::Tensor x0 = at::randn({3, 7, 40});
+        const at::Tensor gy = at::randn({3, 7, width + 16}).to(at::kBFloat16);
+        at::Tensor x = x0.clone().requires_grad_(true);
+        at::Tensor y, ref;
+        {
+          AutocastScope scope(bf16);
+          REQUIRE(fused::linear_bf16_applies(x, {a.get(), b.get()}));
+          y = fused::linear_bf16(x, {a.get(), b.get()});
+          ref = at::cat({at::linear(x0, a->weight.detach(), bias ? a->bias.detach() : at::Tensor()),
+                         at::linear(x0, b->weight.detach(), bias ? b->bias.detach() : at::Tensor())},
+                        -1);
+          // One linear alone is at::linear under autocast, bit for bit.
+          const at::Tensor one = fused::linear_bf16(x0, {a.get()});
+          CHECK(at::equal(one, at::linear(x0, a->weight.detach(), bias ? a->bias.detach() : at::Tensor())));
+        }
+        CHECK(y.scalar_type() == at::kBFloat16);
+        CHECK(y.sizes() == at::IntArrayRef({3, 7, width + 16}));
+        CHECK(graph_has(y, kLinearNode));
+        CHECK(rel64(y, ref) < 1e-2);
+        y.backward(gy);
+        // The gradients against fp64 products of the very bf16 operands the GEMMs read.
+        const at::Tensor xb = x0.reshape({-1, 40}).to(at::kBFloat16), dy = gy.reshape({-1, width + 16});
+        const at::Tensor w = at::cat({a->weight, b->weight}).detach().to(at::kBFloat16);
+        const at::Tensor dw = mm64(dy.t(), xb);
+        REQUIRE(a->weight.grad().scalar_type() == at::kFloat);
+        CHECK(rel64(a->weight.grad(), dw.narrow(0, 0, width)) < 1e-6);  // fp32 accuracy, no bf16 rounding
+        CHECK(rel64(b->weight.grad(), dw.narrow(0, width, 16)) < 1e-6);
+        if (bias) {
+          const at::Tensor db = dy.to(at::kDouble).sum(0);
+          CHECK(rel64(a->bias.grad(), db.narrow(0, 0, width)) < 1e-6);
+          CHECK(rel64(b->bias.grad(), db.narrow(0, width, 16)) < 1e-6);
+        }
+        REQUIRE(x.grad().scalar_type() == at::kFloat);
+        CHECK(rel64(x.grad(), mm64(dy, w).view({3, 7, 40})) < (width >= 2048 ? 1e-6 : 1e-2));
+      }
+    }
+  }
+  SECTION("it takes fp32 weights under CPU bf16 autocast only; the decoder's layers run through it") {
+    torch::nn::Linear l(torch::nn::LinearOptions(8, 4));
+    const at::Tensor x = at::randn({2, 8});
+    CHECK_FALSE(fused::linear_bf16_applies(x, {l.get()}));  // no autocast
+    AutocastScope scope(bf16);
+    CHECK(fused::linear_bf16_applies(x, {l.get()}));
+    CHECK(fused::linear_bf16_applies(x.to(at::kBFloat16), {l.get()}));
+    CHECK_FALSE(fused::linear_bf16_applies(at::randn({2, 9}), {l.get()}));
+    l->to(at::kBFloat16);
+    CHECK_FALSE(fused::linear_bf16_applies(x, {l.get()}));
+    nn::Mlp mlp(8, 16, "silu", false);
+    const at::Tensor out = mlp(x.requires_grad_(true));
+    CHECK(graph_has(out, kLinearNode));
+    out.to(at::kFloat).sum().backward();
+    for (const auto& p : mlp->parameters()) CHECK(p.grad().scalar_type() == at::kFloat);
+  }
+}
