@@ -109,11 +109,26 @@ void DataParallel::finish_gradients() {
   if (buckets_) buckets_->finish();
 }
 
+// LibTorch's clip_grad_norm_ (the 2-norm of the per-tensor 2-norms; every gradient times max_norm / (norm + 1e-6),
+// clamped to at most 1), except that on a CPU, where reading the factor costs no device sync, a factor of exactly 1
+// skips the multiply: a pass over every gradient that would change no bit (x * 1 == x, NaN included).
+static double clip_replicated(const std::vector<at::Tensor>& with_grad, double max_norm) {
+  if (with_grad.empty()) return 0.0;
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const auto& p : with_grad) norms.push_back(p.grad().norm(2));
+  const at::Tensor total = norms.size() == 1 ? norms[0] : at::stack(norms).norm(2);
+  const at::Tensor coef = at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0);
+  if (!(total.device().is_cpu() && coef.item<double>() == 1.0))
+    for (const auto& p : with_grad) p.grad().mul_(coef);
+  return total.item<double>();
+}
+
 double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {
   std::vector<at::Tensor> with_grad;
   for (const auto& p : optimized.all())
     if (p.grad().defined()) with_grad.push_back(p);
-  if (!fsdp_) return with_grad.empty() ? 0.0 : torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
+  if (!fsdp_) return clip_replicated(with_grad, max_norm);
   // Every element lives on exactly one rank: the squared norms add up. Summed where the gradients are, read once.
   std::vector<at::Tensor> squares;
   for (const auto& p : with_grad) squares.push_back(p.grad().detach().to(at::kDouble).pow(2).sum());
