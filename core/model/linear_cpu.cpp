@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -98,6 +99,11 @@ bool linear_bf16_applies(const at::Tensor& x, std::initializer_list<const torch:
       at::autocast::get_autocast_dtype(at::kCPU) != at::kBFloat16 || ls.size() == 0)
     return false;
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
+  // Only for training: without autograd (evaluation, generation) autocast's weight cache casts each weight once
+  // per autocast scope, where this function would cast it again at every call.
+  bool grads = at::GradMode::is_enabled() && x.requires_grad();
+  for (const auto* l : ls) grads = grads || (at::GradMode::is_enabled() && l->weight.requires_grad());
+  if (!grads) return false;
   for (const auto* l : ls) {
     if (l->weight.scalar_type() != at::kFloat || !l->weight.device().is_cpu() || l->weight.size(1) != x.size(-1))
       return false;

@@ -24,7 +24,8 @@ class LinearImpl;
 namespace forge::fused {
 
 // Whether linear_bf16 takes these linears for x: a CPU under bf16 autocast,
-// fp32 weights (and biases), x fp32 or bf16, MKL's product available.
+// autograd wanted (x or a weight requires grad, grad mode on), fp32 weights
+// (and biases), x fp32 or bf16, MKL's product available.
 FORGE_API bool linear_bf16_applies(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> linears);
 
 // x (..., in) through each linear, outputs concatenated on the last dim in

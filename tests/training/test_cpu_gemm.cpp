@@ -3,6 +3,7 @@
 // (core/model/linear_cpu.h), against fp64 products of the same bf16 operands.
 #include <catch2/catch.hpp>
 
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/nn/modules/linear.h>
 
@@ -149,6 +150,14 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
     CHECK(fused::linear_bf16_applies(x, {l.get()}));
     CHECK(fused::linear_bf16_applies(x.to(at::kBFloat16), {l.get()}));
     CHECK_FALSE(fused::linear_bf16_applies(at::randn({2, 9}), {l.get()}));
+    {
+      at::NoGradGuard no_grad;  // evaluation and generation keep autocast's cached weight casts
+      CHECK_FALSE(fused::linear_bf16_applies(x, {l.get()}));
+    }
+    l->weight.set_requires_grad(false);
+    l->bias.set_requires_grad(false);
+    CHECK_FALSE(fused::linear_bf16_applies(x, {l.get()}));  // frozen, and x needs no gradient
+    CHECK(fused::linear_bf16_applies(x.clone().requires_grad_(true), {l.get()}));
     l->to(at::kBFloat16);
     CHECK_FALSE(fused::linear_bf16_applies(x, {l.get()}));
     nn::Mlp mlp(8, 16, "silu", false);
