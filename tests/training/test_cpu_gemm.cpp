@@ -7,12 +7,11 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/nn/modules/linear.h>
 
-#include <set>
-
 #include "core/model/linear_cpu.h"
 #include "core/training/precision.h"
 #include "core/util/cpu_gemm.h"
 #include "forge/nn.h"
+#include "tests/unit/autograd_helpers.h"
 
 using namespace forge;
 
@@ -32,18 +31,7 @@ Precision bf16_precision() {
   return p;
 }
 
-bool graph_has(const at::Tensor& t, const std::string& name) {
-  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
-  std::set<torch::autograd::Node*> seen;
-  while (!todo.empty()) {
-    torch::autograd::Node* n = todo.back();
-    todo.pop_back();
-    if (!n || !seen.insert(n).second) continue;
-    if (n->name() == name) return true;
-    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
-  }
-  return false;
-}
+bool graph_has(const at::Tensor& t, const std::string& name) { return test::graph_nodes(t).count(name) > 0; }
 
 const char* kLinearNode = "torch::autograd::CppNode<forge::fused::(anonymous namespace)::LinearBf16>";
 

@@ -23,6 +23,7 @@
 #include "core/training/optim.h"
 #include "core/training/precision.h"
 #include "core/util/cpu_vec.h"
+#include "tests/unit/autograd_helpers.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
@@ -399,24 +400,7 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
   }
 }
 
-namespace {
-
-// The names of every autograd node behind `t`.
-std::set<std::string> graph_nodes(const at::Tensor& t) {
-  std::set<std::string> names;
-  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
-  std::set<torch::autograd::Node*> seen;
-  while (!todo.empty()) {
-    torch::autograd::Node* n = todo.back();
-    todo.pop_back();
-    if (!n || !seen.insert(n).second) continue;
-    names.insert(n->name());
-    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
-  }
-  return names;
-}
-
-}  // namespace
+using forge::test::graph_nodes;
 
 TEST_CASE("under autocast q, k, v and gate, up run as one GEMM each, as the separate projections would", "[fused]") {
   at::manual_seed(12);

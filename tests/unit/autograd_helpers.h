@@ -1,0 +1,28 @@
+// Test helpers that look at autograd graphs (kept apart from test_helpers.h,
+// which most tests include, for its heavier headers).
+#pragma once
+
+#include <torch/csrc/autograd/function.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+namespace forge::test {
+
+// The names of every autograd node behind `t`: which fused paths ran.
+inline std::set<std::string> graph_nodes(const at::Tensor& t) {
+  std::set<std::string> names;
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    torch::autograd::Node* n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    names.insert(n->name());
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return names;
+}
+
+}  // namespace forge::test
