@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/util/cpu_gemm.h"
+#include "forge/error.h"
 
 namespace forge::fused {
 
@@ -25,32 +26,46 @@ using torch::autograd::variable_list;
 // against 2.3 at 3072).
 constexpr int64_t kFp32OutMinK = 2048;
 
+// Row offsets of each weight's block in the packed (n, in) matrix.
+std::vector<int64_t> offsets(const std::vector<int64_t>& rows) {
+  std::vector<int64_t> off(rows.size(), 0);
+  for (size_t i = 1; i < rows.size(); ++i) off[i] = off[i - 1] + rows[i - 1];
+  return off;
+}
+
 struct LinearBf16 : torch::autograd::Function<LinearBf16> {
-  // x (..., in); weights[i] (n_i, in) fp32; biases empty or one per weight (undefined: none).
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, at::TensorList biases) {
+  // x (..., in); weights[i] (n_i, in) fp32; biases[j] (n_k) fp32 for the weight k = bias_of[j] (linears without a
+  // bias have none in the list: an undefined tensor cannot be an autograd input).
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                            std::vector<int64_t> bias_of) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const int64_t in = x.size(-1);
     std::vector<int64_t> rows;
-    int64_t n = 0;
-    for (const auto& w : weights) rows.push_back(w.size(0)), n += w.size(0);
+    for (const auto& w : weights) rows.push_back(w.size(0));
+    const std::vector<int64_t> off = offsets(rows);
+    const int64_t n = off.back() + rows.back();
     at::Tensor wb = at::empty({n, in}, weights[0].options().dtype(at::kBFloat16));
-    for (int64_t i = 0, off = 0; i < static_cast<int64_t>(weights.size()); off += rows[i++])
-      wb.narrow(0, off, rows[i]).copy_(weights[i]);
+    bool want_dw = false;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      wb.narrow(0, off[i], rows[i]).copy_(weights[i]);
+      want_dw = want_dw || weights[i].requires_grad();
+    }
     const at::Tensor xb = x.reshape({-1, in}).to(at::kBFloat16).contiguous();
     at::Tensor y;
     if (biases.empty()) {
       y = at::mm(xb, wb.t());
     } else {
       at::Tensor bb = at::zeros({n}, wb.options());
-      for (int64_t i = 0, off = 0; i < static_cast<int64_t>(biases.size()); off += rows[i++])
-        if (biases[i].defined()) bb.narrow(0, off, rows[i]).copy_(biases[i]);
+      for (size_t j = 0; j < biases.size(); ++j)
+        bb.narrow(0, off[bias_of[j]], rows[bias_of[j]]).copy_(biases[j]);
       y = at::addmm(bb, xb, wb.t());
     }
-    ctx->save_for_backward({xb, wb});
+    // As ATen's mm saves them: the input only for weight gradients, the weights only for the input's.
+    ctx->save_for_backward({want_dw ? xb : at::Tensor(), x.requires_grad() ? wb : at::Tensor()});
     ctx->saved_data["rows"] = rows;
+    ctx->saved_data["bias_of"] = bias_of;
     ctx->saved_data["x_sizes"] = x.sizes().vec();
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    ctx->saved_data["n_bias"] = static_cast<int64_t>(biases.size());
     std::vector<int64_t> out_sizes = x.sizes().vec();
     out_sizes.back() = n;
     return y.view(out_sizes);
@@ -58,16 +73,21 @@ struct LinearBf16 : torch::autograd::Function<LinearBf16> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     RECORD_FUNCTION("forge::linear_bf16_backward", {});
+    if (at::GradMode::is_enabled())
+      throw InvalidArgument("linear_bf16: its backward is not differentiable (no create_graph / double backward); "
+                            "run without CPU bf16 autocast for higher-order gradients");
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &xb = saved[0], &wb = saved[1];
     const auto rows = ctx->saved_data["rows"].toIntVector();
+    const auto bias_of = ctx->saved_data["bias_of"].toIntVector();
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
-    const auto nw = static_cast<int64_t>(rows.size()), nb = ctx->saved_data["n_bias"].toInt();
-    const int64_t n = wb.size(0);
+    const std::vector<int64_t> off = offsets(rows);
+    const size_t nw = rows.size(), nb = bias_of.size();
+    const int64_t n = off.back() + rows.back();
     const at::Tensor dy = grad_out[0].reshape({-1, n}).to(at::kBFloat16).contiguous();
-    variable_list grads(static_cast<size_t>(1 + nw + nb));
+    variable_list grads(1 + nw + nb + 1);  // the last for bias_of, not a tensor
     if (ctx->needs_input_grad(0)) {
       if (x_dtype == at::kFloat && n >= kFp32OutMinK)
         grads[0] = cpu_gemm::mm_bf16_f32(dy, wb).view(x_sizes);
@@ -75,18 +95,18 @@ struct LinearBf16 : torch::autograd::Function<LinearBf16> {
         grads[0] = at::mm(dy, wb).to(x_dtype).view(x_sizes);
     }
     bool any_w = false;
-    for (int64_t i = 0; i < nw; ++i) any_w = any_w || ctx->needs_input_grad(static_cast<size_t>(1 + i));
+    for (size_t i = 0; i < nw; ++i) any_w = any_w || ctx->needs_input_grad(1 + i);
     if (any_w) {
       // One fp32 (n, in) product for all the weights; each weight's gradient is its block of rows, which
       // autograd adopts as the .grad without a copy.
       const at::Tensor dw = cpu_gemm::mm_bf16_f32(dy.t(), xb);
-      for (int64_t i = 0, off = 0; i < nw; off += rows[i++])
-        if (ctx->needs_input_grad(static_cast<size_t>(1 + i))) grads[1 + i] = dw.narrow(0, off, rows[i]);
+      for (size_t i = 0; i < nw; ++i)
+        if (ctx->needs_input_grad(1 + i)) grads[1 + i] = dw.narrow(0, off[i], rows[i]);
     }
     if (nb > 0) {
       const at::Tensor db = dy.sum(0, false, at::kFloat);
-      for (int64_t i = 0, off = 0; i < nb; off += rows[i++])
-        if (ctx->needs_input_grad(static_cast<size_t>(1 + nw + i))) grads[1 + nw + i] = db.narrow(0, off, rows[i]);
+      for (size_t j = 0; j < nb; ++j)
+        if (ctx->needs_input_grad(1 + nw + j)) grads[1 + nw + j] = db.narrow(0, off[bias_of[j]], rows[bias_of[j]]);
     }
     return grads;
   }
@@ -114,12 +134,15 @@ bool linear_bf16_applies(const at::Tensor& x, std::initializer_list<const torch:
 
 at::Tensor linear_bf16(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
   std::vector<at::Tensor> w, b;
-  const bool any_bias = std::any_of(ls.begin(), ls.end(), [](auto* l) { return l->bias.defined(); });
+  std::vector<int64_t> bias_of;
   for (const auto* l : ls) {
+    if (l->bias.defined()) {
+      bias_of.push_back(static_cast<int64_t>(w.size()));
+      b.push_back(l->bias);
+    }
     w.push_back(l->weight);
-    if (any_bias) b.push_back(l->bias);
   }
-  return LinearBf16::apply(x, at::TensorList(w), at::TensorList(b));
+  return LinearBf16::apply(x, at::TensorList(w), at::TensorList(b), bias_of);
 }
 
 }  // namespace forge::fused

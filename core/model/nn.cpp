@@ -178,6 +178,7 @@ bool packs_projections(const at::Tensor& x) {
 // autocast's per-step cache, as at::linear would.
 at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
   if (fused::linear_bf16_applies(x, ls)) return fused::linear_bf16(x, ls);
+  if (ls.size() == 1) return at::linear(x, (*ls.begin())->weight, (*ls.begin())->bias);  // autocast casts, cached
   const auto dev = x.device().type();
   const auto dt = at::autocast::get_autocast_dtype(dev);
   std::vector<at::Tensor> w, b;

@@ -65,9 +65,11 @@ void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
   if (a.scalar_type() != at::kBFloat16 || b.scalar_type() != at::kBFloat16 || c.scalar_type() != at::kFloat ||
       !a.device().is_cpu() || !b.device().is_cpu() || !c.device().is_cpu())
     throw InvalidArgument("cpu_gemm: takes bf16 CPU inputs and an fp32 CPU output");
-  if (c.size(1) > 1 && c.stride(1) != 1)
-    throw InvalidArgument("cpu_gemm: the output needs contiguous rows (unit column stride)");
   const int64_t m = c.size(0), n = c.size(1), k = a.size(1);
+  if ((n > 1 && c.stride(1) != 1) || (m > 1 && c.stride(0) < n))
+    throw InvalidArgument(fmt::format("cpu_gemm: the output {} with strides ({}, {}) needs rows of unit stride that "
+                                      "do not overlap",
+                                      util::shape(c), c.stride(0), c.stride(1)));
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (!accumulate) c.zero_();
@@ -75,10 +77,12 @@ void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
   }
   const Operand A = operand(a), B = operand(b);
   gemm()(kRowMajor, A.trans, B.trans, m, n, k, 1.0f, A.t.const_data_ptr(), A.ld, B.t.const_data_ptr(), B.ld,
-         accumulate ? 1.0f : 0.0f, c.mutable_data_ptr<float>(), std::max<int64_t>(c.stride(0), std::max<int64_t>(n, 1)));
+         accumulate ? 1.0f : 0.0f, c.mutable_data_ptr<float>(), m > 1 ? c.stride(0) : std::max<int64_t>(n, 1));
 }
 
 at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b) {
+  if (a.dim() != 2 || b.dim() != 2 || !a.device().is_cpu())
+    throw InvalidArgument(fmt::format("cpu_gemm: takes two CPU matrices, got {} and {}", util::shape(a), util::shape(b)));
   at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options().dtype(at::kFloat));
   mm_bf16_f32(a, b, c, false);
   return c;
