@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "core/training/precision.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
@@ -23,7 +24,11 @@ using GemmFn = void (*)(int64_t layout, int64_t transa, int64_t transb, int64_t 
                         const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 GemmFn lookup() {
-  if (const char* env = std::getenv("FORGE_CPU_BF16_GEMM"); env && std::strcmp(env, "aten") == 0) return nullptr;
+  const char* env = std::getenv("FORGE_CPU_BF16_GEMM");
+  if (env && std::strcmp(env, "aten") == 0) return nullptr;
+  // Measured faster than ATen's products on AMX only; elsewhere (AVX512-BF16 alone, AMD CPUs, where MKL may take
+  // generic code) ATen's unless asked for.
+  if (cpu_bf16_isa() != "AMX" && !(env && std::strcmp(env, "mkl") == 0)) return nullptr;
   constexpr const char* kName = "cblas_gemm_bf16bf16f32";
   if (void* f = dlsym(RTLD_DEFAULT, kName)) return reinterpret_cast<GemmFn>(f);
   for (const char* lib : {"libtorch_cpu.so", "libmkl_rt.so.2", "libmkl_rt.so"})

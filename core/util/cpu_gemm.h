@@ -7,9 +7,10 @@
 // the product below). libtorch's CPU library bundles MKL and exports its
 // cblas_gemm_bf16bf16f32, which reads bf16, accumulates in fp32 and writes
 // fp32, optionally adding to what the output holds. forge looks it up at run
-// time; where it is absent (a torch built without MKL, a non-x86 CPU) or
-// FORGE_CPU_BF16_GEMM=aten is set, available() is false and callers keep
-// ATen's products.
+// time and uses it on CPUs with AMX, where it was measured. available() is
+// false, and callers keep ATen's products, where the symbol is absent (a
+// torch built without MKL, a non-x86 CPU), on CPUs without AMX unless
+// FORGE_CPU_BF16_GEMM=mkl is set, and with FORGE_CPU_BF16_GEMM=aten.
 #pragma once
 
 #include <ATen/core/Tensor.h>
