@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/util/cpu_gemm.h"
+#include "core/util/cpu_vec.h"
 #include "forge/error.h"
 
 namespace forge::fused {
@@ -121,9 +122,9 @@ bool linear_bf16_applies(const at::Tensor& x, std::initializer_list<const torch:
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
   // Only for training: without autograd (evaluation, generation) autocast's weight cache casts each weight once
   // per autocast scope, where this function would cast it again at every call.
-  bool grads = at::GradMode::is_enabled() && x.requires_grad();
-  for (const auto* l : ls) grads = grads || (at::GradMode::is_enabled() && l->weight.requires_grad());
-  if (!grads) return false;
+  std::vector<at::Tensor> inputs{x};
+  for (const auto* l : ls) inputs.push_back(l->weight);
+  if (!cpu_vec::autograd_wanted(inputs)) return false;
   for (const auto* l : ls) {
     if (l->weight.scalar_type() != at::kFloat || !l->weight.device().is_cpu() || l->weight.size(1) != x.size(-1))
       return false;

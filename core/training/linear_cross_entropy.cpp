@@ -120,13 +120,14 @@ ChunkSoftmax chunk_softmax_cpu(at::Tensor& logits, const at::Tensor& t, double z
 // The products of the head's backward. On a CPU with bf16 logits, MKL's bf16 -> fp32 GEMM (core/util/cpu_gemm.h)
 // writes fp32 straight into the fp32 gradients: over the small recipe's 32k vocabulary 1.8-2.4 times the rate of
 // ATen's bf16 products, whose outputs would then be cast and summed. Elsewhere ATen's products in the logits' dtype.
+// W and h are in the logits' dtype too (cast to it before the forward's product).
 bool fp32_out_products(const at::Tensor& gd) {
   return gd.device().is_cpu() && gd.scalar_type() == at::kBFloat16 && cpu_gemm::available();
 }
 
 // dh = dlogits W into `out` (rows of grad_h, in the hidden's dtype).
 void head_input_grad(const at::Tensor& gd, const at::Tensor& W, at::Tensor out) {
-  if (fp32_out_products(gd) && out.scalar_type() == at::kFloat && W.scalar_type() == at::kBFloat16)
+  if (fp32_out_products(gd) && out.scalar_type() == at::kFloat)
     cpu_gemm::mm_bf16_f32(gd, W, out, false);
   else
     out.copy_(at::mm(gd, W));
@@ -134,7 +135,7 @@ void head_input_grad(const at::Tensor& gd, const at::Tensor& W, at::Tensor out) 
 
 // dW += dlogits^T h, summed over chunks in fp32 (grad_w is undefined before the first).
 void head_weight_grad(const at::Tensor& gd, const at::Tensor& h, at::Tensor& grad_w, at::IntArrayRef w_sizes) {
-  if (fp32_out_products(gd) && h.scalar_type() == at::kBFloat16) {
+  if (fp32_out_products(gd)) {
     const bool first = !grad_w.defined();
     if (first) grad_w = at::empty(w_sizes, gd.options().dtype(at::kFloat));
     cpu_gemm::mm_bf16_f32(gd.t(), h, grad_w, !first);

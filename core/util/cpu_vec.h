@@ -1,9 +1,10 @@
 // Building blocks for forge's hand-written CPU loops (core/model/fused_cpu.cpp,
 // core/model/attention_cpu.cpp, the loss's softmax gradient): loads and stores
 // that convert bf16 as c10::BFloat16 does, an exp the auto-vectoriser takes,
-// and the checks and task sizes the loops' autograd functions share. The file that
-// includes this builds with -fno-trapping-math (core/CMakeLists.txt): without
-// it GCC keeps the selects below as branches and vectorises nothing.
+// and the checks and task sizes the loops' autograd functions share. A file
+// whose loops use the helpers below builds with -fno-trapping-math
+// (core/CMakeLists.txt): without it GCC keeps their selects as branches and
+// vectorises nothing.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,7 +14,6 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
-#include <initializer_list>
 
 namespace forge::cpu_vec {
 
@@ -34,7 +34,7 @@ namespace forge::cpu_vec {
 inline int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
 
 // Whether autograd will ask for a backward through an op over `inputs`.
-inline bool autograd_wanted(std::initializer_list<at::Tensor> inputs) {
+inline bool autograd_wanted(at::ArrayRef<at::Tensor> inputs) {
   if (!at::GradMode::is_enabled()) return false;
   for (const auto& t : inputs)
     if (t.requires_grad()) return true;
