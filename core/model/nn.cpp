@@ -164,10 +164,8 @@ static torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
-// One linear: by fused::linear_bf16 where it applies (a CPU under bf16 autocast), else as the module runs it.
-static at::Tensor project(torch::nn::Linear& l, const at::Tensor& x) {
-  return fused::linear_bf16_applies(x, {l.get()}) ? fused::linear_bf16(x, {l.get()}) : l(x);
-}
+// One linear: l(x), by fused::linear_bf16 where it applies (CPU bf16 autocast training).
+static at::Tensor project(const torch::nn::Linear& l, const at::Tensor& x) { return packed_linear(x, {l.get()}); }
 
 bool packs_projections(const at::Tensor& x) {
   const auto dev = x.device().type();
@@ -178,7 +176,7 @@ bool packs_projections(const at::Tensor& x) {
 // autocast's per-step cache, as at::linear would.
 at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
   if (fused::linear_bf16_applies(x, ls)) return fused::linear_bf16(x, ls);
-  if (ls.size() == 1) return at::linear(x, (*ls.begin())->weight, (*ls.begin())->bias);  // autocast casts, cached
+  if (ls.size() == 1) return at::linear(x, (*ls.begin())->weight, (*ls.begin())->bias);  // l(x), in any mode
   const auto dev = x.device().type();
   const auto dt = at::autocast::get_autocast_dtype(dev);
   std::vector<at::Tensor> w, b;

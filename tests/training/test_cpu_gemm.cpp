@@ -188,9 +188,10 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
     CHECK_THROWS_WITH(torch::autograd::grad({y2}, {x2}, {}, true, /*create_graph=*/true),
                       Catch::Contains("not differentiable"));
   }
-  SECTION("nn::packed_linear of one linear without a backward is at::linear under autocast") {
+  SECTION("nn::packed_linear of one linear is the linear itself, without autocast or without a backward") {
     torch::nn::Linear l(torch::nn::LinearOptions(10, 3));
     const at::Tensor x = at::randn({4, 10});
+    CHECK(at::equal(nn::packed_linear(x, {l.get()}), l(x)));  // fp32: the HF parity path, bit for bit
     AutocastScope scope(bf16);
     at::NoGradGuard no_grad;
     CHECK(at::equal(nn::packed_linear(x, {l.get()}), l(x)));

@@ -19,8 +19,6 @@
 // Warm start (D4): with mot_warm_start_from_text, a fresh run copies a dense
 // decoder's weights (a forge checkpoint or any safetensors file with the
 // reference's key names) into every modality's copy.
-#include <ATen/autocast_mode.h>
-
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -111,12 +109,6 @@ class MoTAttentionImpl : public torch::nn::Module {
     }
   }
 
-  // One projection; under autocast through nn::packed_linear, whose CPU bf16 path gives the weight its gradient
-  // in fp32 straight from forge's bf16 product (docs/performance.md).
-  static at::Tensor project(torch::nn::Linear& l, const at::Tensor& x) {
-    return at::autocast::is_autocast_enabled(x.device().type()) ? nn::packed_linear(x, {l.get()}) : l(x);
-  }
-
   // parts[0]: image rows, parts[1]: text rows of this chunk (either may be empty).
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& parts, const DecoderStep& step, nn::LayerKV* kv) {
     std::vector<at::Tensor> qs, ks, vs;
@@ -151,7 +143,8 @@ class MoTAttentionImpl : public torch::nn::Module {
     int64_t at_ = 0;
     for (size_t m = 0; m < 2; ++m) {
       const int64_t S = parts[m].size(1);
-      out.push_back(S == 0 ? parts[m] : project(o_[m], o.narrow(1, at_, S)));
+      // o_proj through packed_linear: its weight gradient in fp32 under CPU bf16 autocast (forge/nn.h).
+      out.push_back(S == 0 ? parts[m] : nn::packed_linear(o.narrow(1, at_, S), {o_[m].get()}));
       at_ += S;
     }
     return out;

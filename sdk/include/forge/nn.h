@@ -115,7 +115,9 @@ struct AttentionOptions {
 // of per-projection casts (fewer roundings). Without autocast (fp32, the HF
 // parity checks) run each projection on its own, bit for bit as before.
 // packed_linear(x, {a, b, ...}) is (..., sum of their out_features), in their
-// order, for split_with_sizes; only under autocast.
+// order, for split_with_sizes; only under autocast. Of one linear it is l(x)
+// in any mode. On a CPU under bf16 autocast, in training, it gives each weight
+// its gradient in fp32 straight from a bf16 product (docs/performance.md).
 FORGE_API bool packs_projections(const at::Tensor& x);
 FORGE_API at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> linears);
 
