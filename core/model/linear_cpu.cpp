@@ -51,7 +51,9 @@ struct LinearBf16 : torch::autograd::Function<LinearBf16> {
       wb.narrow(0, off[i], rows[i]).copy_(weights[i]);
       want_dw = want_dw || weights[i].requires_grad();
     }
-    const at::Tensor xb = x.reshape({-1, in}).to(at::kBFloat16).contiguous();
+    // Cast before flattening: the cast of a strided view (a modality's rows in MoT) is already contiguous, where
+    // flattening it first would copy it once more in fp32.
+    const at::Tensor xb = x.to(at::kBFloat16).reshape({-1, in}).contiguous();
     at::Tensor y;
     if (biases.empty()) {
       y = at::mm(xb, wb.t());
@@ -87,7 +89,7 @@ struct LinearBf16 : torch::autograd::Function<LinearBf16> {
     const std::vector<int64_t> off = offsets(rows);
     const size_t nw = rows.size(), nb = bias_of.size();
     const int64_t n = off.back() + rows.back();
-    const at::Tensor dy = grad_out[0].reshape({-1, n}).to(at::kBFloat16).contiguous();
+    const at::Tensor dy = grad_out[0].to(at::kBFloat16).reshape({-1, n}).contiguous();
     variable_list grads(1 + nw + nb + 1);  // the last for bias_of, not a tensor
     if (ctx->needs_input_grad(0)) {
       if (x_dtype == at::kFloat && n >= kFp32OutMinK)

@@ -188,6 +188,25 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
     CHECK_THROWS_WITH(torch::autograd::grad({y2}, {x2}, {}, true, /*create_graph=*/true),
                       Catch::Contains("not differentiable"));
   }
+  SECTION("strided inputs and gradients (a modality's rows of the residual stream) give their copies' results") {
+    torch::nn::Linear l(torch::nn::LinearOptions(16, 24));
+    const at::Tensor h = at::randn({3, 9, 16});
+    const at::Tensor gy = at::randn({5, 3, 24}).transpose(0, 1).to(at::kBFloat16);  // (3, 5, 24), not contiguous
+    REQUIRE_FALSE(gy.is_contiguous());
+    at::Tensor hs = h.clone().requires_grad_(true);
+    at::Tensor xc = h.narrow(1, 4, 5).contiguous().requires_grad_(true);
+    AutocastScope scope(bf16);
+    const at::Tensor ys = fused::linear_bf16(hs.narrow(1, 4, 5), {l.get()});
+    CHECK(at::equal(ys, at::linear(h.narrow(1, 4, 5), l->weight.detach(), l->bias.detach())));
+    ys.backward(gy);
+    const at::Tensor dw = l->weight.grad().clone(), db = l->bias.grad().clone();
+    l->zero_grad();
+    fused::linear_bf16(xc, {l.get()}).backward(gy.contiguous());
+    CHECK(at::equal(dw, l->weight.grad()));
+    CHECK(at::equal(db, l->bias.grad()));
+    CHECK(at::equal(hs.grad().narrow(1, 4, 5), xc.grad()));
+    CHECK(at::equal(hs.grad().narrow(1, 0, 4), at::zeros({3, 4, 16})));
+  }
   SECTION("nn::packed_linear of one linear is the linear itself, without autocast or without a backward") {
     torch::nn::Linear l(torch::nn::LinearOptions(10, 3));
     const at::Tensor x = at::randn({4, 10});

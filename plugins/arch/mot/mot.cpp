@@ -76,6 +76,12 @@ torch::nn::ModuleDict dict_of(const std::vector<std::string>& names, const std::
   return torch::nn::ModuleDict(items);
 }
 
+// The image positions [0, n_image) and the text positions after them of a (B, S, ...) tensor. One split, not two
+// narrows: its backward writes the gradient once, where each narrow's would zero a full-size gradient and copy in.
+std::vector<at::Tensor> split_modalities(const at::Tensor& t, int64_t n_image) {
+  return t.split_with_sizes({n_image, t.size(1) - n_image}, 1);
+}
+
 // Index 0 = image, 1 = text in every per-modality vector below.
 class MoTAttentionImpl : public torch::nn::Module {
  public:
@@ -139,14 +145,10 @@ class MoTAttentionImpl : public torch::nn::Module {
     at::Tensor v = at::cat(vs, 1).transpose(1, 2);
     at::Tensor o = nn::causal_attention(q, k, v, step.attention, kv);
     o = o.transpose(1, 2).reshape({o.size(0), o.size(2), heads_ * hd_});
+    const std::vector<at::Tensor> os = split_modalities(o, parts[0].size(1));
     std::vector<at::Tensor> out;
-    int64_t at_ = 0;
-    for (size_t m = 0; m < 2; ++m) {
-      const int64_t S = parts[m].size(1);
-      // o_proj through packed_linear: its weight gradient in fp32 under CPU bf16 autocast (forge/nn.h).
-      out.push_back(S == 0 ? parts[m] : nn::packed_linear(o.narrow(1, at_, S), {o_[m].get()}));
-      at_ += S;
-    }
+    for (size_t m = 0; m < 2; ++m)  // o_proj through packed_linear: fp32 weight gradients under CPU bf16 autocast
+      out.push_back(parts[m].size(1) == 0 ? parts[m] : nn::packed_linear(os[m], {o_[m].get()}));
     return out;
   }
 
@@ -180,7 +182,7 @@ class BlockImpl : public DecoderLayer {
   at::Tensor forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) override {
     const int64_t S = h.size(1);
     const int64_t ni = std::clamp<int64_t>(n_image_ - step.start_pos, 0, S);
-    std::vector<at::Tensor> parts{h.narrow(1, 0, ni), h.narrow(1, ni, S - ni)};
+    const std::vector<at::Tensor> parts = split_modalities(h, ni);
     std::vector<at::Tensor> normed;
     for (size_t m = 0; m < 2; ++m) normed.push_back(parts[m].size(1) ? attn_norm_[m](parts[m]) : parts[m]);
     std::vector<at::Tensor> a = attn->forward(normed, step, kv);
@@ -231,7 +233,8 @@ class Hooks final : public DecoderHooks {
     const int64_t ni = std::clamp<int64_t>(n_image_ - step.start_pos, 0, S);
     if (ni == 0) return final_norms_[1](h);
     if (ni == S) return final_norms_[0](h);
-    return at::cat({final_norms_[0](h.narrow(1, 0, ni)), final_norms_[1](h.narrow(1, ni, S - ni))}, 1);
+    const std::vector<at::Tensor> parts = split_modalities(h, ni);
+    return at::cat({final_norms_[0](parts[0]), final_norms_[1](parts[1])}, 1);
   }
 
   void init_weights(DecoderImpl& decoder) override {
