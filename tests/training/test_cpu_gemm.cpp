@@ -10,11 +10,14 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/config/loader.h"
 #include "core/model/linear_cpu.h"
+#include "core/model/vlm.h"
 #include "core/training/precision.h"
 #include "core/util/cpu_gemm.h"
 #include "forge/nn.h"
 #include "tests/unit/autograd_helpers.h"
+#include "tests/unit/test_helpers.h"
 
 using namespace forge;
 
@@ -238,5 +241,38 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
     CHECK(graph_has(out, kLinearNode));
     out.to(at::kFloat).sum().backward();
     for (const auto& p : mlp->parameters()) CHECK(p.grad().scalar_type() == at::kFloat);
+  }
+}
+
+TEST_CASE("under CPU bf16 autocast every trained linear of the decoder, the arch's blocks and the adapter takes its "
+          "weight gradient in fp32", "[fused][gemm]") {
+  if (!cpu_gemm::available()) return;
+  for (const std::string arch : {"joint_decoder", "cross_attention", "mot"}) {
+    for (const std::string adapter : {"mlp_2layer", "linear"}) {
+      DYNAMIC_SECTION(arch << " with the " << adapter << " adapter") {
+        const LoadedConfig cfg =
+            load_config_text(test::tiny_vlm_toml(arch, adapter), "t.toml", test::builtin_registry());
+        VLM model = build_vlm(cfg.job, test::builtin_registry());
+        model->train();
+        at::manual_seed(2);
+        const at::Tensor px = at::rand({2, 3, 16, 16}), ids = at::randint(0, 64, {2, 12});
+        at::Tensor hidden;
+        {
+          AutocastScope scope(bf16_precision());
+          hidden = model->forward_hidden(px, ids, ids, at::Tensor()).hidden;
+        }
+        const auto reached = test::leaves_under(hidden, kLinearNode);
+        const auto* head = model->output_weight().unsafeGetTensorImpl();  // the loss's own fp32 products
+        int64_t linears = 0;
+        for (const auto& item : model->named_modules()) {
+          const auto* l = dynamic_cast<const torch::nn::LinearImpl*>(item.value().get());
+          if (!l || !l->weight.requires_grad() || l->weight.unsafeGetTensorImpl() == head) continue;
+          ++linears;
+          INFO(item.key());
+          CHECK(reached.count(l->weight.unsafeGetTensorImpl()) == 1);
+        }
+        CHECK(linears >= 2 * 4 + 1);  // 2 layers of q, k, v, o (and more), and the adapter
+      }
+    }
   }
 }

@@ -7,7 +7,8 @@ namespace forge::plugins::adapter::linear {
 class LinearAdapter final : public VisionAdapter {
  public:
   LinearAdapter(int64_t in, int64_t out) { proj = register_module("proj", torch::nn::Linear(in, out)); }
-  at::Tensor forward(const at::Tensor& x) override { return proj(x); }
+  // proj(x), with fp32 weight gradients under CPU bf16 autocast (forge/nn.h).
+  at::Tensor forward(const at::Tensor& x) override { return nn::packed_linear(x, {proj.get()}); }
   int64_t output_num_tokens(int64_t n) const override { return n; }
   torch::nn::Linear proj{nullptr};
 };

@@ -13,8 +13,9 @@ class Mlp2Layer final : public VisionAdapter {
     proj1 = register_module("proj1", torch::nn::Linear(in, hidden));
     proj2 = register_module("proj2", torch::nn::Linear(hidden, out));
   }
+  // Each projection through nn::packed_linear: proj(x) itself, with fp32 weight gradients under CPU bf16 autocast.
   at::Tensor forward(const at::Tensor& x) override {
-    at::Tensor h = proj1(x);
+    at::Tensor h = nn::packed_linear(x, {proj1.get()});
     if (activation_ == "gelu") {
       h = at::gelu(h);
     } else if (activation_ == "silu") {
@@ -22,7 +23,7 @@ class Mlp2Layer final : public VisionAdapter {
     } else {
       h = at::relu(h);
     }
-    return proj2(h);
+    return nn::packed_linear(h, {proj2.get()});
   }
   int64_t output_num_tokens(int64_t n) const override { return n; }
 

@@ -50,12 +50,19 @@ class CrossAttentionImpl : public torch::nn::Module {
   // (B, Hkv, N, hd) keys and values of the image tokens.
   std::pair<at::Tensor, at::Tensor> image_kv(const at::Tensor& feats) {
     const int64_t B = feats.size(0), N = feats.size(1);
-    return {k_proj(feats).view({B, N, kv_heads_, head_dim_}).transpose(1, 2),
-            v_proj(feats).view({B, N, kv_heads_, head_dim_}).transpose(1, 2)};
+    at::Tensor k, v;
+    if (nn::packs_projections(feats)) {  // under autocast: one GEMM over k and v, one cast of the features
+      const auto kv = nn::packed_linear(feats, {k_proj.get(), v_proj.get()}).chunk(2, -1);
+      k = kv[0], v = kv[1];
+    } else {
+      k = k_proj(feats), v = v_proj(feats);
+    }
+    return {k.view({B, N, kv_heads_, head_dim_}).transpose(1, 2), v.view({B, N, kv_heads_, head_dim_}).transpose(1, 2)};
   }
   at::Tensor forward(const at::Tensor& x, at::Tensor k, at::Tensor v, const at::Tensor& image_mask) {
     const int64_t B = x.size(0), T = x.size(1);
-    at::Tensor q = q_proj(x).view({B, T, heads_, head_dim_}).transpose(1, 2);
+    // One linear through packed_linear is q_proj(x), but with fp32 weight gradients under CPU bf16 autocast.
+    at::Tensor q = nn::packed_linear(x, {q_proj.get()}).view({B, T, heads_, head_dim_}).transpose(1, 2);
     if (heads_ != kv_heads_) {
       k = k.repeat_interleave(heads_ / kv_heads_, 1);
       v = v.repeat_interleave(heads_ / kv_heads_, 1);
@@ -67,7 +74,7 @@ class CrossAttentionImpl : public torch::nn::Module {
       mask = m.unsqueeze(1).unsqueeze(1);      // (B, 1, 1, N)
     }
     at::Tensor o = at::scaled_dot_product_attention(q, k.to(q.scalar_type()), v.to(q.scalar_type()), mask);
-    return o_proj(o.transpose(1, 2).reshape({B, T, heads_ * head_dim_}));
+    return nn::packed_linear(o.transpose(1, 2).reshape({B, T, heads_ * head_dim_}), {o_proj.get()});
   }
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
