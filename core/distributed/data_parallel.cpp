@@ -2,10 +2,12 @@
 
 #include <torch/nn/utils/clip_grad.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "core/util/parallel.h"
 #include "forge/error.h"
 #include "forge/logging.h"
 
@@ -109,14 +111,28 @@ void DataParallel::finish_gradients() {
   if (buckets_) buckets_->finish();
 }
 
+// Each gradient's 2-norm. ATen's norm of one CPU tensor runs on one thread, and its bits do not depend on the
+// thread count: on a CPU the tensors are spread over the threads instead, the same norms at up to twice the rate.
+static std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& with_grad) {
+  std::vector<at::Tensor> norms(with_grad.size());
+  auto norm = [&](size_t i) { norms[i] = with_grad[i].grad().norm(2); };
+  if (std::all_of(with_grad.begin(), with_grad.end(), [](const at::Tensor& p) { return p.is_cpu(); })) {
+    std::vector<int64_t> sizes;
+    for (const auto& p : with_grad) sizes.push_back(p.numel());
+    cpu_parallel::for_each_by_size(sizes, norm);
+  } else {
+    for (size_t i = 0; i < with_grad.size(); ++i) norm(i);
+  }
+  return norms;
+}
+
 // LibTorch's clip_grad_norm_ (the 2-norm of the per-tensor 2-norms; every gradient times max_norm / (norm + 1e-6),
 // clamped to at most 1), except that on a CPU, where reading the factor costs no device sync, a factor of exactly 1
 // skips the multiply: a pass over every gradient that would change no bit (x * 1 == x, NaN included).
 static double clip_replicated(const std::vector<at::Tensor>& with_grad, double max_norm) {
   if (with_grad.empty()) return 0.0;
   torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> norms;
-  for (const auto& p : with_grad) norms.push_back(p.grad().norm(2));
+  const std::vector<at::Tensor> norms = grad_norms(with_grad);
   const at::Tensor total = norms.size() == 1 ? norms[0] : at::stack(norms).norm(2);
   const at::Tensor coef = at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0);
   if (!(total.device().is_cpu() && coef.item<double>() == 1.0))
