@@ -111,12 +111,20 @@ void DataParallel::finish_gradients() {
   if (buckets_) buckets_->finish();
 }
 
-// Each gradient's 2-norm. ATen's norm of one CPU tensor runs on one thread, and its bits do not depend on the
-// thread count: on a CPU the tensors are spread over the threads instead, the same norms at up to twice the rate.
+// Each gradient's 2-norm. ATen's 2-norm of a whole contiguous fp32, fp64 or bf16 CPU tensor runs on one thread,
+// so its bits do not depend on the thread count (the clip test checks this on 2 threads): such gradients are
+// spread over the threads instead, the same norms at up to twice the rate. Others (fp16, strided: ATen splits
+// those by thread) are normed one by one, as LibTorch does.
+static bool norm_on_one_thread(const at::Tensor& p) {
+  const at::Tensor& g = p.grad();
+  const auto dt = g.scalar_type();
+  return g.is_cpu() && g.is_contiguous() && (dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16);
+}
+
 static std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& with_grad) {
   std::vector<at::Tensor> norms(with_grad.size());
   auto norm = [&](size_t i) { norms[i] = with_grad[i].grad().norm(2); };
-  if (std::all_of(with_grad.begin(), with_grad.end(), [](const at::Tensor& p) { return p.is_cpu(); })) {
+  if (std::all_of(with_grad.begin(), with_grad.end(), norm_on_one_thread)) {
     std::vector<int64_t> sizes;
     for (const auto& p : with_grad) sizes.push_back(p.numel());
     cpu_parallel::for_each_by_size(sizes, norm);

@@ -15,11 +15,12 @@
 namespace forge::cpu_parallel {
 
 // f(i) for every i in [0, sizes.size()), with the items spread over the
-// intra-op threads by size: largest first, each to the least loaded thread.
+// intra-op threads by size: largest first, each to the least loaded thread,
+// under the caller's thread-local state (grad mode, autocast, profiler).
 // Each item runs on one thread; ATen ops inside it run inline there (nested
-// parallel regions are serial), so an op whose result does not depend on the
-// thread count gives the same bits as when called alone. On one thread, or
-// from inside a parallel region, the items run in order on the caller's.
+// parallel regions are serial), so an op gives the bits it gives on one
+// thread. On one thread, from inside a parallel region, or in a build without
+// OpenMP, the items run in index order on the caller's thread.
 FORGE_API void for_each_by_size(const std::vector<int64_t>& sizes, const std::function<void(size_t)>& f);
 
 }  // namespace forge::cpu_parallel

@@ -1,18 +1,38 @@
 // Gradient clipping of a replicated run: LibTorch's clip_grad_norm_, bit for
-// bit, with or without clipping, and with a non-finite norm.
+// bit, with or without clipping, and with a non-finite norm, on 2 threads (its
+// norms are spread over them); and the helper that spreads them.
 #include <catch2/catch.hpp>
 
 #include <torch/nn/utils/clip_grad.h>
 
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
 #include <cmath>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include <fmt/format.h>
 
 #include "core/distributed/data_parallel.h"
+#include "core/util/parallel.h"
 
 using namespace forge;
 
+namespace {
+
+// The suite runs on one OpenMP thread (tests/CMakeLists.txt); these tests need several.
+struct Threads {
+  int before = at::get_num_threads();
+  explicit Threads(int n) { at::set_num_threads(n); }
+  ~Threads() { at::set_num_threads(before); }
+};
+
+}  // namespace
+
 TEST_CASE("clipping a replicated run's gradients is LibTorch's clip_grad_norm_, bit for bit", "[optim][clip]") {
+  Threads two(2);
   auto dist = Distributed::from_env(DistributedConfig{}, at::Device(at::kCPU));
   REQUIRE(dist->world() == 1);
   DataParallel dp(DistributedConfig{}, *dist);
@@ -61,4 +81,32 @@ TEST_CASE("clipping a replicated run's gradients is LibTorch's clip_grad_norm_, 
       }
     }
   }
+}
+
+TEST_CASE("for_each_by_size runs every item once, over the threads, under the caller's thread-local state",
+          "[clip]") {
+  Threads two(2);
+  const std::vector<int64_t> sizes{5, 900, 3, 40, 700, 8, 1};
+  std::vector<int> runs(sizes.size(), 0);
+  std::set<std::thread::id> ids;
+  std::mutex m;
+  bool grad_mode_seen = false;
+  {
+    at::NoGradGuard no_grad;
+    cpu_parallel::for_each_by_size(sizes, [&](size_t i) {
+      std::lock_guard<std::mutex> lock(m);
+      ++runs[i];
+      ids.insert(std::this_thread::get_id());
+      grad_mode_seen = grad_mode_seen || at::GradMode::is_enabled();
+    });
+  }
+  CHECK(runs == std::vector<int>(sizes.size(), 1));
+  CHECK_FALSE(grad_mode_seen);  // the caller's NoGradGuard held on every thread
+#if defined(__GNUC__) && !defined(__clang__)
+  CHECK(ids.size() == 2);  // GCC builds compile it with OpenMP: both threads took items
+#endif
+  std::vector<size_t> order;
+  Threads one(1);  // on one thread: in index order, on the caller's
+  cpu_parallel::for_each_by_size(sizes, [&](size_t i) { order.push_back(i); });
+  CHECK(order == std::vector<size_t>{0, 1, 2, 3, 4, 5, 6});
 }
