@@ -190,6 +190,17 @@ at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch:
   return at::linear(x, at::cat(w), any_bias ? at::cat(b) : at::Tensor());
 }
 
+std::vector<at::Tensor> projections(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> ls) {
+  if (ls.size() > 1 && packs_projections(x)) {
+    std::vector<int64_t> sizes;
+    for (const auto* l : ls) sizes.push_back(l->weight.size(0));
+    return packed_linear(x, ls).split_with_sizes(sizes, -1);
+  }
+  std::vector<at::Tensor> out;
+  for (const auto* l : ls) out.push_back(packed_linear(x, {l}));
+  return out;
+}
+
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   if (o.n_heads <= 0 || o.n_kv_heads <= 0 || o.n_heads % o.n_kv_heads != 0)
     throw InvalidArgument(fmt::format("attention: n_kv_heads ({}) must be > 0 and divide n_heads ({})", o.n_kv_heads,
@@ -224,21 +235,12 @@ at::Tensor AttentionImpl::project_v(const at::Tensor& x) {
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const AttentionInputs& in, LayerKV* cache) {
-  at::Tensor q, k, v;
-  if (packs_projections(x)) {
-    const int64_t hd = options.head_dim, nq = options.n_heads * hd, nkv = options.n_kv_heads * hd;
-    const auto parts = packed_linear(x, {q_proj.get(), k_proj.get(), v_proj.get()}).split_with_sizes({nq, nkv, nkv}, -1);
-    Norm none{nullptr};
-    q = split_heads(parts[0], options.n_heads, hd, q_norm);
-    k = split_heads(parts[1], options.n_kv_heads, hd, k_norm);
-    v = split_heads(parts[2], options.n_kv_heads, hd, none);
-  } else {
-    q = project_q(x);
-    k = project_k(x);
-    v = project_v(x);
-  }
-  q = apply_rope(q, in.cos, in.sin);
-  k = apply_rope(k, in.cos, in.sin);
+  const auto qkv = projections(x, {q_proj.get(), k_proj.get(), v_proj.get()});
+  const int64_t hd = options.head_dim;
+  Norm none{nullptr};
+  const at::Tensor q = apply_rope(split_heads(qkv[0], options.n_heads, hd, q_norm), in.cos, in.sin);
+  const at::Tensor k = apply_rope(split_heads(qkv[1], options.n_kv_heads, hd, k_norm), in.cos, in.sin);
+  const at::Tensor v = split_heads(qkv[2], options.n_kv_heads, hd, none);
   if (keep_probabilities && !cache) probabilities = attention_probabilities(q, k, in).detach();
   at::Tensor o = causal_attention(q, k, v, in, cache);
   return project(o_proj, o.transpose(1, 2).reshape({x.size(0), x.size(1), options.n_heads * options.head_dim}));

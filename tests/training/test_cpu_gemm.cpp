@@ -225,6 +225,35 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
     at::NoGradGuard no_grad;
     CHECK(at::equal(nn::packed_linear(x, {l.get()}), l(x)));
   }
+  SECTION("nn::projections is each linear's output: one by one in fp32, the packed product's parts under autocast") {
+    torch::nn::Linear a(torch::nn::LinearOptions(12, 6)), b(torch::nn::LinearOptions(12, 2).bias(false)),
+        c(torch::nn::LinearOptions(12, 2));
+    const at::Tensor x = at::randn({3, 5, 12});
+    const auto fp32 = nn::projections(x, {a.get(), b.get(), c.get()});
+    REQUIRE(fp32.size() == 3);
+    CHECK(at::equal(fp32[0], a(x)));  // the HF parity path, bit for bit
+    CHECK(at::equal(fp32[1], b(x)));
+    CHECK(at::equal(fp32[2], c(x)));
+    AutocastScope scope(bf16);
+    REQUIRE(nn::packs_projections(x));
+    const auto packed = nn::projections(x, {a.get(), b.get(), c.get()});
+    const at::Tensor whole = nn::packed_linear(x, {a.get(), b.get(), c.get()});
+    REQUIRE(packed.size() == 3);
+    CHECK(packed[0].sizes().vec() == std::vector<int64_t>{3, 5, 6});
+    CHECK(at::equal(packed[0], whole.narrow(-1, 0, 6)));
+    CHECK(at::equal(packed[1], whole.narrow(-1, 6, 2)));
+    CHECK(at::equal(packed[2], whole.narrow(-1, 8, 2)));
+    // Already in the autocast dtype nothing is packed: each is its linear over the bf16 casts of its parameters.
+    const at::Tensor xb = x.to(at::kBFloat16);
+    REQUIRE_FALSE(nn::packs_projections(xb));
+    const auto single = nn::projections(xb, {a.get(), c.get()});
+    REQUIRE(single.size() == 2);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    for (size_t i = 0; i < 2; ++i) {
+      const torch::nn::LinearImpl& l = i == 0 ? *a : *c;
+      CHECK(at::equal(single[i], at::linear(xb, l.weight.to(at::kBFloat16), l.bias.to(at::kBFloat16))));
+    }
+  }
   SECTION("it takes fp32 weights under CPU bf16 autocast only; the decoder's layers run through it") {
     torch::nn::Linear l(torch::nn::LinearOptions(8, 4));
     const at::Tensor x = at::randn({2, 8});

@@ -50,14 +50,9 @@ class CrossAttentionImpl : public torch::nn::Module {
   // (B, Hkv, N, hd) keys and values of the image tokens.
   std::pair<at::Tensor, at::Tensor> image_kv(const at::Tensor& feats) {
     const int64_t B = feats.size(0), N = feats.size(1);
-    at::Tensor k, v;
-    if (nn::packs_projections(feats)) {  // under autocast: one GEMM over k and v, one cast of the features
-      const auto kv = nn::packed_linear(feats, {k_proj.get(), v_proj.get()}).chunk(2, -1);
-      k = kv[0], v = kv[1];
-    } else {
-      k = k_proj(feats), v = v_proj(feats);
-    }
-    return {k.view({B, N, kv_heads_, head_dim_}).transpose(1, 2), v.view({B, N, kv_heads_, head_dim_}).transpose(1, 2)};
+    const auto kv = nn::projections(feats, {k_proj.get(), v_proj.get()});  // under autocast one GEMM, one cast
+    auto heads = [&](const at::Tensor& t) { return t.view({B, N, kv_heads_, head_dim_}).transpose(1, 2); };
+    return {heads(kv[0]), heads(kv[1])};
   }
   at::Tensor forward(const at::Tensor& x, at::Tensor k, at::Tensor v, const at::Tensor& image_mask) {
     const int64_t B = x.size(0), T = x.size(1);

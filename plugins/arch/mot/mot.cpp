@@ -122,23 +122,15 @@ class MoTAttentionImpl : public torch::nn::Module {
       const at::Tensor& x = parts[m];
       if (x.size(1) == 0) continue;
       const int64_t B = x.size(0), S = x.size(1);
-      at::Tensor q, k, v;
-      if (nn::packs_projections(x)) {  // under autocast: one GEMM, one cast of x
-        const auto p = nn::packed_linear(x, {q_[m].get(), k_[m].get(), v_[m].get()})
-                           .split_with_sizes({heads_ * hd_, kv_heads_ * hd_, kv_heads_ * hd_}, -1);
-        q = p[0], k = p[1], v = p[2];
-      } else {
-        q = q_[m](x), k = k_[m](x), v = v_[m](x);
-      }
-      q = q.view({B, S, heads_, hd_});
-      k = k.view({B, S, kv_heads_, hd_});
+      const auto qkv = nn::projections(x, {q_[m].get(), k_[m].get(), v_[m].get()});  // one GEMM under autocast
+      at::Tensor q = qkv[0].view({B, S, heads_, hd_}), k = qkv[1].view({B, S, kv_heads_, hd_});
       if (!qn_.empty()) {
         q = qn_[m](q);
         k = kn_[m](k);
       }
       qs.push_back(q);
       ks.push_back(k);
-      vs.push_back(v.view({B, S, kv_heads_, hd_}));
+      vs.push_back(qkv[2].view({B, S, kv_heads_, hd_}));
     }
     at::Tensor q = nn::apply_rope(at::cat(qs, 1).transpose(1, 2), step.attention.cos, step.attention.sin);
     at::Tensor k = nn::apply_rope(at::cat(ks, 1).transpose(1, 2), step.attention.cos, step.attention.sin);

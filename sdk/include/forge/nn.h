@@ -120,6 +120,13 @@ struct AttentionOptions {
 // its gradient in fp32 straight from a bf16 product (docs/performance.md).
 FORGE_API bool packs_projections(const at::Tensor& x);
 FORGE_API at::Tensor packed_linear(const at::Tensor& x, std::initializer_list<const torch::nn::LinearImpl*> linears);
+// projections(x, {a, b, ...}) is each linear's output, in their order, for
+// every mode: when packs_projections(x), views of one packed_linear split by
+// out_features; otherwise each linear on its own through packed_linear(x, {l}),
+// which is l(x). Write q, k and v (or k and v) with it rather than branching
+// on packs_projections yourself.
+FORGE_API std::vector<at::Tensor> projections(const at::Tensor& x,
+                                              std::initializer_list<const torch::nn::LinearImpl*> linears);
 
 // Self-attention: q_proj, k_proj, v_proj, o_proj (bias-free unless the options
 // say otherwise) [+ q_norm, k_norm].
