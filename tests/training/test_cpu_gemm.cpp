@@ -17,16 +17,13 @@
 #include "core/util/cpu_gemm.h"
 #include "forge/nn.h"
 #include "tests/unit/autograd_helpers.h"
+#include "tests/unit/tensor_compare.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
+using forge::test::rel_err;
 
 namespace {
-
-double rel64(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return (got.to(at::kDouble) - w).norm().item<double>() / w.norm().item<double>();
-}
 
 // The product of two bf16 tensors in fp64: the exact value an fp32-accumulating GEMM approximates.
 at::Tensor mm64(const at::Tensor& a, const at::Tensor& b) { return at::mm(a.to(at::kDouble), b.to(at::kDouble)); }
@@ -68,13 +65,13 @@ TEST_CASE("the CPU bf16 -> fp32 product is fp64's product of the bf16 operands t
         const at::Tensor want = mm64(a, b);
         const at::Tensor c = cpu_gemm::mm_bf16_f32(a, b);
         CHECK(c.scalar_type() == at::kFloat);
-        CHECK(rel64(c, want) < 1e-6);
+        CHECK(rel_err(c, want) < 1e-6);
         // Accumulating adds to what the output holds, here into every other row of a wider buffer.
         const at::Tensor base = at::randn({2 * m, n + 3});
         const at::Tensor into = base.clone();
         const at::Tensor rows = into.narrow(1, 1, n).slice(0, 0, 2 * m, 2);
         cpu_gemm::mm_bf16_f32(a, b, rows, true);
-        CHECK(rel64(rows, want + base.narrow(1, 1, n).slice(0, 0, 2 * m, 2).to(at::kDouble)) < 1e-6);
+        CHECK(rel_err(rows, want + base.narrow(1, 1, n).slice(0, 0, 2 * m, 2).to(at::kDouble)) < 1e-6);
         CHECK(at::equal(into.narrow(1, 0, 1), base.narrow(1, 0, 1)));  // the rest is untouched
         CHECK(at::equal(into.slice(0, 1, 2 * m, 2), base.slice(0, 1, 2 * m, 2)));
       }
@@ -83,7 +80,7 @@ TEST_CASE("the CPU bf16 -> fp32 product is fp64's product of the bf16 operands t
   SECTION("a strided operand is copied first; an empty reduction gives zeros or leaves the sum") {
     const at::Tensor a = at::randn({m, 2 * k}).to(at::kBFloat16).slice(1, 0, 2 * k, 2);
     const at::Tensor b = at::randn({k, n}).to(at::kBFloat16);
-    CHECK(rel64(cpu_gemm::mm_bf16_f32(a, b), mm64(a, b)) < 1e-6);
+    CHECK(rel_err(cpu_gemm::mm_bf16_f32(a, b), mm64(a, b)) < 1e-6);
     at::Tensor c = at::ones({m, n});
     cpu_gemm::mm_bf16_f32(at::empty({m, 0}, at::kBFloat16), at::empty({0, n}, at::kBFloat16), c, true);
     CHECK(at::equal(c, at::ones({m, n})));
@@ -129,22 +126,22 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
         CHECK(y.scalar_type() == at::kBFloat16);
         CHECK(y.sizes() == at::IntArrayRef({3, 7, width + 16}));
         CHECK(graph_has(y, kLinearNode));
-        CHECK(rel64(y, ref) < 1e-2);
+        CHECK(rel_err(y, ref) < 1e-2);
         y.backward(gy);
         // The gradients against fp64 products of the very bf16 operands the GEMMs read.
         const at::Tensor xb = x0.reshape({-1, 40}).to(at::kBFloat16), dy = gy.reshape({-1, width + 16});
         const at::Tensor w = at::cat({a->weight, b->weight}).detach().to(at::kBFloat16);
         const at::Tensor dw = mm64(dy.t(), xb);
         REQUIRE(a->weight.grad().scalar_type() == at::kFloat);
-        CHECK(rel64(a->weight.grad(), dw.narrow(0, 0, width)) < 1e-6);  // fp32 accuracy, no bf16 rounding
-        CHECK(rel64(b->weight.grad(), dw.narrow(0, width, 16)) < 1e-6);
+        CHECK(rel_err(a->weight.grad(), dw.narrow(0, 0, width)) < 1e-6);  // fp32 accuracy, no bf16 rounding
+        CHECK(rel_err(b->weight.grad(), dw.narrow(0, width, 16)) < 1e-6);
         if (bias) {
           const at::Tensor db = dy.to(at::kDouble).sum(0);
-          CHECK(rel64(a->bias.grad(), db.narrow(0, 0, width)) < 1e-6);
-          CHECK(rel64(b->bias.grad(), db.narrow(0, width, 16)) < 1e-6);
+          CHECK(rel_err(a->bias.grad(), db.narrow(0, 0, width)) < 1e-6);
+          CHECK(rel_err(b->bias.grad(), db.narrow(0, width, 16)) < 1e-6);
         }
         REQUIRE(x.grad().scalar_type() == at::kFloat);
-        CHECK(rel64(x.grad(), mm64(dy, w).view({3, 7, 40})) < (width >= 2048 ? 1e-6 : 1e-2));
+        CHECK(rel_err(x.grad(), mm64(dy, w).view({3, 7, 40})) < (width >= 2048 ? 1e-6 : 1e-2));
       }
     }
   }
@@ -163,18 +160,18 @@ TEST_CASE("linears under CPU bf16 autocast: at::linear's forward, fp32 weight gr
                                       at::linear(x0, b->weight.detach()),
                                       at::linear(x0, c->weight.detach(), c->bias.detach())},
                                      -1);
-      CHECK(rel64(y, ref) < 1e-2);
+      CHECK(rel_err(y, ref) < 1e-2);
       y.backward(gy);
     }
     const at::Tensor xb = x0.to(at::kBFloat16);
     const at::Tensor dw = mm64(gy.t(), xb) * 2, db = gy.to(at::kDouble).sum(0) * 2;  // two passes, summed
-    CHECK(rel64(a->weight.grad(), dw.narrow(0, 0, 6)) < 1e-6);
+    CHECK(rel_err(a->weight.grad(), dw.narrow(0, 0, 6)) < 1e-6);
     CHECK_FALSE(b->weight.grad().defined());  // frozen: no gradient made
-    CHECK(rel64(c->weight.grad(), dw.narrow(0, 11, 7)) < 1e-6);
-    CHECK(rel64(a->bias.grad(), db.narrow(0, 0, 6)) < 1e-6);
-    CHECK(rel64(c->bias.grad(), db.narrow(0, 11, 7)) < 1e-6);
+    CHECK(rel_err(c->weight.grad(), dw.narrow(0, 11, 7)) < 1e-6);
+    CHECK(rel_err(a->bias.grad(), db.narrow(0, 0, 6)) < 1e-6);
+    CHECK(rel_err(c->bias.grad(), db.narrow(0, 11, 7)) < 1e-6);
     const at::Tensor w = at::cat({a->weight, b->weight, c->weight}).detach().to(at::kBFloat16);
-    CHECK(rel64(x.grad(), mm64(gy, w) * 2) < 1e-2);
+    CHECK(rel_err(x.grad(), mm64(gy, w) * 2) < 1e-2);
   }
   SECTION("a bf16 input, one row, no rows; no double backward") {
     torch::nn::Linear l(torch::nn::LinearOptions(10, 3));

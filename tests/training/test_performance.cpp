@@ -24,11 +24,13 @@
 #include "core/training/precision.h"
 #include "core/util/cpu_vec.h"
 #include "tests/unit/autograd_helpers.h"
+#include "tests/unit/tensor_compare.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace forge;
 using forge::test::builtin_registry;
 using forge::test::TempDir;
+using forge::test::rel_err;
 
 namespace {
 
@@ -55,10 +57,6 @@ Pass forward_backward(VLMImpl& model, const at::Tensor& px, const at::Tensor& id
     if (param.grad().defined()) gs.push_back(param.grad().flatten());
   out.grad = at::cat(gs);
   return out;
-}
-
-double relative(const at::Tensor& a, const at::Tensor& ref) {
-  return (a.to(at::kFloat) - ref).norm().item<double>() / ref.norm().item<double>();
 }
 
 }  // namespace
@@ -94,10 +92,10 @@ TEST_CASE("bf16 autocast on a CPU stays within bf16's error of fp32, for every a
       for (const auto& p : model->parameters()) CHECK(p.scalar_type() == at::kFloat);  // masters stay fp32
       CHECK(low.grad.scalar_type() == at::kFloat);
       // bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %): a few of those, not more.
-      CHECK(relative(low.logits, ref.logits) < 0.02);
+      CHECK(rel_err(low.logits, ref.logits) < 0.02);
       CHECK(std::abs(low.loss - ref.loss) / ref.loss < 0.005);
-      CHECK(relative(low.grad, ref.grad) < 0.05);
-      CHECK(relative(low.logits, ref.logits) > 0);  // and it is not fp32 in disguise
+      CHECK(rel_err(low.grad, ref.grad) < 0.05);
+      CHECK(rel_err(low.logits, ref.logits) > 0);  // and it is not fp32 in disguise
     }
   }
 }
@@ -280,18 +278,9 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
     CHECK(low.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(0.01));
     CHECK(h3.grad().scalar_type() == at::kFloat);
     CHECK(w3.grad().scalar_type() == at::kFloat);
-    CHECK((h3.grad() - h1.grad()).norm().item<double>() / h1.grad().norm().item<double>() < 0.05);
+    CHECK(rel_err(h3.grad(), h1.grad()) < 0.05);
   }
 }
-
-namespace {
-
-// Relative error of a gradient against the fp64 one.
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-  return (got.to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
-}
-
-}  // namespace
 
 TEST_CASE("the CPU loops' exp is within 2 ulp of std::exp and keeps NaN", "[fused]") {
   double worst = 0.0;
