@@ -14,6 +14,7 @@
 #include "core/training/loss.h"
 #include "core/util/cpu_gemm.h"
 #include "core/util/cpu_vec.h"
+#include "core/util/row_max.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
@@ -98,9 +99,10 @@ ChunkSoftmax chunk_softmax_cpu(at::Tensor& logits, const at::Tensor& t, double z
   ChunkSoftmax out{at::empty({c}, f32), at::empty({c}, f32), want_grad ? logits : at::Tensor()};
   float *lse = out.lse.mutable_data_ptr<float>(), *picked = out.picked.mutable_data_ptr<float>();
   const float z = static_cast<float>(z_loss_weight), inv_denom = static_cast<float>(1.0 / denom);
-  // Each row's maximum by ATen's vectorised reduction (a select-based max does not vectorise without
-  // -ffinite-math-only, which would lose NaN); exact in any dtype.
-  const at::Tensor row_max = logits.amax(1).to(at::kFloat).contiguous();
+  // Each row's maximum, exact and NaN-keeping, in a pass of its own (core/util/row_max.h): bf16 rows by integer
+  // maxima of their bits, fp32 rows by ATen's amax (a select-based float max does not vectorise without
+  // -ffinite-math-only, which would lose NaN).
+  const at::Tensor row_max = cpu_rows::row_max(logits);
   const float* mp = row_max.const_data_ptr<float>();
   auto rows = [&]<typename T>(T* l) {
     at::parallel_for(0, c, 1, [&](int64_t r0, int64_t r1) {

@@ -23,6 +23,7 @@
 #include "core/training/optim.h"
 #include "core/training/precision.h"
 #include "core/util/cpu_vec.h"
+#include "core/util/row_max.h"
 #include "tests/unit/autograd_helpers.h"
 #include "tests/unit/tensor_compare.h"
 #include "tests/unit/test_helpers.h"
@@ -279,6 +280,51 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
     CHECK(h3.grad().scalar_type() == at::kFloat);
     CHECK(w3.grad().scalar_type() == at::kFloat);
     CHECK(rel_err(h3.grad(), h1.grad()) < 0.05);
+  }
+}
+
+TEST_CASE("row_max is each row's exact maximum and keeps NaN in bf16 and fp32", "[loss]") {
+  at::manual_seed(17);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+    // Lengths around the 32-lane loop: a tail alone, one vector, a vector and a tail, a vocabulary-sized row.
+    for (int64_t n : {1, 31, 32, 33, 1000, 32003}) {
+      DYNAMIC_SECTION(c10::toString(dt) << " rows of " << n) {
+        at::Tensor x = (at::randn({9, n}) * 40).to(dt);
+        x[1].fill_(-inf);
+        x[2] = -x[2].abs() - 1;  // all negative: the largest is the one of least magnitude
+        x[3].fill_(-0.0);
+        x[3][n - 1] = 0.0;  // +0 above -0
+        x[4][n / 2] = nan;
+        if (dt == at::kBFloat16)  // a NaN with its sign bit set (a float's conversion to bf16 would drop the sign)
+          x.view(at::kShort)[5][n - 1] = static_cast<int16_t>(0xFFC1);
+        else
+          x[5][n - 1] = -nan;
+        x[6][0] = inf;
+        x[7].fill_(-0.0);
+        x[8][n - 1] = x[8].abs().max() * 3;  // the maximum in the tail
+        const at::Tensor got = cpu_rows::row_max(x);
+        const at::Tensor want = x.to(at::kFloat).amax(1);
+        REQUIRE(got.scalar_type() == at::kFloat);
+        REQUIRE(got.sizes() == want.sizes());
+        for (int64_t r = 0; r < 9; ++r) {
+          INFO("row " << r);
+          const float g = got[r].item<float>(), w = want[r].item<float>();
+          if (r == 4 || r == 5) {
+            CHECK(std::isnan(g));
+          } else {
+            CHECK(g == w);
+            if (dt == at::kBFloat16) CHECK(std::signbit(g) == (r == 7 || w < 0));  // -0 only when all are -0
+          }
+        }
+      }
+    }
+  }
+  SECTION("an empty row is -inf; a 3-d or strided tensor is refused") {
+    CHECK(cpu_rows::row_max(at::empty({2, 0}, at::kBFloat16)).eq(-inf).all().item<bool>());
+    CHECK(cpu_rows::row_max(at::empty({2, 0})).eq(-inf).all().item<bool>());
+    CHECK_THROWS_WITH(cpu_rows::row_max(at::zeros({2, 3, 4}, at::kBFloat16)), Catch::Contains("contiguous 2-d CPU"));
+    CHECK_THROWS_WITH(cpu_rows::row_max(at::zeros({4, 6}, at::kBFloat16).t()), Catch::Contains("contiguous 2-d CPU"));
   }
 }
 
