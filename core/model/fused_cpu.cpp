@@ -272,9 +272,12 @@ bool rope_fusable(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 }
 
 struct Rope : torch::autograd::Function<Rope> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                            at::ScalarType out_dtype) {
     const at::Tensor c = rope_table(cos, x), s = rope_table(sin, x);
-    at::Tensor y = at::empty_like(x, x.options().dtype(at::result_type(x, cos)));
+    // In x's layout: q and k are transposed views of the projections' (B, S, H, D) outputs, the layout ATen's
+    // flash attention reads without a copy.
+    at::Tensor y = at::empty_like(x, x.options().dtype(out_dtype));
     rope_apply(x, c, s, y, /*inverse=*/false);
     ctx->save_for_backward({c, s});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
@@ -293,7 +296,7 @@ struct Rope : torch::autograd::Function<Rope> {
                         ? at::empty_strided(gy.sizes(), ctx->saved_data["x_strides"].toIntVector(), opts)
                         : at::empty(gy.sizes(), opts);
     rope_apply(gy, saved[0], saved[1], dx, /*inverse=*/true);
-    return {dx, at::Tensor(), at::Tensor()};
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -320,8 +323,11 @@ at::Tensor silu_mul_packed(const at::Tensor& gate_up) {
   return SiluMulPacked::apply(gate_up);
 }
 
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return rope_fusable(x, cos, sin) ? Rope::apply(x, cos, sin) : rope_forward(x, cos, sin);
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType out = out_dtype.value_or(at::result_type(x, cos));
+  if (rope_fusable(x, cos, sin) && (out == at::kFloat || out == at::kBFloat16)) return Rope::apply(x, cos, sin, out);
+  return rope_forward(x, cos, sin).to(out);
 }
 
 }  // namespace forge::fused

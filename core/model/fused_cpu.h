@@ -10,6 +10,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include "forge/export.h"
 
 namespace forge::fused {
@@ -30,6 +32,11 @@ FORGE_API at::Tensor silu_mul_packed(const at::Tensor& gate_up);
 // Rotary embedding, rotate-half form: cat(x1 cos - x2 sin, x2 cos + x1 sin)
 // with x = cat(x1, x2) over the last dim. x (B, H, S, D) of any strides with
 // a unit last one; cos and sin (.., D/2) fp32 and broadcast to x's rows.
-FORGE_API at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// The result is computed in fp32 and rounded once to `out_dtype`: the plain
+// expression's own dtype, result_type(x, cos), when not given (attention
+// under bf16 autocast asks for bf16, the dtype it computes in, rather than
+// an fp32 result that it would cast). The loops write it in x's layout.
+FORGE_API at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                          std::optional<at::ScalarType> out_dtype = std::nullopt);
 
 }  // namespace forge::fused

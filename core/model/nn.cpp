@@ -86,7 +86,13 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::rows(const at::Tensor& positi
   return {dev_cos_.index_select(0, positions).to(dtype), dev_sin_.index_select(0, positions).to(dtype)};
 }
 
+// Under autocast q and k go straight to attention, which would cast an fp32 rotation to autocast's dtype
+// (scaled_dot_product_attention is on its lower-precision list): written in that dtype at once, they skip the
+// fp32 copies and the casts, forward and backward, with the same bits.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto dev = x.device().type();
+  if (at::autocast::is_autocast_enabled(dev) && at::isFloatingType(x.scalar_type()))
+    return fused::rope(x, cos, sin, at::autocast::get_autocast_dtype(dev));
   return fused::rope(x, cos, sin);
 }
 

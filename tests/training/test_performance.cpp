@@ -420,6 +420,24 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
         at::cat({xd1 * cd - xd2 * sd, xd2 * cd + xd1 * sd}, -1).backward(gy.to(at::kDouble));
         CHECK(x.grad().scalar_type() == dt);
         CHECK(rel_err(x.grad(), xd.grad()) < (dt == at::kFloat ? 1e-6 : 1e-2));
+        // Written in bf16 (as attention under autocast asks): the fp32 rotation rounded once, in x's layout, and
+        // the gradient of the same upstream values.
+        const at::Tensor plain = at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+        at::Tensor xb = x0.detach().requires_grad_(true), xr = x0.detach().requires_grad_(true);
+        at::Tensor yb = fused::rope(xb, cos, sin, at::kBFloat16);
+        CHECK(yb.scalar_type() == at::kBFloat16);
+        CHECK(yb.strides() == x0.strides());
+        CHECK(at::equal(yb, plain.to(at::kBFloat16)));
+        const at::Tensor gyb = gy.to(at::kBFloat16);
+        yb.backward(gyb);
+        fused::rope(xr, cos, sin).backward(gyb.to(at::kFloat));
+        CHECK(at::equal(xb.grad(), xr.grad()));
+        Precision bf16;
+        bf16.bf16 = true;
+        AutocastScope scope(bf16);  // nn::apply_rope under autocast: its dtype, with and without autograd
+        CHECK(at::equal(nn::apply_rope(x0.detach().requires_grad_(true), cos, sin), plain.to(at::kBFloat16)));
+        at::NoGradGuard no_grad;
+        CHECK(at::equal(nn::apply_rope(x0, cos, sin), plain.to(at::kBFloat16)));
       }
     }
   }

@@ -64,7 +64,9 @@ class FORGE_API RotaryEmbedding {
   mutable at::Tensor dev_cos_, dev_sin_;  // copies on the last device used
 };
 
-// x: (B, H, S, hd); cos/sin: (S, hd/2).
+// x: (B, H, S, hd); cos/sin: (S, hd/2). The result is in autocast's dtype
+// where autocast is on for x's device (the dtype attention computes q and k
+// in: the rotation in fp32, rounded once), else in result_type(x, cos).
 FORGE_API at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // One layer's KV cache: (B, Hkv, capacity, hd) each, post-RoPE.
