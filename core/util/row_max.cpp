@@ -11,7 +11,6 @@
 #include "core/util/tensor.h"
 #include "forge/error.h"
 
-#include <bit>
 #include <cstdint>
 #include <limits>
 
@@ -59,7 +58,7 @@ at::Tensor row_max(const at::Tensor& x) {
     throw InvalidArgument(fmt::format("row_max: wants a contiguous 2-d CPU tensor, got {} on {}", util::shape(x),
                                       x.device().str()));
   if (x.scalar_type() != at::kBFloat16)
-    return x.size(1) ? x.amax(1).to(at::kFloat).contiguous()
+    return x.size(1) ? x.amax(1).to(at::kFloat)
                      : at::full({x.size(0)}, -std::numeric_limits<float>::infinity(), x.options().dtype(at::kFloat));
   const int64_t R = x.size(0), n = x.size(1);
   at::Tensor out = at::empty({R}, x.options().dtype(at::kFloat));

@@ -411,7 +411,8 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
         at::Tensor x = x0.detach().requires_grad_(true);
         at::Tensor y = fused::rope(x, cos, sin);
         const at::Tensor x1 = x0.narrow(-1, 0, D / 2), x2 = x0.narrow(-1, D / 2, D / 2);
-        CHECK(at::equal(y, at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1)));
+        const at::Tensor plain = at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+        CHECK(at::equal(y, plain));
         const at::Tensor gy = at::randn(y.sizes());
         y.backward(gy);
         at::Tensor xd = x0.to(at::kDouble).requires_grad_(true);
@@ -422,7 +423,6 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
         CHECK(rel_err(x.grad(), xd.grad()) < (dt == at::kFloat ? 1e-6 : 1e-2));
         // Written in bf16 (as attention under autocast asks): the fp32 rotation rounded once, in x's layout, and
         // the gradient of the same upstream values.
-        const at::Tensor plain = at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
         at::Tensor xb = x0.detach().requires_grad_(true), xr = x0.detach().requires_grad_(true);
         at::Tensor yb = fused::rope(xb, cos, sin, at::kBFloat16);
         CHECK(yb.scalar_type() == at::kBFloat16);
