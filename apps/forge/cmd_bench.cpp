@@ -163,7 +163,7 @@ int cmd_bench(const BenchArgs& a) {
     const StepStats st = gradients();
     device_sync(device);
     const auto t1 = Clock::now();
-    optimizer->step();
+    optimizer_step(*optimizer, st.grad_scale);
     finish_step(*model, true);
     device_sync(device);
     if (s >= a.warmup) {
@@ -182,8 +182,8 @@ int cmd_bench(const BenchArgs& a) {
                                   /*report_input_shapes=*/true, /*profile_memory=*/false);
     torch::autograd::profiler::prepareProfiler(pc, activities);
     torch::autograd::profiler::enableProfiler(pc, activities);
-    gradients();
-    optimizer->step();
+    const StepStats st = gradients();
+    optimizer_step(*optimizer, st.grad_scale);
     finish_step(*model, true);
     device_sync(device);
     torch::autograd::profiler::disableProfiler()->save(a.profile);

@@ -64,7 +64,8 @@ void OptimizerConfig::visit(ConfigVisitor& v) {
   v.field("decay_embeddings", decay_embeddings,
           "forge: also apply weight decay to the token embedding (KempnerForge does; forge does not by default).");
   v.field("fused", fused,
-          "One fused AdamW kernel per parameter group (at::_fused_adamw_; CPU and CUDA) instead of per-tensor ops. "
+          "One fused AdamW pass per parameter instead of per-tensor ops: forge's for fp32 parameters on CPUs with "
+          "AVX-512 (it also applies the gradient clip as it reads the gradients), at::_fused_adamw_ elsewhere. "
           "Same update and state; the last bits of the weights may differ from the unfused path.");
   for (const char* k : {"muon_momentum", "muon_ns_steps", "muon_adam_lr", "schedule_free_warmup_steps"})
     v.unimplemented(k, "forge implements AdamW only");

@@ -135,20 +135,17 @@ static std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& with_gr
 }
 
 // LibTorch's clip_grad_norm_ (the 2-norm of the per-tensor 2-norms; every gradient times max_norm / (norm + 1e-6),
-// clamped to at most 1), except that on a CPU, where reading the factor costs no device sync, a factor of exactly 1
-// skips the multiply: a pass over every gradient that would change no bit (x * 1 == x, NaN included).
-static double clip_replicated(const std::vector<at::Tensor>& with_grad, double max_norm) {
-  if (with_grad.empty()) return 0.0;
+// clamped to at most 1), with the factor returned rather than applied.
+static GradClip clip_replicated(const std::vector<at::Tensor>& with_grad, double max_norm) {
+  if (with_grad.empty()) return {};
   torch::NoGradGuard no_grad;
   const std::vector<at::Tensor> norms = grad_norms(with_grad);
   const at::Tensor total = norms.size() == 1 ? norms[0] : at::stack(norms).norm(2);
   const at::Tensor coef = at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0);
-  if (!(total.device().is_cpu() && coef.item<double>() == 1.0))
-    for (const auto& p : with_grad) p.grad().mul_(coef);
-  return total.item<double>();
+  return {total.item<double>(), coef.item<double>()};  // coef is an fp32 value: the double holds it exactly
 }
 
-double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {
+GradClip DataParallel::grad_clip(const ParamGroups& optimized, double max_norm) {
   std::vector<at::Tensor> with_grad;
   for (const auto& p : optimized.all())
     if (p.grad().defined()) with_grad.push_back(p);
@@ -159,12 +156,15 @@ double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_nor
   const double local = squares.empty() ? 0.0 : at::stack(squares).sum().item<double>();
   Distributed& owners = shard_group_ ? *shard_group_ : dist_;  // replica groups hold the same shards
   const double total = std::sqrt(owners.sum(local));
-  const double coef = max_norm / (total + 1e-6);
-  if (coef < 1 && std::isfinite(total)) {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : with_grad) p.grad().mul_(coef);
-  }
-  return total;
+  // An fp32 factor, as the gradients' fp32 multiply would round it.
+  const double coef = static_cast<float>(max_norm / (total + 1e-6));
+  return {total, coef < 1 && std::isfinite(total) ? coef : 1.0};
+}
+
+double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {
+  const GradClip c = grad_clip(optimized, max_norm);
+  scale_gradients(optimized.all(), c.scale);
+  return c.norm;
 }
 
 void DataParallel::begin_eval() {

@@ -50,8 +50,14 @@ class FORGE_API DataParallel {
   // After the last backward: every rank's gradients averaged into the
   // optimizer's tensors' .grad.
   void finish_gradients();
-  // Clips the global gradient norm of `optimized` to max_norm (over every
-  // rank's shards when sharded) and returns the norm before clipping.
+  // The global gradient norm of `optimized` (over every rank's shards when
+  // sharded) and the factor that clips it to max_norm, LibTorch's
+  // clip_grad_norm_ factor, not yet applied: the optimizer step applies it
+  // (optimizer_step in core/training/optim.h), in the pass that reads the
+  // gradients anyway where it can.
+  GradClip grad_clip(const ParamGroups& optimized, double max_norm);
+  // grad_clip, with the factor applied to the gradients at once; returns the
+  // norm before clipping.
   double clip_grad_norm(const ParamGroups& optimized, double max_norm);
   // A sharded model evaluates on every rank (its gathers are collectives);
   // a replicated one on rank 0 alone.

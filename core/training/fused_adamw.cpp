@@ -8,27 +8,67 @@
 
 #include <fmt/format.h>
 
+#include "core/training/adamw_cpu.h"
+#include "core/training/optim.h"
 #include "forge/error.h"
 
 namespace forge {
 
+namespace {
+
+// forge's one-pass kernel takes contiguous fp32 CPU tensors (the parameter, its gradient and its moments).
+bool own_kernel(const at::Tensor& p, const torch::optim::AdamWParamState& s) {
+  const auto ok = [&](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+  };
+  return adamw_cpu::available() && ok(p) && ok(p.grad()) && ok(s.exp_avg()) && ok(s.exp_avg_sq()) &&
+         !p.grad().is_sparse();
+}
+
+}  // namespace
+
 at::Tensor FusedAdamW::step(LossClosure closure) {
-  at::NoGradGuard no_grad;
   at::Tensor loss;
   if (closure) {
     at::AutoGradMode enable(true);
     loss = closure();
   }
+  step_scaled(1.0);
+  return loss;
+}
+
+void FusedAdamW::step_scaled(double grad_scale) {
+  at::NoGradGuard no_grad;
   for (auto& group : param_groups()) {
     const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
     if (o.amsgrad()) throw InvalidArgument("FusedAdamW: amsgrad is not supported");
-    // One kernel call per (device, dtype): every list passed must agree on both.
+    const adamw_cpu::Hyper hyper{o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.weight_decay(), o.eps()};
+    // One ATen kernel call per (device, dtype): every list passed must agree on both.
     std::map<std::tuple<int, int, int>, std::vector<size_t>> buckets;
     auto& params = group.params();
     for (size_t i = 0; i < params.size(); ++i) {
       const at::Tensor& p = params[i];
       if (!p.grad().defined()) continue;
       if (p.grad().is_sparse()) throw InvalidArgument("FusedAdamW: sparse gradients are not supported");
+      auto& slot = state()[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto s = std::make_unique<torch::optim::AdamWParamState>();
+        s->step(0);
+        s->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+        s->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+        slot = std::move(s);
+      }
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+      if (own_kernel(p, s)) {
+        s.step(s.step() + 1);
+        adamw_cpu::update({p.mutable_data_ptr<float>(), p.grad().const_data_ptr<float>(),
+                           s.exp_avg().mutable_data_ptr<float>(), s.exp_avg_sq().mutable_data_ptr<float>(), nullptr,
+                           p.numel()},
+                          hyper, s.step(), static_cast<float>(grad_scale));
+        p.unsafeGetTensorImpl()->bump_version();  // as an in-place op would: saved copies of p are now stale
+        continue;
+      }
+      scale_gradients({p}, grad_scale);
       buckets[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}]
           .push_back(i);
     }
@@ -36,15 +76,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
       std::vector<at::Tensor> ps, grads, m, v, steps;
       for (size_t i : idx) {
         const at::Tensor& p = params[i];
-        auto& slot = state()[p.unsafeGetTensorImpl()];
-        if (!slot) {
-          auto s = std::make_unique<torch::optim::AdamWParamState>();
-          s->step(0);
-          s->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
-          s->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
-          slot = std::move(s);
-        }
-        auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*state()[p.unsafeGetTensorImpl()]);
         DeviceStep& d = device_steps_[p.unsafeGetTensorImpl()];
         if (d.count != s.step())  // first step, or a state loaded since
           d.tensor = at::scalar_tensor(static_cast<double>(s.step()),
@@ -62,7 +94,6 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
                         std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false);
     }
   }
-  return loss;
 }
 
 }  // namespace forge

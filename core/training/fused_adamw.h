@@ -18,6 +18,12 @@ class FORGE_API FusedAdamW final : public torch::optim::AdamW {
  public:
   using torch::optim::AdamW::AdamW;
   at::Tensor step(LossClosure closure = nullptr) override;
+  // One update with every gradient multiplied by `grad_scale` first (the
+  // clip's factor, 1 for none). fp32 parameters on a CPU with AVX-512 take
+  // forge's one-pass kernel (core/training/adamw_cpu.h), which scales as it
+  // reads and leaves their gradients unscaled; the others' gradients are
+  // scaled in place, then updated by ATen's.
+  void step_scaled(double grad_scale);
 
  private:
   // The kernel reads each parameter's step count as a float tensor on its

@@ -60,6 +60,21 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
 }
 
+void scale_gradients(const std::vector<at::Tensor>& params, double scale) {
+  if (scale == 1.0) return;  // x * 1 == x, NaN included: a pass that would change no bit
+  at::NoGradGuard no_grad;
+  // An fp32 0-dim tensor, as LibTorch's clip multiplies by: a bf16 gradient's product then rounds as its does.
+  const at::Tensor factor = at::scalar_tensor(scale, at::kFloat);
+  for (const auto& p : params)
+    if (p.grad().defined()) p.grad().mul_(factor);
+}
+
+void optimizer_step(torch::optim::AdamW& opt, double grad_scale) {
+  if (auto* fused = dynamic_cast<FusedAdamW*>(&opt)) return fused->step_scaled(grad_scale);
+  for (auto& group : opt.param_groups()) scale_gradients(group.params(), grad_scale);
+  opt.step();
+}
+
 double lr_factor(const SchedulerConfig& s, int64_t step, int64_t max_steps) {
   const double W = static_cast<double>(s.warmup_steps), m = s.min_lr_ratio, t = static_cast<double>(step);
   if (s.name == "none") return 1.0;

@@ -33,6 +33,23 @@ FORGE_API std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& gro
 // Sets the learning rate of every group.
 FORGE_API void set_lr(torch::optim::Optimizer& opt, double lr);
 
+// A clip's outcome: the global gradient norm before clipping, and the factor
+// the gradients still need (1: none; NaN when the norm is NaN, as LibTorch's
+// clip gives it).
+struct GradClip {
+  double norm = 0;
+  double scale = 1;
+};
+
+// Every defined gradient of `params` times `scale`, in place (nothing when
+// it is 1), each rounded as LibTorch's clip_grad_norm_ rounds it.
+FORGE_API void scale_gradients(const std::vector<at::Tensor>& params, double scale);
+
+// One optimizer step on gradients still to be multiplied by `grad_scale` (a
+// GradClip's scale): FusedAdamW multiplies as it reads them, any other AdamW
+// after scale_gradients. The updates are those of the gradients scaled first.
+FORGE_API void optimizer_step(torch::optim::AdamW& opt, double grad_scale);
+
 // The reference's LambdaLR factor for optimizer step `step` (0-based): the
 // first update uses factor(0). Formulas in docs/training.md.
 FORGE_API double lr_factor(const SchedulerConfig& s, int64_t step, int64_t max_steps);

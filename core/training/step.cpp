@@ -46,7 +46,9 @@ StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function
   s.loss = dist.sum(loss_sum.item<double>() / static_cast<double>(accum)) / dist.world();
   s.label_tokens = static_cast<int64_t>(dist.sum(static_cast<double>(s.label_tokens)));
   s.samples *= dist.world();
-  s.grad_norm = parts.dp.clip_grad_norm(parts.optimized, parts.grad_clip_norm);
+  const GradClip clip = parts.dp.grad_clip(parts.optimized, parts.grad_clip_norm);
+  s.grad_norm = clip.norm;
+  s.grad_scale = clip.scale;
   return s;
 }
 

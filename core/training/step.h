@@ -1,8 +1,9 @@
 // The gradient half of a training step, shared by `forge train` and
 // `forge bench`: forward and backward over the micro-batches (bf16 autocast
-// when the precision says so), gradients averaged across ranks and clipped.
-// The caller decides whether the optimizer steps (the trainer skips a
-// non-finite one).
+// when the precision says so), gradients averaged across ranks and their norm
+// taken. The caller decides whether the optimizer steps (the trainer skips a
+// non-finite one) and steps it with optimizer_step(opt, stats.grad_scale),
+// which applies the clip.
 #pragma once
 
 #include <functional>
@@ -34,13 +35,14 @@ struct FORGE_API StepParts {
 struct FORGE_API StepStats {
   double loss = 0;           // mean over micro-batches and ranks
   double grad_norm = 0;      // before clipping
+  double grad_scale = 1;     // the clip's factor, which the gradients still need (optimizer_step applies it)
   int64_t label_tokens = 0;  // over every rank
   int64_t samples = 0;       // over every rank
   double data_wait_s = 0;    // this rank's time in next_batch
 };
 
-// Runs `accum` micro-batches drawn from next_batch and leaves the averaged,
-// clipped gradients on parts.optimized.
+// Runs `accum` micro-batches drawn from next_batch and leaves the averaged
+// gradients on parts.optimized, unclipped: StepStats::grad_scale clips them.
 FORGE_API StepStats compute_gradients(StepParts& parts, int64_t accum, const std::function<Batch()>& next_batch);
 
 // After the optimizer step (updated) or its skip: hands every StepParticipant

@@ -408,7 +408,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
                                        state.step + 1));
     } else {
       nan_streak = 0;
-      optimizer->step();
+      optimizer_step(*optimizer, st.grad_scale);
       finish_step(*model, true);
       state.tokens_seen += label_tokens;
       summary.losses.push_back(loss);

@@ -18,7 +18,6 @@
 #include "core/model/attention_cpu.h"
 #include "core/model/fused_cpu.h"
 #include "core/model/vlm.h"
-#include "core/training/fused_adamw.h"
 #include "core/training/loss.h"
 #include "core/training/optim.h"
 #include "core/training/precision.h"
@@ -135,62 +134,6 @@ TEST_CASE("forge bench times the tiny shape for every arch and writes its result
                               "/configs/bench/tiny.toml --model.dim=-3");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("model.dim"));
-}
-
-TEST_CASE("the fused AdamW makes LibTorch's AdamW updates and keeps its state layout", "[optim]") {
-  at::manual_seed(11);
-  // Odd sizes (vector body and scalar tail of the kernel), two groups (with and without decay).
-  std::vector<at::Tensor> init{at::randn({37, 19}), at::randn({129}), at::randn({5, 3, 7})};
-  auto groups_of = [&](std::vector<at::Tensor>& ps) {
-    ParamGroups g;
-    g.decay = {{"a", ps[0]}, {"c", ps[2]}};
-    g.no_decay = {{"b", ps[1]}};
-    return g;
-  };
-  std::vector<at::Tensor> p1, p2;
-  for (const auto& t : init) {
-    p1.push_back(t.clone().requires_grad_(true));
-    p2.push_back(t.clone().requires_grad_(true));
-  }
-  const ParamGroups g1 = groups_of(p1), g2 = groups_of(p2);
-  OptimizerConfig cfg;
-  cfg.lr = 1e-2;
-  cfg.weight_decay = 0.1;
-  cfg.fused = false;
-  auto plain = make_adamw(g1, cfg);
-  cfg.fused = true;
-  auto fused = make_adamw(g2, cfg);
-  CHECK(dynamic_cast<FusedAdamW*>(fused.get()) != nullptr);
-  CHECK(dynamic_cast<FusedAdamW*>(plain.get()) == nullptr);
-  for (int step = 0; step < 6; ++step) {
-    set_lr(*plain, cfg.lr * (step + 1) / 6.0);
-    set_lr(*fused, cfg.lr * (step + 1) / 6.0);
-    for (size_t i = 0; i < init.size(); ++i) {
-      if (step == 2 && i == 1) continue;  // a parameter without a gradient this step is skipped by both
-      at::Tensor g = at::randn(init[i].sizes());
-      p1[i].mutable_grad() = g.clone();
-      p2[i].mutable_grad() = g.clone();
-    }
-    plain->step();
-    fused->step();
-    for (auto* ps : {&p1, &p2})
-      for (auto& p : *ps) p.mutable_grad().reset();
-  }
-  for (size_t i = 0; i < init.size(); ++i) {
-    INFO("parameter " << i);
-    CHECK(at::allclose(p1[i], p2[i], 1e-6, 1e-7));
-    CHECK_FALSE(at::equal(p1[i], init[i]));
-  }
-  const auto s1 = optimizer_state(*plain, g1), s2 = optimizer_state(*fused, g2);
-  REQUIRE(s1.size() == s2.size());
-  for (size_t k = 0; k < s1.size(); ++k) {
-    INFO(s1[k].first);
-    CHECK(s1[k].first == s2[k].first);
-    CHECK(s1[k].second.scalar_type() == s2[k].second.scalar_type());
-    CHECK(at::allclose(s1[k].second.to(at::kDouble), s2[k].second.to(at::kDouble), 1e-5, 1e-7));  // lerp vs mul+add: ulps
-  }
-  CHECK(s2.back().first == "b.step");
-  CHECK(s2.back().second.item<int64_t>() == 5);  // skipped once
 }
 
 TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without the logits", "[loss]") {
