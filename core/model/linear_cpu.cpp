@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "core/model/bf16_weights.h"
 #include "core/util/cpu_gemm.h"
 #include "core/util/cpu_vec.h"
 #include "forge/error.h"
@@ -45,12 +46,10 @@ struct LinearBf16 : torch::autograd::Function<LinearBf16> {
     for (const auto& w : weights) rows.push_back(w.size(0));
     const std::vector<int64_t> off = offsets(rows);
     const int64_t n = off.back() + rows.back();
-    at::Tensor wb = at::empty({n, in}, weights[0].options().dtype(at::kBFloat16));
+    // The weights' bf16 copy, kept between steps where the optimizer writes it (core/model/bf16_weights.h).
+    const at::Tensor wb = bf16_weights::packed(weights);
     bool want_dw = false;
-    for (size_t i = 0; i < weights.size(); ++i) {
-      wb.narrow(0, off[i], rows[i]).copy_(weights[i]);
-      want_dw = want_dw || weights[i].requires_grad();
-    }
+    for (const auto& w : weights) want_dw = want_dw || w.requires_grad();
     // Cast before flattening: the cast of a strided view (a modality's rows in MoT) is already contiguous, where
     // flattening it first would copy it once more in fp32.
     const at::Tensor xb = x.to(at::kBFloat16).reshape({-1, in}).contiguous();

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/bf16_weights.h"
 #include "core/training/adamw_cpu.h"
 #include "core/training/optim.h"
 #include "forge/error.h"
@@ -61,11 +62,15 @@ void FusedAdamW::step_scaled(double grad_scale) {
       auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
       if (own_kernel(p, s)) {
         s.step(s.step() + 1);
+        // bf16 compute's kept copy of p, written in the same pass (core/model/bf16_weights.h).
+        const at::Tensor copy = bf16_weights::copy_of(p);
+        const bool write_copy = copy.defined() && copy.sizes().equals(p.sizes()) && copy.is_contiguous();
         adamw_cpu::update({p.mutable_data_ptr<float>(), p.grad().const_data_ptr<float>(),
-                           s.exp_avg().mutable_data_ptr<float>(), s.exp_avg_sq().mutable_data_ptr<float>(), nullptr,
-                           p.numel()},
+                           s.exp_avg().mutable_data_ptr<float>(), s.exp_avg_sq().mutable_data_ptr<float>(),
+                           write_copy ? copy.mutable_data_ptr<c10::BFloat16>() : nullptr, p.numel()},
                           hyper, s.step(), static_cast<float>(grad_scale));
         p.unsafeGetTensorImpl()->bump_version();  // as an in-place op would: saved copies of p are now stale
+        if (write_copy) bf16_weights::mark_current(p);
         continue;
       }
       scale_gradients({p}, grad_scale);

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/bf16_weights.h"
 #include "core/training/loss.h"
 #include "core/util/cpu_gemm.h"
 #include "core/util/cpu_vec.h"
@@ -156,7 +157,9 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     // Gradients are made here, in forward: only when autograd will ask for them.
     const bool want_h = grad_enabled && hidden.requires_grad(), want_w = grad_enabled && weight.requires_grad();
     const double denom = static_cast<double>(std::max<int64_t>(n_valid, 1));
-    const at::Tensor W = weight.to(dtype), H = hidden.to(dtype);
+    // A bf16 head on a CPU reads the weight's kept copy (core/model/bf16_weights.h) rather than casting it.
+    const bool kept = dtype == at::kBFloat16 && weight.scalar_type() == at::kFloat && weight.device().is_cpu();
+    const at::Tensor W = kept ? bf16_weights::packed({weight}) : weight.to(dtype), H = hidden.to(dtype);
     auto f32 = hidden.options().dtype(at::kFloat).requires_grad(false);
     at::Tensor grad_h = want_h ? at::empty({N, hidden.size(1)}, hidden.options().requires_grad(false)) : at::Tensor();
     at::Tensor grad_w;  // fp32 sum over chunks
