@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/silu_mul_cpu.h"
 #include "core/util/cpu_vec.h"
 #include "core/util/tensor.h"
 #include "forge/error.h"
@@ -115,7 +116,11 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
 
 // ------------------------------------------------------------ SwiGLU
 
-at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up) { return at::silu(gate) * up; }
+// One pass with ATen's bits where the CPU has its AVX-512 kernels (core/model/silu_mul_cpu.h), else its two ops.
+at::Tensor silu_mul_forward(const at::Tensor& gate, const at::Tensor& up) {
+  if (at::Tensor y = silu_mul_exact(gate, up); y.defined()) return y;
+  return at::silu(gate) * up;
+}
 
 // d(silu(g) * u) over n elements: dg = gy * u * s * (1 + g * (1 - s)), du = gy * g * s, s = sigmoid(g).
 template <typename T>
