@@ -43,6 +43,13 @@ ExpFn sleef_exp() {
 
 #define FORGE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
+// GCC 12's AVX-512 intrinsics start some results from _mm512_undefined_*() and then warn, where they are inlined,
+// that the value may be used uninitialised; every lane is written before it is read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 // fp32 -> bf16 bits, round to nearest even, NaN as ATen's AVX-512 conversion writes it (0xffff).
 FORGE_AVX512 inline __m256i to_bf16(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
@@ -83,6 +90,9 @@ FORGE_AVX512 void run_f32(const float* g, const float* u, float* y, int64_t n, i
     _mm512_storeu_ps(y + i, _mm512_mul_ps(silu16(_mm512_loadu_ps(g + i), exp), _mm512_loadu_ps(u + i)));
   for (; i < n; ++i) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 // Rows of h values: the row stride of t as a (rows, h) matrix with a unit inner stride, or -1 when it is not one.
