@@ -12,8 +12,10 @@
 #include "core/training/adamw_cpu.h"
 #include "core/training/fused_adamw.h"
 #include "core/training/optim.h"
+#include "tests/unit/threads.h"
 
 using namespace forge;
+using forge::test::Threads;
 
 TEST_CASE("the fused AdamW makes LibTorch's AdamW updates and keeps its state layout", "[optim]") {
   at::manual_seed(11);
@@ -115,7 +117,6 @@ TEST_CASE("an optimizer step with the clip's factor is LibTorch's clip then the 
   }
 }
 
-
 TEST_CASE("forge's one-pass AdamW kernel is ATen's fused AdamW bit for bit and scales as the clip does", "[adamw]") {
   if (!adamw_cpu::available()) {
     WARN("this CPU has no AVX-512: FusedAdamW keeps ATen's kernel, which the optimizer test covers");
@@ -131,32 +132,35 @@ TEST_CASE("forge's one-pass AdamW kernel is ATen's fused AdamW bit for bit and s
   const std::vector<Case> cases{{{1e-2, 0.9, 0.999, 0.1, 1e-8}, 1.0f},
                                 {{3e-4, 0.9, 0.95, 0.0, 1e-6}, 0.37f},
                                 {{1e-3, 0.3, 0.99, 0.05, 1e-8}, 0.8f}};  // 1 - beta1 >= 0.5: lerp's other form
-  for (size_t ci = 0; ci < cases.size(); ++ci) {
-    const auto& [h, scale] = cases[ci];
-    for (int64_t n : sizes) {
-      DYNAMIC_SECTION("case " << ci << " size " << n) {
-        at::Tensor p = at::randn({n}), m = at::zeros({n}), v = at::zeros({n});
-        at::Tensor rp = p.clone(), rm = m.clone(), rv = v.clone();
-        at::Tensor rstep = at::zeros({}, at::kFloat);
-        for (int64_t step = 1; step <= 3; ++step) {
-          const at::Tensor g = at::randn({n}) * 2;
-          const at::Tensor g_before = g.clone();
-          at::Tensor bf = at::empty({n}, at::kBFloat16);
-          adamw_cpu::update({p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(),
-                             bf.data_ptr<c10::BFloat16>(), n},
-                            h, step, scale);
-          // The reference: the clip's multiply (an fp32 tensor factor, as clip_grad_norm_ holds it), then ATen.
-          at::Tensor rg = g_before.clone();
-          if (scale != 1.0f) rg.mul_(at::scalar_tensor(scale, at::kFloat));
-          rstep.add_(1);
-          at::_fused_adamw_({rp}, {rg}, {rm}, {rv}, {}, {rstep}, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps,
-                            false, false);
-          INFO("step " << step);
-          CHECK(at::equal(p, rp));
-          CHECK(at::equal(m, rm));
-          CHECK(at::equal(v, rv));
-          CHECK(at::equal(bf, p.to(at::kBFloat16)));  // the new weights, rounded as a cast rounds them
-          CHECK(at::equal(g, g_before));              // the gradient is read, not scaled in place
+  for (int threads : {1, 2, 3, 4}) {  // ATen's pieces, and so its scalar tails, move with the thread count
+    Threads t(threads);
+    for (size_t ci = 0; ci < cases.size(); ++ci) {
+      const auto& [h, scale] = cases[ci];
+      for (int64_t n : sizes) {
+        DYNAMIC_SECTION(threads << " threads case " << ci << " size " << n) {
+          at::Tensor p = at::randn({n}), m = at::zeros({n}), v = at::zeros({n});
+          at::Tensor rp = p.clone(), rm = m.clone(), rv = v.clone();
+          at::Tensor rstep = at::zeros({}, at::kFloat);
+          for (int64_t step = 1; step <= 3; ++step) {
+            const at::Tensor g = at::randn({n}) * 2;
+            const at::Tensor g_before = g.clone();
+            at::Tensor bf = at::empty({n}, at::kBFloat16);
+            adamw_cpu::update({p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(),
+                               bf.data_ptr<c10::BFloat16>(), n},
+                              h, step, scale);
+            // The reference: the clip's multiply (an fp32 tensor factor, as clip_grad_norm_ holds it), then ATen.
+            at::Tensor rg = g_before.clone();
+            if (scale != 1.0f) rg.mul_(at::scalar_tensor(scale, at::kFloat));
+            rstep.add_(1);
+            at::_fused_adamw_({rp}, {rg}, {rm}, {rv}, {}, {rstep}, h.lr, h.beta1, h.beta2, h.weight_decay, h.eps,
+                              false, false);
+            INFO("step " << step);
+            CHECK(at::equal(p, rp));
+            CHECK(at::equal(m, rm));
+            CHECK(at::equal(v, rv));
+            CHECK(at::equal(bf, p.to(at::kBFloat16)));  // the new weights, rounded as a cast rounds them
+            CHECK(at::equal(g, g_before));              // the gradient is read, not scaled in place
+          }
         }
       }
     }

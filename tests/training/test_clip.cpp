@@ -17,19 +17,11 @@
 
 #include "core/distributed/data_parallel.h"
 #include "core/util/parallel.h"
+#include "tests/unit/threads.h"
 
 using namespace forge;
 
-namespace {
-
-// The suite runs on one OpenMP thread (tests/CMakeLists.txt); these tests need several.
-struct Threads {
-  int before = at::get_num_threads();
-  explicit Threads(int n) { at::set_num_threads(n); }
-  ~Threads() { at::set_num_threads(before); }
-};
-
-}  // namespace
+using forge::test::Threads;
 
 TEST_CASE("clipping a replicated run's gradients is LibTorch's clip_grad_norm_, bit for bit", "[optim][clip]") {
   Threads two(2);

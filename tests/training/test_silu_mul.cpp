@@ -12,19 +12,12 @@
 
 #include "core/model/fused_cpu.h"
 #include "core/model/silu_mul_cpu.h"
+#include "tests/unit/threads.h"
 
 using namespace forge;
 using forge::fused::silu_mul_exact;
 
-namespace {
-
-struct Threads {
-  int before = at::get_num_threads();
-  explicit Threads(int n) { at::set_num_threads(n); }
-  ~Threads() { at::set_num_threads(before); }
-};
-
-}  // namespace
+using forge::test::Threads;
 
 TEST_CASE("the one-pass SwiGLU forward is ATen's silu(gate) * up bit for bit", "[fused]") {
   at::manual_seed(41);
