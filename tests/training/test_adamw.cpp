@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/ops/_fused_adamw.h>
 
+#include <fmt/format.h>
+
 #include "core/distributed/data_parallel.h"
 #include "core/training/adamw_cpu.h"
 #include "core/training/fused_adamw.h"
@@ -87,8 +89,8 @@ TEST_CASE("an optimizer step with the clip's factor is LibTorch's clip then the 
         for (size_t i = 0; i < init.size(); ++i) {
           ours.push_back(init[i].clone().requires_grad_(true));
           ref.push_back(init[i].clone().requires_grad_(true));
-          g_ours.decay.emplace_back("p" + std::to_string(i), ours.back());
-          g_ref.decay.emplace_back("p" + std::to_string(i), ref.back());
+          g_ours.decay.emplace_back(fmt::format("p{}", i), ours.back());
+          g_ref.decay.emplace_back(fmt::format("p{}", i), ref.back());
         }
         OptimizerConfig cfg;
         cfg.lr = 1e-2;
