@@ -20,6 +20,7 @@ using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorIm
 struct Packing {
   std::vector<WeakImpl> weights;
   std::vector<int64_t> offset, rows, version;
+  std::vector<const void*> data;  // where each weight's values were: a weight given new storage is cast again
   at::Tensor matrix;
 };
 
@@ -64,6 +65,7 @@ at::Tensor cast_stacked(at::TensorList weights) {
 }  // namespace
 
 at::Tensor packed(at::TensorList weights) {
+  at::NoGradGuard no_grad;  // a cast of the values: no autograd history on the kept matrix
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   std::vector<const c10::TensorImpl*> key;
@@ -86,6 +88,7 @@ at::Tensor packed(at::TensorList weights) {
       p->offset.push_back(at_row);
       p->rows.push_back(w.size(0));
       p->version.push_back(-1);
+      p->data.push_back(nullptr);
       at_row += w.size(0);
     }
     p->matrix = at::empty({at_row, weights[0].size(1)}, weights[0].options().dtype(at::kBFloat16));
@@ -94,9 +97,11 @@ at::Tensor packed(at::TensorList weights) {
   Packing& p = *r.packings[key];
   for (size_t i = 0; i < weights.size(); ++i) {
     const int64_t v = static_cast<int64_t>(weights[i]._version());
-    if (p.version[i] == v) continue;
+    const void* d = weights[i].const_data_ptr();
+    if (p.version[i] == v && p.data[i] == d) continue;
     p.matrix.narrow(0, p.offset[i], p.rows[i]).copy_(weights[i]);  // bumps the matrix's version, as it should
     p.version[i] = v;
+    p.data[i] = d;
   }
   return p.matrix;
 }
@@ -106,8 +111,10 @@ at::Tensor copy_of(const at::Tensor& p) {
   std::lock_guard<std::mutex> lock(r.mu);
   const c10::TensorImpl* impl = p.unsafeGetTensorImpl();
   auto it = r.registered.find(impl);
-  if (it == r.registered.end() || it->second.expired())
+  if (it == r.registered.end() || it->second.expired()) {
+    r.prune();  // a new registration: the weights of a model that is gone leave with their copies
     r.registered.insert_or_assign(impl, WeakImpl(p.getIntrusivePtr()));
+  }
   for (auto& [key, packing] : r.packings)
     for (size_t i = 0; i < key.size(); ++i)
       if (key[i] == impl && !packing->weights[i].expired())
@@ -123,6 +130,7 @@ void mark_current(const at::Tensor& p) {
     for (size_t i = 0; i < key.size(); ++i)
       if (key[i] == impl && !packing->weights[i].expired()) {
         packing->version[i] = static_cast<int64_t>(p._version());
+        packing->data[i] = p.const_data_ptr();
         packing->matrix.unsafeGetTensorImpl()->bump_version();
         return;  // the first packing, the one copy_of returned; any other casts again when next used
       }

@@ -6,10 +6,13 @@
 // copy each step (18 ms of the `small` recipe's step). For the weights an
 // optimizer registers (FusedAdamW's fp32 CPU parameters), the copies are
 // kept, and the optimizer writes them in the pass that updates the weights,
-// so a step casts nothing. Anything else that changes a weight (a checkpoint
-// load, an in-place edit) bumps its version, and the next forward casts it
-// again. The weights of other runs (no FusedAdamW, FSDP's gathered weights)
-// are cast at each call, as before.
+// so a step casts none of them. A copy is cast again when its weight's
+// version or storage changed since it was written: an in-place op on the
+// weight (a checkpoint load, an edit under NoGradGuard) bumps the version,
+// set_data gives new storage. A write that bypasses both (through .data(),
+// or a raw pointer) is not seen: do not edit registered weights that way.
+// Other weights (no FusedAdamW, FSDP's gathered weights, a packing with a
+// frozen member) are cast at each call, as before.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -148,6 +148,15 @@ std::vector<Run> aten_runs(int64_t numel, int64_t h, bool flat) {
 
 }  // namespace
 
+bool silu_mul_exact_available() {
+#ifdef FORGE_SILU_MUL_AVX512
+  static const bool ready = at::get_cpu_capability() == "AVX512" && sleef_exp() != nullptr;
+  return ready;
+#else
+  return false;
+#endif
+}
+
 at::Tensor silu_mul_exact(const at::Tensor& gate, const at::Tensor& up) {
 #ifdef FORGE_SILU_MUL_AVX512
   const auto dt = gate.scalar_type();
@@ -155,8 +164,7 @@ at::Tensor silu_mul_exact(const at::Tensor& gate, const at::Tensor& up) {
       (dt != at::kFloat && dt != at::kBFloat16) || !gate.sizes().equals(up.sizes()) || gate.dim() == 0 ||
       gate.numel() == 0)
     return {};
-  static const bool ready = at::get_cpu_capability() == "AVX512" && sleef_exp() != nullptr;
-  if (!ready) return {};
+  if (!silu_mul_exact_available()) return {};
   const int64_t h = gate.size(-1), gs = row_stride(gate), us = row_stride(up);
   if (gs < 0 || us < 0 || (gs == h) != (us == h)) return {};  // both flat, or both in rows
   RECORD_FUNCTION("forge::silu_mul", {});  // named in `forge bench --profile`

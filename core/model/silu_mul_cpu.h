@@ -26,4 +26,8 @@ namespace forge::fused {
 // rows of unit stride (as a view of a wider packed gate|up tensor is).
 FORGE_API at::Tensor silu_mul_exact(const at::Tensor& gate, const at::Tensor& up);
 
+// Whether this machine runs the pass at all (ATen's AVX-512 kernels, and
+// Sleef's exp found in libtorch).
+FORGE_API bool silu_mul_exact_available();
+
 }  // namespace forge::fused

@@ -3,8 +3,8 @@
 #include "core/training/adamw_cpu.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "core/util/cpu_vec.h"
@@ -58,22 +58,24 @@ inline void update_one(float& p, float g, float& m, float& v, Consts c) {
   p = pi;
 }
 
-// One of ATen's pieces [begin, end): whole vectors, then the scalar tail.
+// Values [begin, end) of ATen's vector loop (whole vectors of 16).
 template <bool kBf16>
-FORGE_CLONES void update_piece(float* p, const float* g, float* m, float* v, c10::BFloat16* out, int64_t n,
-                               Consts c) {
-  const int64_t body = n - n % 16;
-  for (int64_t i = 0; i < body; ++i) {
+FORGE_CLONES void update_body(float* p, const float* g, float* m, float* v, c10::BFloat16* out, int64_t n, Consts c) {
+  for (int64_t i = 0; i < n; ++i) {
     update_one<true>(p[i], g[i], m[i], v[i], c);
     if constexpr (kBf16) out[i] = cpu_vec::store<c10::BFloat16>(p[i]);
   }
-  const int64_t eights = body + (n - body) / 8 * 8;
-  for (int64_t i = body; i < eights; ++i) {
-    update_one<true>(p[i], g[i], m[i], v[i], c);
-    if constexpr (kBf16) out[i] = cpu_vec::store<c10::BFloat16>(p[i]);
-  }
-  for (int64_t i = eights; i < n; ++i) {
-    update_one<false>(p[i], g[i], m[i], v[i], c);
+}
+
+// The last n % 16 values, ATen's scalar loop. GCC vectorised that loop itself, 8 values a step, with the vector
+// loop's rounding; what is left after those rounds as the scalar code does.
+template <bool kBf16>
+void update_tail(float* p, const float* g, float* m, float* v, c10::BFloat16* out, int64_t n, Consts c) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (i < n / 8 * 8)
+      update_one<true>(p[i], g[i], m[i], v[i], c);
+    else
+      update_one<false>(p[i], g[i], m[i], v[i], c);
     if constexpr (kBf16) out[i] = cpu_vec::store<c10::BFloat16>(p[i]);
   }
 }
@@ -82,9 +84,10 @@ FORGE_CLONES void update_piece(float* p, const float* g, float* m, float* v, c10
 
 bool available() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  // ATen's AVX-512 kernel is the one whose rounding this pass follows (ATEN_CPU_CAPABILITY may pick another).
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("fma");
+                          __builtin_cpu_supports("fma") && at::get_cpu_capability() == "AVX512";
   return yes;
 #else
   return false;
@@ -93,27 +96,23 @@ bool available() {
 
 void update(const Buffers& b, const Hyper& h, int64_t step, float grad_scale) {
   const Consts c = consts(h, step, grad_scale);
-  auto piece = [&](int64_t begin, int64_t end) {
-    if (b.bf16)
-      update_piece<true>(b.param + begin, b.grad + begin, b.exp_avg + begin, b.exp_avg_sq + begin, b.bf16 + begin,
-                         end - begin, c);
+  // ATen splits a parameter over its threads in pieces of whole cache lines (16 values) save the last, so its vector
+  // loop covers every value but the last n % 16, whatever the thread count. The body goes over the threads here in
+  // blocks of 16 Ki values.
+  const int64_t body = b.n - b.n % 16;
+  c10::BFloat16* out = b.bf16;
+  at::parallel_for(0, body, 16384, [&](int64_t begin, int64_t end) {
+    if (out)
+      update_body<true>(b.param + begin, b.grad + begin, b.exp_avg + begin, b.exp_avg_sq + begin, out + begin,
+                        end - begin, c);
     else
-      update_piece<false>(b.param + begin, b.grad + begin, b.exp_avg + begin, b.exp_avg_sq + begin, nullptr,
-                          end - begin, c);
-  };
-  // ATen's pieces (FusedAdamKernel.cpp): one per thread of L values, L = ceil(n / threads) rounded down to whole
-  // cache lines (16 values), then what is left as one piece. Where a piece ends decides which values take the
-  // scalar tail; which thread runs a piece decides nothing.
-  const int64_t threads = at::get_num_threads();
-  const int64_t L = (b.n + threads - 1) / threads / 16 * 16;
-  const int64_t whole = std::min(b.n, L * threads);
-  const int64_t pieces = (L > 0 ? (whole + L - 1) / L : 0) + (whole < b.n ? 1 : 0);
-  at::parallel_for(0, pieces, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t begin = L > 0 ? std::min(whole, i * L) : 0;
-      piece(begin, L > 0 && begin < whole ? std::min(whole, begin + L) : b.n);
-    }
+      update_body<false>(b.param + begin, b.grad + begin, b.exp_avg + begin, b.exp_avg_sq + begin, nullptr,
+                         end - begin, c);
   });
+  if (out)
+    update_tail<true>(b.param + body, b.grad + body, b.exp_avg + body, b.exp_avg_sq + body, out + body, b.n - body, c);
+  else
+    update_tail<false>(b.param + body, b.grad + body, b.exp_avg + body, b.exp_avg_sq + body, nullptr, b.n - body, c);
 }
 
 }  // namespace forge::adamw_cpu

@@ -29,8 +29,8 @@ struct Buffers {
 };
 
 // Whether this CPU runs the pass vectorised (AVX-512 with its fused
-// multiply-add). Elsewhere callers keep ATen's kernel: the pass would still be
-// correct, but its multiply-add would be a library call per value.
+// multiply-add) and ATen runs its AVX-512 kernels, the ones whose rounding the
+// pass follows. Elsewhere callers keep ATen's kernel.
 FORGE_API bool available();
 
 // Updates `b` for optimizer step `step` (1 for the first update), with every

@@ -19,8 +19,8 @@ namespace {
 
 // forge's one-pass kernel takes contiguous fp32 CPU tensors (the parameter, its gradient and its moments).
 bool own_kernel(const at::Tensor& p, const torch::optim::AdamWParamState& s) {
-  const auto ok = [&](const at::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+  const auto ok = [&](const at::Tensor& t) {  // and p's shape: the pass reads p.numel() values of each
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.sizes().equals(p.sizes());
   };
   return adamw_cpu::available() && ok(p) && ok(p.grad()) && ok(s.exp_avg()) && ok(s.exp_avg_sq()) &&
          !p.grad().is_sparse();

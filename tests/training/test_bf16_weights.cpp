@@ -59,6 +59,10 @@ TEST_CASE("packed bf16 weights: a cast of each, kept only for registered weights
   const at::Tensor again = bf16_weights::packed({a, b});
   CHECK(again.data_ptr() == kept.data_ptr());
   CHECK(at::equal(again, at::cat({a, b}).to(at::kBFloat16)));
+  CHECK_FALSE(again.requires_grad());  // a cast of values, with no autograd history
+  // New storage for a weight (set_data keeps its version): cast again too.
+  a.set_data(at::randn({6, 8}));
+  CHECK(at::equal(bf16_weights::packed({a, b}), at::cat({a, b}).to(at::kBFloat16)));
   // A weight that no longer exists takes its matrix with it: a new weight is packed afresh.
   {
     at::Tensor c = at::randn({2, 8}).requires_grad_(true);
