@@ -161,12 +161,6 @@ GradClip DataParallel::grad_clip(const ParamGroups& optimized, double max_norm) 
   return {total, coef < 1 && std::isfinite(total) ? coef : 1.0};
 }
 
-double DataParallel::clip_grad_norm(const ParamGroups& optimized, double max_norm) {
-  const GradClip c = grad_clip(optimized, max_norm);
-  scale_gradients(optimized.all(), c.scale);
-  return c.norm;
-}
-
 void DataParallel::begin_eval() {
   if (fsdp_) fsdp_->gather_root();
 }

@@ -54,11 +54,8 @@ class FORGE_API DataParallel {
   // sharded) and the factor that clips it to max_norm, LibTorch's
   // clip_grad_norm_ factor, not yet applied: the optimizer step applies it
   // (optimizer_step in core/training/optim.h), in the pass that reads the
-  // gradients anyway where it can.
+  // gradients anyway where it can; scale_gradients there applies it at once.
   GradClip grad_clip(const ParamGroups& optimized, double max_norm);
-  // grad_clip, with the factor applied to the gradients at once; returns the
-  // norm before clipping.
-  double clip_grad_norm(const ParamGroups& optimized, double max_norm);
   // A sharded model evaluates on every rank (its gathers are collectives);
   // a replicated one on rank 0 alone.
   bool every_rank_evaluates() const { return shard_; }

@@ -34,6 +34,14 @@ struct Registry {
     auto it = registered.find(w.unsafeGetTensorImpl());
     return it != registered.end() && !it->second.expired();
   }
+  // The packing that copy_of hands the optimizer for a weight, and the weight's place in it: the first, in key
+  // order, that holds it alive; {nullptr, 0} if none does.
+  std::pair<Packing*, size_t> locate(const c10::TensorImpl* impl) {
+    for (auto& [key, packing] : packings)
+      for (size_t i = 0; i < key.size(); ++i)
+        if (key[i] == impl && !packing->weights[i].expired()) return {packing.get(), i};
+    return {nullptr, 0};
+  }
   // Drops the packings and registrations of weights that no longer exist.
   void prune() {
     for (auto it = registered.begin(); it != registered.end();) it = it->second.expired() ? registered.erase(it) : ++it;
@@ -79,6 +87,7 @@ at::Tensor packed(at::TensorList weights) {
   bool fresh = found != r.packings.end();
   for (size_t i = 0; fresh && i < weights.size(); ++i)
     fresh = !found->second->weights[i].expired();  // else an address reused by a new weight: packed afresh
+  Packing* kept = fresh ? found->second.get() : nullptr;
   if (!fresh) {
     r.prune();
     auto p = std::make_shared<Packing>();
@@ -93,8 +102,9 @@ at::Tensor packed(at::TensorList weights) {
     }
     p->matrix = at::empty({at_row, weights[0].size(1)}, weights[0].options().dtype(at::kBFloat16));
     r.packings[key] = p;
+    kept = p.get();
   }
-  Packing& p = *r.packings[key];
+  Packing& p = *kept;
   for (size_t i = 0; i < weights.size(); ++i) {
     const int64_t v = static_cast<int64_t>(weights[i]._version());
     const void* d = weights[i].const_data_ptr();
@@ -115,25 +125,19 @@ at::Tensor copy_of(const at::Tensor& p) {
     r.prune();  // a new registration: the weights of a model that is gone leave with their copies
     r.registered.insert_or_assign(impl, WeakImpl(p.getIntrusivePtr()));
   }
-  for (auto& [key, packing] : r.packings)
-    for (size_t i = 0; i < key.size(); ++i)
-      if (key[i] == impl && !packing->weights[i].expired())
-        return packing->matrix.narrow(0, packing->offset[i], packing->rows[i]);
-  return {};
+  const auto [packing, i] = r.locate(impl);
+  return packing ? packing->matrix.narrow(0, packing->offset[i], packing->rows[i]) : at::Tensor();
 }
 
 void mark_current(const at::Tensor& p) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  const c10::TensorImpl* impl = p.unsafeGetTensorImpl();
-  for (auto& [key, packing] : r.packings)
-    for (size_t i = 0; i < key.size(); ++i)
-      if (key[i] == impl && !packing->weights[i].expired()) {
-        packing->version[i] = static_cast<int64_t>(p._version());
-        packing->data[i] = p.const_data_ptr();
-        packing->matrix.unsafeGetTensorImpl()->bump_version();
-        return;  // the first packing, the one copy_of returned; any other casts again when next used
-      }
+  // The packing copy_of returned; any other that holds p casts it again when next used.
+  const auto [packing, i] = r.locate(p.unsafeGetTensorImpl());
+  if (!packing) return;
+  packing->version[i] = static_cast<int64_t>(p._version());
+  packing->data[i] = p.const_data_ptr();
+  packing->matrix.unsafeGetTensorImpl()->bump_version();
 }
 
 void clear() {

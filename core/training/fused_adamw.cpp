@@ -73,7 +73,6 @@ void FusedAdamW::step_scaled(double grad_scale) {
         if (write_copy) bf16_weights::mark_current(p);
         continue;
       }
-      scale_gradients({p}, grad_scale);
       buckets[{static_cast<int>(p.device().type()), p.device().index(), static_cast<int>(p.scalar_type())}]
           .push_back(i);
     }
@@ -94,7 +93,8 @@ void FusedAdamW::step_scaled(double grad_scale) {
         v.push_back(s.exp_avg_sq());
         steps.push_back(d.tensor);
       }
-      at::_foreach_add_(steps, 1.0);  // the kernel reads the incremented count
+      scale_gradients(ps, grad_scale);  // ATen's kernel divides by a grad_scale; the clip multiplies
+      at::_foreach_add_(steps, 1.0);    // the kernel reads the incremented count
       at::_fused_adamw_(ps, grads, m, v, /*max_exp_avg_sqs=*/{}, steps, o.lr(), std::get<0>(o.betas()),
                         std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false);
     }
