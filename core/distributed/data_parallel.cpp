@@ -1,13 +1,14 @@
 #include "core/distributed/data_parallel.h"
 
-#include <torch/nn/utils/clip_grad.h>
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
-#include "core/util/parallel.h"
+#include "core/util/sum_squares.h"
 #include "forge/error.h"
 #include "forge/logging.h"
 
@@ -111,52 +112,34 @@ void DataParallel::finish_gradients() {
   if (buckets_) buckets_->finish();
 }
 
-// Each gradient's 2-norm. ATen's 2-norm of a whole contiguous fp32, fp64 or bf16 CPU tensor runs on one thread,
-// so its bits do not depend on the thread count (the clip test checks this on 2 threads): such gradients are
-// spread over the threads instead, the same norms at up to twice the rate. Others (fp16, strided: ATen splits
-// those by thread) are normed one by one, as LibTorch does.
-static bool norm_on_one_thread(const at::Tensor& p) {
-  const at::Tensor& g = p.grad();
-  const auto dt = g.scalar_type();
-  return g.is_cpu() && g.is_contiguous() && (dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16);
-}
-
-static std::vector<at::Tensor> grad_norms(const std::vector<at::Tensor>& with_grad) {
-  std::vector<at::Tensor> norms(with_grad.size());
-  auto norm = [&](size_t i) { norms[i] = with_grad[i].grad().norm(2); };
-  if (std::all_of(with_grad.begin(), with_grad.end(), norm_on_one_thread)) {
-    std::vector<int64_t> sizes;
-    for (const auto& p : with_grad) sizes.push_back(p.numel());
-    cpu_parallel::for_each_by_size(sizes, norm);
-  } else {
-    for (size_t i = 0; i < with_grad.size(); ++i) norm(i);
+// Σ g² over the gradients of `with_grad`, in double. CPU gradients go through forge's pass
+// (core/util/sum_squares.h): exact to double rounding, at the rate of memory, the same on any thread count.
+// Others add up the squares of their ATen norms, computed on their device with one read back.
+static double grad_sum_of_squares(const std::vector<at::Tensor>& with_grad) {
+  std::vector<at::Tensor> on_cpu, norms;
+  for (const auto& p : with_grad) {
+    if (p.grad().is_cpu())
+      on_cpu.push_back(p.grad());
+    else
+      norms.push_back(p.grad().detach().norm(2).to(at::kDouble));
   }
-  return norms;
+  double s = cpu_norm::sum_of_squares(on_cpu);
+  if (!norms.empty()) s += at::stack(norms).pow(2).sum().item<double>();
+  return s;
 }
 
-// LibTorch's clip_grad_norm_ (the 2-norm of the per-tensor 2-norms; every gradient times max_norm / (norm + 1e-6),
-// clamped to at most 1), with the factor returned rather than applied.
-static GradClip clip_replicated(const std::vector<at::Tensor>& with_grad, double max_norm) {
-  if (with_grad.empty()) return {};
-  torch::NoGradGuard no_grad;
-  const std::vector<at::Tensor> norms = grad_norms(with_grad);
-  const at::Tensor total = norms.size() == 1 ? norms[0] : at::stack(norms).norm(2);
-  const at::Tensor coef = at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0);
-  return {total.item<double>(), coef.item<double>()};  // coef is an fp32 value: the double holds it exactly
-}
-
+// The global 2-norm of the gradients and clip_grad_norm_'s factor, max_norm / (norm + 1e-6) rounded to fp32 (as
+// the gradients' multiply rounds it) and capped at 1; 1 for a norm that is not finite, a step the caller skips.
+// Under FSDP every element lives on exactly one rank of the shard group: the sums of squares add up there
+// (replica groups hold the same shards), so a sharded run clips as a replicated one does.
 GradClip DataParallel::grad_clip(const ParamGroups& optimized, double max_norm) {
   std::vector<at::Tensor> with_grad;
   for (const auto& p : optimized.all())
     if (p.grad().defined()) with_grad.push_back(p);
-  if (!fsdp_) return clip_replicated(with_grad, max_norm);
-  // Every element lives on exactly one rank: the squared norms add up. Summed where the gradients are, read once.
-  std::vector<at::Tensor> squares;
-  for (const auto& p : with_grad) squares.push_back(p.grad().detach().to(at::kDouble).pow(2).sum());
-  const double local = squares.empty() ? 0.0 : at::stack(squares).sum().item<double>();
-  Distributed& owners = shard_group_ ? *shard_group_ : dist_;  // replica groups hold the same shards
-  const double total = std::sqrt(owners.sum(local));
-  // An fp32 factor, as the gradients' fp32 multiply would round it.
+  at::NoGradGuard no_grad;
+  double squares = grad_sum_of_squares(with_grad);
+  if (fsdp_) squares = (shard_group_ ? *shard_group_ : dist_).sum(squares);
+  const double total = std::sqrt(squares);
   const double coef = static_cast<float>(max_norm / (total + 1e-6));
   return {total, coef < 1 && std::isfinite(total) ? coef : 1.0};
 }

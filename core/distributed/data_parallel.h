@@ -51,8 +51,9 @@ class FORGE_API DataParallel {
   // optimizer's tensors' .grad.
   void finish_gradients();
   // The global gradient norm of `optimized` (over every rank's shards when
-  // sharded) and the factor that clips it to max_norm, LibTorch's
-  // clip_grad_norm_ factor, not yet applied: the optimizer step applies it
+  // sharded; the squares summed in double) and the factor that clips it to
+  // max_norm, as LibTorch's clip_grad_norm_ computes it from the norm, not
+  // yet applied: the optimizer step applies it
   // (optimizer_step in core/training/optim.h), in the pass that reads the
   // gradients anyway where it can; scale_gradients there applies it at once.
   GradClip grad_clip(const ParamGroups& optimized, double max_norm);
