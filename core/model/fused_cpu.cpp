@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "core/model/rms_norm_cpu.h"
 #include "core/model/silu_mul_cpu.h"
 #include "core/util/cpu_vec.h"
 #include "core/util/tensor.h"
@@ -30,7 +31,9 @@ bool fusable(const at::Tensor& t) {
 
 // ------------------------------------------------------------ RMSNorm
 
+// One pass with ATen's bits where forge follows ATen's kernels (core/model/rms_norm_cpu.h), else ATen's ops.
 at::Tensor rms_norm_forward(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor* rstd_out) {
+  if (at::Tensor y = rms_norm_exact(x, weight, eps, rstd_out); y.defined()) return y;
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor rstd = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   if (rstd_out) *rstd_out = rstd;
