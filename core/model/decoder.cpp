@@ -31,8 +31,8 @@ TransformerBlockImpl::~TransformerBlockImpl() = default;
 at::Tensor TransformerBlockImpl::feed_forward(const at::Tensor& x) { return moe ? moe(x) : mlp(x); }
 
 at::Tensor TransformerBlockImpl::forward(const at::Tensor& h, const DecoderStep& step, nn::LayerKV* kv) {
-  at::Tensor x = h + attention->forward(attention_norm(h), step.attention, kv);
-  return x + feed_forward(mlp_norm(x));
+  const at::Tensor x = nn::residual_add(h, attention->forward(attention_norm(h), step.attention, kv));
+  return nn::residual_add(x, feed_forward(mlp_norm(x)));
 }
 
 // ------------------------------------------------------------ DenseWeights

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <fmt/format.h>
@@ -308,6 +309,41 @@ struct Rope : torch::autograd::Function<Rope> {
   }
 };
 
+// ------------------------------------------------------------ residual add
+
+// out = h + b with b's bf16 values widened exactly: ATen's add of the pair, without its fp32 copy of b.
+FORGE_CLONES void add_widened(const float* h, const c10::BFloat16* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = h[i] + load(b[i]);
+}
+
+bool residual_add_fusable(const at::Tensor& h, const at::Tensor& b) {
+  return h.device().is_cpu() && b.device().is_cpu() && h.scalar_type() == at::kFloat &&
+         b.scalar_type() == at::kBFloat16 && h.sizes().equals(b.sizes()) && h.is_contiguous() && b.is_contiguous();
+}
+
+at::Tensor residual_add_forward(const at::Tensor& h, const at::Tensor& b) {
+  RECORD_FUNCTION("forge::residual_add", {});  // named in `forge bench --profile`
+  at::Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);
+  const float* hp = h.const_data_ptr<float>();
+  const auto* bp = b.const_data_ptr<c10::BFloat16>();
+  float* op = out.mutable_data_ptr<float>();
+  at::parallel_for(0, h.numel(), int64_t{1} << 15,
+                   [&](int64_t i0, int64_t i1) { add_widened(hp + i0, bp + i0, op + i0, i1 - i0); });
+  return out;
+}
+
+// The gradients of ATen's add: the output's for h, and the same cast to bf16 for b (as autograd casts a
+// gradient to its input's dtype).
+struct ResidualAdd : torch::autograd::Function<ResidualAdd> {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& h, const at::Tensor& b) {
+    return residual_add_forward(h, b);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const at::Tensor& g = grad_out[0];
+    return {ctx->needs_input_grad(0) ? g : at::Tensor(), ctx->needs_input_grad(1) ? g.to(at::kBFloat16) : at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -336,6 +372,12 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   const at::ScalarType out = out_dtype.value_or(at::result_type(x, cos));
   if (rope_fusable(x, cos, sin) && (out == at::kFloat || out == at::kBFloat16)) return Rope::apply(x, cos, sin, out);
   return rope_forward(x, cos, sin).to(out);
+}
+
+at::Tensor residual_add(const at::Tensor& h, const at::Tensor& branch) {
+  if (!residual_add_fusable(h, branch)) return h + branch;
+  if (!autograd_wanted({h, branch})) return residual_add_forward(h, branch);
+  return ResidualAdd::apply(h, branch);
 }
 
 }  // namespace forge::fused

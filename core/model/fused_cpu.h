@@ -39,4 +39,11 @@ FORGE_API at::Tensor silu_mul_packed(const at::Tensor& gate_up);
 FORGE_API at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                           std::optional<at::ScalarType> out_dtype = std::nullopt);
 
+// h + branch, the residual stream's add. For an fp32 h and a bf16 branch of
+// its sizes on a CPU (a block's output under bf16 autocast), one pass that
+// widens branch's values as it reads them, where ATen first writes an fp32
+// copy of branch: the same values, and the same gradients (the output's for
+// h, cast to bf16 for branch).
+FORGE_API at::Tensor residual_add(const at::Tensor& h, const at::Tensor& branch);
+
 }  // namespace forge::fused

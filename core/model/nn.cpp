@@ -96,6 +96,8 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return fused::rope(x, cos, sin);
 }
 
+at::Tensor residual_add(const at::Tensor& h, const at::Tensor& branch) { return fused::residual_add(h, branch); }
+
 // ------------------------------------------------------------ attention core
 
 // The keys each query may see: (1 or B, S, S_kv) bool. Causal over absolute

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/model/checkpointing.h"
+#include "forge/nn.h"
 #include "forge/error.h"
 
 namespace forge::nn {
@@ -59,8 +60,8 @@ VitLayerImpl::VitLayerImpl(const VitOptions& o) {
 }
 VitLayerImpl::~VitLayerImpl() = default;
 at::Tensor VitLayerImpl::forward(const at::Tensor& x) {
-  at::Tensor h = x + self_attn(layer_norm1(x));
-  return h + mlp(layer_norm2(h));
+  const at::Tensor h = nn::residual_add(x, self_attn(layer_norm1(x)));
+  return nn::residual_add(h, mlp(layer_norm2(h)));
 }
 
 VitEncoderImpl::VitEncoderImpl(const VitOptions& o) : options_(o) {

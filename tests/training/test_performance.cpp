@@ -26,6 +26,7 @@
 #include "tests/unit/autograd_helpers.h"
 #include "tests/unit/tensor_compare.h"
 #include "tests/unit/test_helpers.h"
+#include "tests/unit/threads.h"
 
 using namespace forge;
 using forge::test::builtin_registry;
@@ -397,6 +398,47 @@ TEST_CASE("the fused RMSNorm and SwiGLU and RoPE keep ATen's forward bit for bit
 }
 
 using forge::test::graph_nodes;
+
+TEST_CASE("the residual add of a bf16 branch is ATen's add with its gradients, and ATen's add elsewhere", "[fused]") {
+  at::manual_seed(12);
+  // An fp32 stream and a bf16 branch: one pass, no fp32 copy of the branch. Sizes past the pass's 2^15 grain
+  // and odd ones (the vector loop's tail).
+  for (std::vector<int64_t> shape : {std::vector<int64_t>{3, 5, 37}, std::vector<int64_t>{4, 96, 512}}) {
+    for (int threads : {1, 2}) {
+      DYNAMIC_SECTION("fp32 + bf16 " << shape.back() << " on " << threads << " threads") {
+        forge::test::Threads t(threads);
+        const at::Tensor h0 = at::randn(shape) * 100, b0 = at::randn(shape).to(at::kBFloat16);
+        h0.view(-1)[1] = INFINITY;
+        b0.view(-1)[2] = NAN;
+        const at::Tensor want = h0 + b0;
+        CHECK(at::equal(fused::residual_add(h0, b0).nan_to_num(0), want.nan_to_num(0)));
+        CHECK(fused::residual_add(h0, b0).isnan().sum().item<int64_t>() == 1);
+        at::Tensor h = h0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+        at::Tensor hr = h0.clone().requires_grad_(true), br = b0.clone().requires_grad_(true);
+        const at::Tensor g = at::randn(shape);
+        const at::Tensor y = nn::residual_add(h, b);
+        CHECK(y.scalar_type() == at::kFloat);
+        y.backward(g);
+        (hr + br).backward(g);
+        CHECK(at::equal(h.grad(), hr.grad()));
+        CHECK(b.grad().scalar_type() == at::kBFloat16);
+        CHECK(at::equal(b.grad(), br.grad()));
+        // Only one of them trained: no gradient for the other.
+        at::Tensor h2 = h0.clone(), b2 = b0.clone().requires_grad_(true);
+        nn::residual_add(h2, b2).backward(g);
+        CHECK(at::equal(b2.grad(), br.grad()));
+      }
+    }
+  }
+  SECTION("other dtypes, broadcasts and layouts are ATen's add") {
+    const at::Tensor h = at::randn({4, 8}), b = at::randn({4, 8}).to(at::kBFloat16);
+    CHECK(at::equal(nn::residual_add(h, h), h + h));
+    CHECK(at::equal(nn::residual_add(b, b), b + b));
+    CHECK(nn::residual_add(b, h).scalar_type() == at::kFloat);
+    CHECK(at::equal(nn::residual_add(h, b.narrow(0, 0, 1)), h + b.narrow(0, 0, 1)));  // broadcast
+    CHECK(at::equal(nn::residual_add(h.t(), b.t()), h.t() + b.t()));                    // strided
+  }
+}
 
 TEST_CASE("under autocast q, k, v and gate, up run as one GEMM each, as the separate projections would", "[fused]") {
   at::manual_seed(12);

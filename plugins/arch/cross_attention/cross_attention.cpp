@@ -88,8 +88,8 @@ class BlockImpl : public torch::nn::Module {
     mlp = register_module("mlp", nn::Mlp(m.dim, m.ffn_hidden(), m.activation));
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& image_mask) {
-    at::Tensor h = x + attn->forward(attn_norm(x), k, v, image_mask);
-    return h + mlp(mlp_norm(h));
+    const at::Tensor h = nn::residual_add(x, attn->forward(attn_norm(x), k, v, image_mask));
+    return nn::residual_add(h, mlp(mlp_norm(h)));
   }
   nn::Norm attn_norm{nullptr};
   CrossAttention attn{nullptr};

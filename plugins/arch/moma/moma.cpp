@@ -219,8 +219,8 @@ class BlockImpl : public DecoderLayer {
     if (!ids.defined() || ids.sizes() != at::IntArrayRef{h.size(0), h.size(1)})
       throw InvalidArgument(fmt::format("moma: modality_ids must be (B, S) = ({}, {}) int64, got {}", h.size(0),
                                         h.size(1), ids.defined() ? c10::str(ids.sizes()) : std::string("none")));
-    at::Tensor x = h + attention->forward(attention_norm(h), step.attention, nullptr);
-    return x + mlp->forward(mlp_norm(x), ids, step.modality.key_padding_mask());
+    const at::Tensor x = nn::residual_add(h, attention->forward(attention_norm(h), step.attention, nullptr));
+    return nn::residual_add(x, mlp->forward(mlp_norm(x), ids, step.modality.key_padding_mask()));
   }
 
   nn::Norm attention_norm{nullptr};

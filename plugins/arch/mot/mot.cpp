@@ -181,8 +181,8 @@ class BlockImpl : public DecoderLayer {
     std::vector<at::Tensor> out;
     for (size_t m = 0; m < 2; ++m) {
       if (parts[m].size(1) == 0) continue;
-      at::Tensor x = parts[m] + a[m];
-      out.push_back(x + mlp_[m](mlp_norm_[m](x)));
+      const at::Tensor x = nn::residual_add(parts[m], a[m]);
+      out.push_back(nn::residual_add(x, mlp_[m](mlp_norm_[m](x))));
     }
     return out.size() == 1 ? out[0] : at::cat(out, 1);
   }

@@ -69,6 +69,11 @@ class FORGE_API RotaryEmbedding {
 // in: the rotation in fp32, rounded once), else in result_type(x, cos).
 FORGE_API at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+// h + branch, the residual stream's add: h + branch's value and gradients,
+// without the fp32 copy of a bf16 branch (a block's output under CPU bf16
+// autocast) that ATen's add makes first. Blocks add their outputs with it.
+FORGE_API at::Tensor residual_add(const at::Tensor& h, const at::Tensor& branch);
+
 // One layer's KV cache: (B, Hkv, capacity, hd) each, post-RoPE.
 struct FORGE_API LayerKV {
   at::Tensor k;
