@@ -49,6 +49,7 @@ void attention_rows(at::Tensor& P, at::Tensor& dS, const at::Tensor& o, const at
   T *pp = P.mutable_data_ptr<T>(), *dp = dS.mutable_data_ptr<T>();
   const T *op = o.const_data_ptr<T>(), *gp = dout.const_data_ptr<T>();
   const float* lp = lse.const_data_ptr<float>();
+  RECORD_FUNCTION("forge::attention_rows", {});  // named in `forge bench --profile`
   at::parallel_for(0, rows, grain_rows(S), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float D = 0.0f;  // dO . O over the head dim, the flash backward's "delta"
