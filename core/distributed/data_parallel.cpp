@@ -112,26 +112,33 @@ void DataParallel::finish_gradients() {
   if (buckets_) buckets_->finish();
 }
 
-// Σ g² over the gradients of `with_grad`, in double. CPU gradients go through forge's pass
+// Σ g² over the gradients of `with_grad`, in double. Dense CPU gradients go through forge's pass
 // (core/util/sum_squares.h): exact to double rounding, at the rate of memory, the same on any thread count.
-// Others add up the squares of their ATen norms, computed on their device with one read back.
+// Others (on a GPU, sparse) add up the squares of their ATen norms, computed on their device in fp32 at least
+// (fp16 and bf16 gradients accumulate and round in fp32 there, without a copy), with one read back.
 static double grad_sum_of_squares(const std::vector<at::Tensor>& with_grad) {
   std::vector<at::Tensor> on_cpu, norms;
   for (const auto& p : with_grad) {
-    if (p.grad().is_cpu())
-      on_cpu.push_back(p.grad());
-    else
-      norms.push_back(p.grad().detach().norm(2).to(at::kDouble));
+    const at::Tensor& g = p.grad();
+    if (cpu_norm::sums(g)) {
+      on_cpu.push_back(g);
+    } else {
+      const bool low = g.scalar_type() == at::kHalf || g.scalar_type() == at::kBFloat16;
+      const at::Tensor n = low ? at::linalg_vector_norm(g.detach(), 2, std::nullopt, false, at::kFloat)
+                               : g.detach().norm(2);
+      norms.push_back(n.to(at::kDouble));
+    }
   }
   double s = cpu_norm::sum_of_squares(on_cpu);
   if (!norms.empty()) s += at::stack(norms).pow(2).sum().item<double>();
   return s;
 }
 
-// The global 2-norm of the gradients and clip_grad_norm_'s factor, max_norm / (norm + 1e-6) rounded to fp32 (as
-// the gradients' multiply rounds it) and capped at 1; 1 for a norm that is not finite, a step the caller skips.
-// Under FSDP every element lives on exactly one rank of the shard group: the sums of squares add up there
-// (replica groups hold the same shards), so a sharded run clips as a replicated one does.
+// The global 2-norm of the gradients and clip_grad_norm_'s formula for the factor, max_norm / (norm + 1e-6), in
+// double and rounded once to fp32 (as the gradients' multiply rounds it), capped at 1; 1 for a norm that is not
+// finite, a step the caller skips. Under FSDP every element lives on exactly one rank of the shard group: the
+// sums of squares add up there (replica groups hold the same shards), so a sharded run's norm is the replicated
+// run's up to double rounding.
 GradClip DataParallel::grad_clip(const ParamGroups& optimized, double max_norm) {
   std::vector<at::Tensor> with_grad;
   for (const auto& p : optimized.all())

@@ -52,8 +52,8 @@ class FORGE_API DataParallel {
   void finish_gradients();
   // The global gradient norm of `optimized` (over every rank's shards when
   // sharded; the squares summed in double) and the factor that clips it to
-  // max_norm, as LibTorch's clip_grad_norm_ computes it from the norm, not
-  // yet applied: the optimizer step applies it
+  // max_norm (clip_grad_norm_'s formula, in double, rounded once to fp32),
+  // not yet applied: the optimizer step applies it
   // (optimizer_step in core/training/optim.h), in the pass that reads the
   // gradients anyway where it can; scale_gradients there applies it at once.
   GradClip grad_clip(const ParamGroups& optimized, double max_norm);

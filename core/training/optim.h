@@ -34,8 +34,8 @@ FORGE_API std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& gro
 FORGE_API void set_lr(torch::optim::Optimizer& opt, double lr);
 
 // A clip's outcome: the global gradient norm before clipping, and the factor
-// the gradients still need (1: none; a replicated run with a NaN norm gets
-// NaN, as LibTorch's clip multiplies by it; the trainer skips such a step).
+// the gradients still need (1: none, also for a norm that is not finite: the
+// trainer skips such a step).
 struct GradClip {
   double norm = 0;
   double scale = 1;

@@ -18,10 +18,14 @@
 
 namespace forge::cpu_norm {
 
-// Σ x² over every value of every tensor in `xs` (CPU tensors of any layout;
-// fp32 and bf16 are read in place, other dtypes converted to double first).
-// NaN if any value is NaN, inf if any is infinite. Throws InvalidArgument for
-// a tensor off the CPU.
+// Whether sum_of_squares takes x: a dense (strided, any strides) CPU tensor
+// of fp32, bf16, fp16 or fp64.
+FORGE_API bool sums(const at::Tensor& x);
+
+// Σ x² over every value of every tensor in `xs`, each one that sums() takes
+// (fp32 and bf16 read in place, fp16 widened to fp32 first, fp64 squared and
+// added in double). NaN if any value is NaN, inf if any is infinite.
+// InvalidArgument for a tensor that sums() refuses.
 FORGE_API double sum_of_squares(const std::vector<at::Tensor>& xs);
 
 }  // namespace forge::cpu_norm

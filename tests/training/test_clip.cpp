@@ -36,14 +36,16 @@ double float64_sum_of_squares(const std::vector<at::Tensor>& xs) {
 TEST_CASE("sum_of_squares is the float64 sum of squares and the same bits on any thread count", "[clip]") {
   at::manual_seed(5);
   std::vector<at::Tensor> xs;
-  // Around the 32-value lanes and the 2^16-value blocks, empty and scalar tensors, and one of many blocks.
+  // Four whole blocks of bf16 and of fp64 (each summed four at a time), then sizes around the 32-value lanes
+  // and the 2^16-value blocks, empty and scalar tensors, and fp32 over many blocks.
+  xs.push_back(at::randn({4 << 16}).to(at::kBFloat16));
+  xs.push_back(at::randn({4 << 16}, at::kDouble) * 1e-3);
   for (int64_t n : {0, 1, 31, 32, 33, 65535, 65536, 65537, 300001}) xs.push_back(at::randn({n}) * 3);
   xs.push_back(at::randn({}));
   xs.push_back(at::randn({513, 257}).to(at::kBFloat16));
   xs.push_back(at::randn({300, 700}).t());  // strided
   xs.push_back(at::randn({999}).to(at::kHalf));
   xs.push_back(at::randn({77}, at::kDouble) * 1e-3);
-  xs.push_back(at::randint(-9, 9, {50}, at::kLong));
   const double want = float64_sum_of_squares(xs);
   double one_thread = 0;
   for (int threads : {1, 2, 3}) {
@@ -79,8 +81,13 @@ TEST_CASE("sum_of_squares is the float64 sum of squares and the same bits on any
     b[39] = NAN;  // in the tail past the last whole lane group
     CHECK(std::isnan(cpu_norm::sum_of_squares({at::randn({10}), b})));
   }
-  SECTION("a tensor off the CPU is refused") {
+  SECTION("a tensor off the CPU, sparse, complex or of integers is refused") {
     CHECK_THROWS_AS(cpu_norm::sum_of_squares({at::empty({3}, at::device(at::kMeta))}), InvalidArgument);
+    CHECK_THROWS_AS(cpu_norm::sum_of_squares({at::randn({4, 4}).to_sparse()}), InvalidArgument);
+    CHECK_THROWS_AS(cpu_norm::sum_of_squares({at::randn({4}, at::kComplexFloat)}), InvalidArgument);
+    CHECK_THROWS_AS(cpu_norm::sum_of_squares({at::ones({4}, at::kLong)}), InvalidArgument);
+    CHECK_FALSE(cpu_norm::sums(at::randn({4, 4}).to_sparse()));
+    CHECK(cpu_norm::sums(at::randn({4, 4}).t()));
   }
 }
 
@@ -125,7 +132,7 @@ TEST_CASE("clipping a replicated run's gradients: the float64 global norm and cl
           // LibTorch's norm, within the drift of its one fp32 running sum per gradient (6e-5 here: its
           // 280000-value sum is 1.2e-4 off the float64 one)
           CHECK(std::abs(clip.norm - libtorch) <= want * 2e-4);
-          const double factor = static_cast<float>(max_norm / (want + 1e-6));
+          const double factor = static_cast<float>(max_norm / (clip.norm + 1e-6));
           CHECK(clip.scale == (factor < 1 ? factor : 1.0));
           // Applied as the optimizer step applies it: each gradient times the fp32 factor, as clip_grad_norm_
           // multiplies.

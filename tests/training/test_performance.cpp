@@ -418,6 +418,8 @@ TEST_CASE("the residual add of a bf16 branch is ATen's add with its gradients, a
         const at::Tensor g = at::randn(shape);
         const at::Tensor y = nn::residual_add(h, b);
         CHECK(y.scalar_type() == at::kFloat);
+        REQUIRE(y.grad_fn());
+        CHECK(y.grad_fn()->name().find("ResidualAdd") != std::string::npos);  // the one pass, not ATen's add
         y.backward(g);
         (hr + br).backward(g);
         CHECK(at::equal(h.grad(), hr.grad()));

@@ -34,12 +34,12 @@ TEST_CASE("the one-pass RMSNorm forward is ATen's ops bit for bit", "[fused][rms
   for (int threads : {1, 2, 3}) {
     Threads t(threads);
     for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
-      // (rows, width): widths around 8/16-lane vectors and groups of four of them, head widths (64, 128), model
-      // widths (512 x 2048 is the small recipe, 1536, 4096), one past a cascade step of 16 groups (1040 vectors
-      // of 16), and one lone long row.
+      // (rows, width): widths around ATen's 8-lane vectors and groups of four of them, head widths (64, 128),
+      // model widths (512 x 2048 is the small recipe, 1536, 4096), rows through the cascade's levels of 16, 256
+      // and 4096 groups (16640 values: 520 groups; 70001: 2187; 140000: 4375), and one lone long row.
       for (auto [rows, n] : std::vector<std::pair<int64_t, int64_t>>{
                {3, 16}, {5, 17}, {4, 31}, {4, 63}, {7, 64}, {7, 65}, {9, 100}, {33, 128}, {2048, 512}, {45, 1000},
-               {6, 1536}, {5, 4096}, {3, 16640}, {1, 20000}, {2, 70001}}) {
+               {6, 1536}, {5, 4096}, {3, 16640}, {1, 20000}, {2, 70001}, {2, 140000}}) {
         DYNAMIC_SECTION(threads << " threads " << c10::toString(dt) << " " << rows << " x " << n) {
           // Rows of very different scales, so that the sums' rounding differs with their order.
           at::Tensor x = (at::randn({rows, n}) * at::exp(at::randn({rows, 1}) * 4)).to(dt);
