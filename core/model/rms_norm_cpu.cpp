@@ -19,21 +19,25 @@ namespace {
 using cpu_vec::load;
 using cpu_vec::store;
 
+// The lanes of the Vectorized<float> in ATen's sum kernel: its AVX2 one, which ATen also runs where its other
+// kernels are AVX-512 ones (SumKernel.cpp registers no AVX-512 version: ATen's dispatch then takes the AVX2).
+constexpr int kLanes = 8;
+
 // ATen's utils::CeilLog2.
 int64_t ceil_log2(int64_t x) {
   if (x <= 2) return 1;
   return 64 - __builtin_clzll(static_cast<uint64_t>(x - 1));
 }
 
-// Σ x[j]² over one row of n >= L values, as ATen's cascade_sum adds up a contiguous row of squares
+// Σ x[j]² over one row of n >= kLanes values, as ATen's cascade_sum adds up a contiguous row of squares
 // (aten/src/ATen/native/cpu/SumKernel.cpp: vectorized_inner_sum, row_sum, multi_row_sum): the row as vectors of
-// L lanes, read four at a time (ILP) into a cascade of four levels of partial sums, each level taking the one
+// kLanes lanes, read four at a time (ILP) into a cascade of four levels of partial sums, each level taking the one
 // below every 2^level_power steps; the vectors past the last group of four into the first partial sum; the four
 // partial sums added in order; then a scalar sum that starts from the values past the last whole vector and adds
-// the L lanes in order.
-template <int L, typename T>
+// the lanes in order.
+template <typename T>
 inline __attribute__((always_inline)) float row_squares(const T* x, int64_t n) {
-  constexpr int ILP = 4, LEVELS = 4;
+  constexpr int L = kLanes, ILP = 4, LEVELS = 4;
   const int64_t nvec = n / L, groups = nvec / ILP;
   const int64_t level_power = std::max<int64_t>(4, ceil_log2(groups) / LEVELS);
   const int64_t level_step = int64_t{1} << level_power, level_mask = level_step - 1;
@@ -76,30 +80,29 @@ inline __attribute__((always_inline)) float row_squares(const T* x, int64_t n) {
 
 // Rows [r0, r1) of width n: rstd = 1 / sqrt(sum / n + eps) (ATen's div_, add and vector rsqrt, each rounded
 // to fp32), then y = (x * rstd) * w.
-template <int L, typename T>
+template <typename T>
 inline __attribute__((always_inline)) void rows(const T* x, const float* w, T* y, float* rstd, int64_t r0, int64_t r1,
                                                 int64_t n, float eps) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * n;
     T* yr = y + r * n;
-    const float mean = row_squares<L>(xr, n) / static_cast<float>(n);
+    const float mean = row_squares(xr, n) / static_cast<float>(n);
     const float s = 1.0f / std::sqrt(mean + eps);
     rstd[r] = s;
     for (int64_t j = 0; j < n; ++j) yr[j] = store<T>((load(xr[j]) * s) * w[j]);
   }
 }
 
-FORGE_CLONES void rows8_f32(const float* x, const float* w, float* y, float* rstd, int64_t r0, int64_t r1, int64_t n,
-                            float eps) {
-  rows<8>(x, w, y, rstd, r0, r1, n, eps);
+FORGE_CLONES void rows_f32(const float* x, const float* w, float* y, float* rstd, int64_t r0, int64_t r1, int64_t n,
+                           float eps) {
+  rows(x, w, y, rstd, r0, r1, n, eps);
 }
-FORGE_CLONES void rows8_bf16(const c10::BFloat16* x, const float* w, c10::BFloat16* y, float* rstd, int64_t r0,
-                             int64_t r1, int64_t n, float eps) {
-  rows<8>(x, w, y, rstd, r0, r1, n, eps);
+FORGE_CLONES void rows_bf16(const c10::BFloat16* x, const float* w, c10::BFloat16* y, float* rstd, int64_t r0,
+                            int64_t r1, int64_t n, float eps) {
+  rows(x, w, y, rstd, r0, r1, n, eps);
 }
 
-// Whether ATen's sum runs the kernel row_squares follows: its AVX2 one, which ATen also runs where its other
-// kernels are AVX-512 ones (SumKernel.cpp registers no AVX-512 version: ATen's dispatch then takes the AVX2).
+// Whether ATen's sum runs the kernel row_squares follows (kLanes).
 bool follows_aten() {
   static const bool yes = [] {
     const std::string cap = at::get_cpu_capability();
@@ -111,17 +114,16 @@ bool follows_aten() {
 }  // namespace
 
 at::Tensor rms_norm_exact(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor* rstd_out) {
-  constexpr int L = 8;  // AVX2's Vectorized<float>
   if (!follows_aten() || !x.device().is_cpu() || !x.is_contiguous() || x.dim() == 0 ||
       (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16))
     return {};
   const int64_t n = x.size(-1), rows_n = n ? x.numel() / n : 0;
-  if (n < L || weight.dim() != 1 || weight.size(0) != n || !weight.device().is_cpu() ||
+  if (n < kLanes || weight.dim() != 1 || weight.size(0) != n || !weight.device().is_cpu() ||
       (weight.scalar_type() != at::kFloat && weight.scalar_type() != at::kBFloat16))
     return {};
   // ATen sums a lone row over several threads (a two-pass reduction) once it reaches its grain.
   if (rows_n == 1 && n >= at::internal::GRAIN_SIZE && at::get_num_threads() > 1) return {};
-  RECORD_FUNCTION("forge::rms_norm", {});
+  RECORD_FUNCTION("forge::rms_norm", {});  // named in `forge bench --profile`
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   std::vector<int64_t> rsizes = x.sizes().vec();
@@ -134,11 +136,11 @@ at::Tensor rms_norm_exact(const at::Tensor& x, const at::Tensor& weight, double 
     if (x.scalar_type() == at::kFloat) {
       const float* xp = x.const_data_ptr<float>();
       float* yp = y.mutable_data_ptr<float>();
-      rows8_f32(xp, wp, yp, sp, r0, r1, n, e);
+      rows_f32(xp, wp, yp, sp, r0, r1, n, e);
     } else {
       const auto* xp = x.const_data_ptr<c10::BFloat16>();
       auto* yp = y.mutable_data_ptr<c10::BFloat16>();
-      rows8_bf16(xp, wp, yp, sp, r0, r1, n, e);
+      rows_bf16(xp, wp, yp, sp, r0, r1, n, e);
     }
   });
   if (rstd_out) *rstd_out = rstd;
