@@ -1,13 +1,20 @@
-// Causal self-attention's backward on CPUs in bf16, by batched GEMMs.
+// Causal self-attention's backward on CPUs in bf16.
 //
 // ATen's CPU flash-attention backward walks small blocks with a generic GEMM
 // and, at the decoder's usual lengths (a few hundred positions), costs about
-// four times its forward. At those lengths the whole score matrix of a few
-// heads fits in a few MB, so the backward here recomputes it with one batched
-// bf16 GEMM (AMX where the CPU has it), rebuilds the probabilities from the
-// forward's saved log-sum-exps and forms dS in one pass per row in fp32, then
-// takes dQ, dK and dV as three more batched GEMMs. The forward is ATen's own
-// flash kernel, so outputs are bit-identical to at::scaled_dot_product_attention.
+// four times its forward. At those lengths the score matrix of a few heads
+// fits in a few MB, so the backward here recomputes it from q and k, rebuilds
+// the probabilities from the forward's saved log-sum-exps, forms dS in one
+// pass per row in fp32, and takes dQ, dK and dV as three more products.
+//
+// Where MKL's bf16 -> fp32 product is available (core/util/cpu_gemm.h: CPUs
+// with AMX), each thread takes whole (batch, KV head) pairs, with the pair's
+// query heads interleaved so that one product per causal block covers the
+// group, skips the blocks above the diagonal, keeps the scores in fp32, and
+// reads and writes q, k, v and their gradients in the projections' layout
+// without copies. Elsewhere ATen's batched bf16 products over a few pairs at a
+// time. The forward is ATen's own flash kernel, so outputs are bit-identical
+// to at::scaled_dot_product_attention.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,7 +23,7 @@
 
 namespace forge::fused {
 
-// Whether causal_attention below takes the batched-GEMM backward: a CPU, q, k
+// Whether causal_attention below takes forge's backward: a CPU, q, k
 // and v in bf16 or cast to it by CPU autocast, with autograd wanted, q (B, H, S, hd) and k, v (B, Hkv, S, hd)
 // with H a multiple of Hkv, and 2 <= S <= 1024 (beyond, the flash kernel's
 // memory and its skipped masked blocks win).

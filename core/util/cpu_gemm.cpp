@@ -60,6 +60,14 @@ Operand operand(const at::Tensor& x) {
 
 bool available() { return gemm() != nullptr; }
 
+void gemm_bf16_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, int64_t k, const c10::BFloat16* a,
+                   int64_t lda, const c10::BFloat16* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (!available())
+    throw InvalidArgument("cpu_gemm: MKL's cblas_gemm_bf16bf16f32 is not available (check cpu_gemm::available())");
+  gemm()(kRowMajor, a_trans ? kTrans : kNoTrans, b_trans ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb,
+         accumulate ? 1.0f : 0.0f, c, ldc);
+}
+
 void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool accumulate) {
   if (!available())
     throw InvalidArgument("cpu_gemm: MKL's cblas_gemm_bf16bf16f32 is not available (check cpu_gemm::available())");
@@ -81,8 +89,9 @@ void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
     return;
   }
   const Operand A = operand(a), B = operand(b);
-  gemm()(kRowMajor, A.trans, B.trans, m, n, k, 1.0f, A.t.const_data_ptr(), A.ld, B.t.const_data_ptr(), B.ld,
-         accumulate ? 1.0f : 0.0f, c.mutable_data_ptr<float>(), m > 1 ? c.stride(0) : std::max<int64_t>(n, 1));
+  gemm_bf16_f32(A.trans == kTrans, B.trans == kTrans, m, n, k, A.t.const_data_ptr<c10::BFloat16>(), A.ld,
+                B.t.const_data_ptr<c10::BFloat16>(), B.ld, c.mutable_data_ptr<float>(),
+                m > 1 ? c.stride(0) : std::max<int64_t>(n, 1), accumulate);
 }
 
 at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b) {

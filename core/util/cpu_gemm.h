@@ -14,6 +14,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
 
 #include "forge/export.h"
 
@@ -28,6 +31,14 @@ FORGE_API bool available();
 // Throws InvalidArgument on shapes, dtypes or layouts it cannot take, and
 // when !available().
 FORGE_API void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool accumulate);
+
+// The same on raw row-major buffers, for loops that run many small products (one per attention head) where a
+// tensor per operand would cost more than the product; inside an at::parallel_for each call runs on the calling
+// thread. a is (m, k) with row stride lda, or, with a_trans, stored as its (k, m) transpose; b likewise (k, n) or
+// (n, k); c (m, n) with row stride ldc. m, n and k must be positive. Throws InvalidArgument when !available().
+FORGE_API void gemm_bf16_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, int64_t k, const c10::BFloat16* a,
+                             int64_t lda, const c10::BFloat16* b, int64_t ldb, float* c, int64_t ldc,
+                             bool accumulate);
 
 // The same into a new (m, n) fp32 tensor.
 FORGE_API at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b);

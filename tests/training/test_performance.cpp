@@ -515,12 +515,17 @@ TEST_CASE("under autocast q, k, v and gate, up run as one GEMM each, as the sepa
   }
 }
 
-TEST_CASE("the CPU attention backward by batched GEMMs keeps the flash forward and gives fp64's gradients", "[fused]") {
+// Run as it is (MKL's per-pair backward on CPUs with AMX) and under FORGE_CPU_BF16_GEMM=aten (ATen's batched
+// products) by tests/CMakeLists.txt.
+TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's gradients", "[fused][attention]") {
   at::manual_seed(13);
   struct Shape {
     int64_t B, H, Hkv, S, hd;
   };
-  for (const Shape& sh : {Shape{2, 4, 2, 37, 16}, Shape{1, 6, 6, 130, 32}, Shape{3, 8, 1, 2, 8}}) {
+  // Lengths within one causal block of 64 positions, across several with a remainder, and of 2; head dims a
+  // multiple of the 16-lane loops and not.
+  for (const Shape& sh : {Shape{2, 4, 2, 37, 16}, Shape{1, 6, 6, 130, 32}, Shape{3, 8, 1, 2, 8},
+                          Shape{2, 8, 2, 150, 64}, Shape{1, 3, 1, 200, 40}}) {
     DYNAMIC_SECTION("B " << sh.B << " H " << sh.H << " Hkv " << sh.Hkv << " S " << sh.S << " hd " << sh.hd) {
       // q as attention makes it, a (B, H, S, hd) view of a (B, S, H, hd) projection.
       const at::Tensor q0 = at::randn({sh.B, sh.S, sh.H, sh.hd}).transpose(1, 2);
@@ -558,6 +563,13 @@ TEST_CASE("the CPU attention backward by batched GEMMs keeps the flash forward a
       CHECK(qf.grad().scalar_type() == at::kFloat);
       CHECK(rel_err(qf.grad(), qd.grad()) < 2e-2);  // the inputs' own bf16 rounding too
       CHECK(rel_err(vf.grad(), vd.grad()) < 2e-2);
+      // q, k and v in (B, H, S, hd) memory rather than the projections' (B, S, H, hd): the same gradients.
+      at::Tensor qc = leaf(q0.contiguous(), at::kBFloat16), kc = leaf(k0.contiguous(), at::kBFloat16),
+                 vc = leaf(v0.contiguous(), at::kBFloat16);
+      fused::causal_attention(qc, kc, vc).backward(gy);
+      CHECK(at::equal(qc.grad(), q.grad()));
+      CHECK(at::equal(kc.grad(), k.grad()));
+      CHECK(at::equal(vc.grad(), v.grad()));
     }
   }
   SECTION("it takes only what it handles: bf16 on a CPU, with autograd, up to 1024 positions") {
