@@ -94,13 +94,14 @@ variable_list backward_by_chunks(const at::Tensor& q, const at::Tensor& k, const
   return {dq.view({B, H, S, hd}), dk.view({B, Hkv, S, hd}), dv.view({B, Hkv, S, hd})};
 }
 
-// ---- The backward by (batch, KV head) pairs, on MKL's bf16 -> fp32 product (core/util/cpu_gemm.h) ----
+// ---- The backward by (batch, KV head) pairs, on BLAS products with fp32 outputs (core/util/cpu_gemm.h) ----
 //
-// Each task takes one pair on one thread (MKL runs single-threaded inside at::parallel_for). Its G query heads are
+// bf16 by MKL's bf16 -> fp32 product, fp32 by sgemm. Each task takes one pair on one thread (MKL runs
+// single-threaded inside at::parallel_for). Its G query heads are
 // interleaved, row i * G + g for position i of head g, so that the rows a causal block of positions needs are
 // contiguous across the group: the products skip the blocks the mask zeroes with one call per block for all G
-// heads. Scores and dP come out in fp32 a block of rows at a time, the row pass turns them into P and dS in bf16
-// for the whole pair, and three more products give dQ, dK and dV. The gradients are written in the (B, S, H, hd)
+// heads. Scores and dP come out in fp32 a block of rows at a time, the row pass turns them into P and dS in the
+// compute dtype for the whole pair, and three more products give dQ, dK and dV. The gradients are written in the (B, S, H, hd)
 // layout of the projections they flow back to.
 
 using bf16 = c10::BFloat16;
@@ -109,26 +110,28 @@ using bf16 = c10::BFloat16;
 constexpr int64_t kCausalBlock = 64;
 
 // One query row from its fp32 scores s and dP dp: P = exp(score * scale - lse) and dS * scale = P (dP - D) scale,
-// in bf16 over the n_keys keys it sees, zeros after them up to n_out (the end of its causal block, as far as the
+// in T over the n_keys keys it sees, zeros after them up to n_out (the end of its causal block, as far as the
 // products read, where the scores are computed too). The first loop runs to a whole number of vectors, past
 // n_keys where n_out allows, and the zeros overwrite what it wrote there: the rows are short (a few hundred keys),
 // and a vector loop's scalar remainder would cost about as much as its body.
-FORGE_CLONES void attention_row_f32(const float* s, const float* dp, bf16* P, bf16* dS, int64_t n_keys, int64_t n_out,
+template <typename T>
+FORGE_CLONES void attention_row_f32(const float* s, const float* dp, T* P, T* dS, int64_t n_keys, int64_t n_out,
                                     float lse, float D, float scale) {
   const int64_t n_vec = std::min(n_out, (n_keys + 15) / 16 * 16);
   for (int64_t j = 0; j < n_vec; ++j) {
     const float pv = exp_approx(s[j] * scale - lse);
-    P[j] = store<bf16>(pv);
-    dS[j] = store<bf16>(pv * (dp[j] - D) * scale);
+    P[j] = store<T>(pv);
+    dS[j] = store<T>(pv * (dp[j] - D) * scale);
   }
   for (int64_t j = n_keys; j < n_out; ++j) {
-    P[j] = store<bf16>(0.0f);
-    dS[j] = store<bf16>(0.0f);
+    P[j] = store<T>(0.0f);
+    dS[j] = store<T>(0.0f);
   }
 }
 
-// The dot product of two bf16 rows in fp32, over 16 running sums the vectoriser keeps in registers.
-FORGE_CLONES float dot_bf16(const bf16* a, const bf16* b, int64_t n) {
+// The dot product of two rows in fp32, over 16 running sums the vectoriser keeps in registers.
+template <typename T>
+FORGE_CLONES float dot(const T* a, const T* b, int64_t n) {
   constexpr int W = 16;
   float acc[W] = {};
   int64_t j = 0;
@@ -140,39 +143,53 @@ FORGE_CLONES float dot_bf16(const bf16* a, const bf16* b, int64_t n) {
   return sum;
 }
 
-// A (B, H, S, hd) bf16 tensor with unit stride in hd: head h of batch b, position i at at(b, h) + i * ld.
+// A (B, H, S, hd) tensor of T with unit stride in hd: head h of batch b, position i at at(b, h) + i * ld.
+template <typename T>
 struct Heads {
-  bf16* p;
+  T* p;
   int64_t sb, sh, ld;
   explicit Heads(const at::Tensor& t)
-      : p(static_cast<bf16*>(t.data_ptr())), sb(t.stride(0)), sh(t.stride(1)), ld(t.stride(2)) {}
-  bf16* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
+      : p(static_cast<T*>(t.data_ptr())), sb(t.stride(0)), sh(t.stride(1)), ld(t.stride(2)) {}
+  T* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
 };
 
 // Heads h0 .. h0 + G - 1 of batch b as (S G, hd) rows, row i * G + g for position i of head h0 + g.
-void gather_rows(const Heads& x, int64_t b, int64_t h0, int64_t G, int64_t S, int64_t hd, bf16* out) {
+template <typename T>
+void gather_rows(const Heads<T>& x, int64_t b, int64_t h0, int64_t G, int64_t S, int64_t hd, T* out) {
   for (int64_t i = 0; i < S; ++i)
-    for (int64_t g = 0; g < G; ++g) std::memcpy(out + (i * G + g) * hd, x.at(b, h0 + g) + i * x.ld, hd * sizeof(bf16));
+    for (int64_t g = 0; g < G; ++g) std::memcpy(out + (i * G + g) * hd, x.at(b, h0 + g) + i * x.ld, hd * sizeof(T));
 }
 
-// The reverse, from fp32 rows [i0 G, i1 G) into bf16.
-FORGE_CLONES void scatter_rows(const float* in, int64_t i0, int64_t i1, int64_t G, int64_t hd, bf16* first_head,
+// The reverse, from fp32 rows [i0 G, i1 G) into T.
+template <typename T>
+FORGE_CLONES void scatter_rows(const float* in, int64_t i0, int64_t i1, int64_t G, int64_t hd, T* first_head,
                                int64_t sh, int64_t ld) {
   for (int64_t i = i0; i < i1; ++i)
     for (int64_t g = 0; g < G; ++g)
-      for (int64_t d = 0; d < hd; ++d) first_head[i * ld + g * sh + d] = store<bf16>(in[((i - i0) * G + g) * hd + d]);
+      for (int64_t d = 0; d < hd; ++d) first_head[i * ld + g * sh + d] = store<T>(in[((i - i0) * G + g) * hd + d]);
 }
 
-// A bf16 (B, H, S, hd) tensor in the (B, S, H, hd) layout of the projections it flows back to.
+// A (B, H, S, hd) tensor like `like` in the (B, S, H, hd) layout of the projections it flows back to.
 at::Tensor empty_heads(const at::Tensor& like) {
-  return at::empty({like.size(0), like.size(2), like.size(1), like.size(3)}, like.options().dtype(at::kBFloat16))
+  return at::empty({like.size(0), like.size(2), like.size(1), like.size(3)}, like.options())
       .transpose(1, 2);
 }
 
+// The products, fp32 out: row-major, a (m, k) or its transpose stored (k, m), b likewise.
+void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b,
+             int64_t ldb, float* c, int64_t ldc) {
+  cpu_gemm::gemm_bf16_f32(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, false);
+}
+void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+             int64_t ldb, float* c, int64_t ldc) {
+  cpu_gemm::gemm_f32(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, false);
+}
+
 // A thread's work space for one pair at S positions, G heads, head dim hd.
+template <typename T>
 struct PairScratch {
-  std::vector<bf16> q, dout;   // (S G, hd) interleaved
-  std::vector<bf16> P, dS;     // (S G, S)
+  std::vector<T> q, dout;      // (S G, hd) interleaved
+  std::vector<T> P, dS;        // (S G, S)
   std::vector<float> s, dp;    // (kCausalBlock G, S): one block of rows
   std::vector<float> out;      // (max(kCausalBlock G, S), hd): a block's dQ, a pair's dK or dV
   PairScratch(int64_t S, int64_t G, int64_t hd)
@@ -180,42 +197,42 @@ struct PairScratch {
         dp(kCausalBlock * G * S), out(std::max(kCausalBlock * G, S) * hd) {}
 };
 
+template <typename T>
 void backward_by_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
                        const at::Tensor& dout, const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
                        const at::Tensor& dv) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), hd = q.size(3), Hkv = k.size(1), G = H / Hkv;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const Heads Q(q), K(k), V(v), O(o), dO(dout), dQ(dq), dK(dk), dV(dv);
+  const Heads<T> Q(q), K(k), V(v), O(o), dO(dout), dQ(dq), dK(dk), dV(dv);
   const float* L = lse.const_data_ptr<float>();  // (B, H, S) contiguous
-  using cpu_gemm::gemm_bf16_f32;
   at::parallel_for(0, B * Hkv, 1, [&](int64_t p0, int64_t p1) {
-    PairScratch w(S, G, hd);
+    PairScratch<T> w(S, G, hd);
     const int64_t SG = S * G;
     for (int64_t pair = p0; pair < p1; ++pair) {
       const int64_t b = pair / Hkv, kv = pair % Hkv, h0 = kv * G;
-      const bf16 *kp = K.at(b, kv), *vp = V.at(b, kv);
+      const T *kp = K.at(b, kv), *vp = V.at(b, kv);
       gather_rows(Q, b, h0, G, S, hd, w.q.data());
       gather_rows(dO, b, h0, G, S, hd, w.dout.data());
       for (int64_t i0 = 0; i0 < S; i0 += kCausalBlock) {
         // Positions [i0, i1): their scores and dP over keys [0, i1), then P, dS and dQ.
         const int64_t i1 = std::min(i0 + kCausalBlock, S), rows = (i1 - i0) * G, r0 = i0 * G;
-        gemm_bf16_f32(false, true, rows, i1, hd, &w.q[r0 * hd], hd, kp, K.ld, w.s.data(), S, false);
-        gemm_bf16_f32(false, true, rows, i1, hd, &w.dout[r0 * hd], hd, vp, V.ld, w.dp.data(), S, false);
+        product(false, true, rows, i1, hd, &w.q[r0 * hd], hd, kp, K.ld, w.s.data(), S);
+        product(false, true, rows, i1, hd, &w.dout[r0 * hd], hd, vp, V.ld, w.dp.data(), S);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t i = i0 + r / G, h = h0 + r % G;
-          const float D = dot_bf16(O.at(b, h) + i * O.ld, &w.dout[(r0 + r) * hd], hd);  // the flash backward's "delta"
+          const float D = dot(O.at(b, h) + i * O.ld, &w.dout[(r0 + r) * hd], hd);  // the flash backward's "delta"
           attention_row_f32(&w.s[r * S], &w.dp[r * S], &w.P[(r0 + r) * S], &w.dS[(r0 + r) * S], i + 1, i1,
                             L[(b * H + h) * S + i], D, scale);
         }
-        gemm_bf16_f32(false, false, rows, hd, i1, &w.dS[r0 * S], S, kp, K.ld, w.out.data(), hd, false);
+        product(false, false, rows, hd, i1, &w.dS[r0 * S], S, kp, K.ld, w.out.data(), hd);
         scatter_rows(w.out.data(), i0, i1, G, hd, dQ.at(b, h0), dQ.sh, dQ.ld);
       }
       // dK and dV of each block of keys [c0, c1), from the rows at or after it: dS^T Q and P^T dO.
       for (auto [Pm, X, grad] : {std::tuple{&w.dS, &w.q, &dK}, std::tuple{&w.P, &w.dout, &dV}}) {
         for (int64_t c0 = 0; c0 < S; c0 += kCausalBlock) {
           const int64_t c1 = std::min(c0 + kCausalBlock, S);
-          gemm_bf16_f32(true, false, c1 - c0, hd, SG - c0 * G, &(*Pm)[c0 * G * S + c0], S, &(*X)[c0 * G * hd], hd,
-                        &w.out[c0 * hd], hd, false);
+          product(true, false, c1 - c0, hd, SG - c0 * G, &(*Pm)[c0 * G * S + c0], S, &(*X)[c0 * G * hd], hd,
+                  &w.out[c0 * hd], hd);
         }
         scatter_rows(w.out.data(), 0, S, 1, hd, grad->at(b, kv), grad->sh, grad->ld);
       }
@@ -225,7 +242,7 @@ void backward_by_pairs(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 struct CausalAttention : torch::autograd::Function<CausalAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // q, k, v are bf16 already
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // q, k, v are in the compute dtype
     auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, /*is_causal=*/true);
     ctx->save_for_backward({q, k, v, out, lse});
     return out;
@@ -237,11 +254,13 @@ struct CausalAttention : torch::autograd::Function<CausalAttention> {
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const at::Tensor dout = grad_out[0].to(q.scalar_type());
     RECORD_FUNCTION("forge::attention_backward", {});  // named in `forge bench --profile`
-    if (!cpu_gemm::available()) return backward_by_chunks(q, k, v, saved[3], dout, saved[4]);
+    const bool f32 = q.scalar_type() == at::kFloat;
+    if (!f32 && !cpu_gemm::available()) return backward_by_chunks(q, k, v, saved[3], dout, saved[4]);
     auto unit_rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
     at::Tensor dq = empty_heads(q), dk = empty_heads(k), dv = empty_heads(v);
-    backward_by_pairs(unit_rows(q), unit_rows(k), unit_rows(v), unit_rows(saved[3]), unit_rows(dout),
-                      saved[4].contiguous(), dq, dk, dv);
+    (f32 ? backward_by_pairs<float> : backward_by_pairs<bf16>)(unit_rows(q), unit_rows(k), unit_rows(v),
+                                                               unit_rows(saved[3]), unit_rows(dout),
+                                                               saved[4].contiguous(), dq, dk, dv);
     return {dq, dk, dv};
   }
 };
@@ -258,8 +277,11 @@ at::ScalarType compute_dtype(const at::Tensor& t) {
 }  // namespace
 
 bool causal_attention_fusable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  // bf16 (ATen's batched products where MKL's bf16 product is off), or fp32 where BLAS's sgemm is found.
+  const at::ScalarType dtype = compute_dtype(q);
+  if (dtype != at::kBFloat16 && !(dtype == at::kFloat && cpu_gemm::f32_available())) return false;
   for (const at::Tensor* t : {&q, &k, &v})
-    if (!t->device().is_cpu() || compute_dtype(*t) != at::kBFloat16 || t->dim() != 4) return false;
+    if (!t->device().is_cpu() || compute_dtype(*t) != dtype || t->dim() != 4) return false;
   if (!autograd_wanted({q, k, v})) return false;
   const int64_t S = q.size(2);
   return S >= 2 && S <= 1024 && k.sizes().equals(v.sizes()) && k.size(0) == q.size(0) && k.size(2) == S &&

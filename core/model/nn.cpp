@@ -141,8 +141,8 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k_in, const a
   const bool need_mask = in.doc_ids.defined() || in.key_padding_mask.defined() || (start > 0 && S > 1);
   if (!need_mask) {
     // Training and prefill: plain causal. A single decode token attends to the whole cache. GQA inside the
-    // kernel: each group of query heads reads its KV head in place (no repeated K/V copies). Training in bf16 on
-    // a CPU at a few hundred positions: the same forward, a backward by batched GEMMs (attention_cpu.h).
+    // kernel: each group of query heads reads its KV head in place (no repeated K/V copies). Training on a CPU
+    // at a few hundred positions: the same forward, forge's backward by GEMMs (attention_cpu.h).
     if (!cache && S > 1 && fused::causal_attention_fusable(q, k, v)) return fused::causal_attention(q, k, v);
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/S > 1, std::nullopt, H != Hkv);
   }

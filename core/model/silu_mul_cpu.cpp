@@ -7,13 +7,12 @@
 #include <ATen/Version.h>
 #include <ATen/record_function.h>
 
-#include <dlfcn.h>
-
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "core/util/cpu_vec.h"
+#include "core/util/torch_symbol.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -32,12 +31,7 @@ using ExpFn = __m512 (*)(__m512);
 
 // Sleef's 16-lane fp32 exp (1.0 ulp), which libtorch exports and ATen's AVX-512 Vectorized<float>::exp calls.
 ExpFn sleef_exp() {
-  static const ExpFn fn = [] {
-    void* f = dlsym(RTLD_DEFAULT, "Sleef_expf16_u10");
-    if (!f)
-      if (void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) f = dlsym(h, "Sleef_expf16_u10");
-    return reinterpret_cast<ExpFn>(f);
-  }();
+  static const ExpFn fn = reinterpret_cast<ExpFn>(util::torch_symbol("Sleef_expf16_u10"));
   return fn;
 }
 

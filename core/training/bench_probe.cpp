@@ -54,9 +54,9 @@ std::string sdpa_backend(int64_t batch, int64_t heads, int64_t kv_heads, int64_t
     case at::SDPBackend::math: return "math";
     case at::SDPBackend::flash_attention: {
       if (device.is_cuda()) return "flash";
-      // bf16 training on a CPU: nn::causal_attention's own backward (core/model/attention_cpu.h).
+      // Training on a CPU in bf16, or fp32 where sgemm is found: nn::causal_attention's own backward (attention_cpu.h).
       const at::Tensor qg = q.requires_grad_(true), kvg = kv.requires_grad_(true);
-      return fused::causal_attention_fusable(qg, kvg, kvg) ? "flash (CPU kernel) forward, forge's batched-GEMM backward"
+      return fused::causal_attention_fusable(qg, kvg, kvg) ? "flash (CPU kernel) forward, forge's GEMM backward"
                                                            : "flash (CPU kernel)";
     }
     case at::SDPBackend::efficient_attention: return "efficient";

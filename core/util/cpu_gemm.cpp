@@ -2,7 +2,6 @@
 #include "core/util/cpu_gemm.h"
 
 #include <ATen/ATen.h>
-#include <dlfcn.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +10,7 @@
 
 #include "core/training/precision.h"
 #include "core/util/tensor.h"
+#include "core/util/torch_symbol.h"
 #include "forge/error.h"
 
 namespace forge::cpu_gemm {
@@ -29,16 +29,22 @@ GemmFn lookup() {
   // Measured faster than ATen's products on AMX only; elsewhere (AVX512-BF16 alone, AMD CPUs, where MKL may take
   // generic code) ATen's unless asked for.
   if (cpu_bf16_isa() != "AMX" && !(env && std::strcmp(env, "mkl") == 0)) return nullptr;
-  constexpr const char* kName = "cblas_gemm_bf16bf16f32";
-  if (void* f = dlsym(RTLD_DEFAULT, kName)) return reinterpret_cast<GemmFn>(f);
-  for (const char* lib : {"libtorch_cpu.so", "libmkl_rt.so.2", "libmkl_rt.so"})
-    if (void* h = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD))
-      if (void* f = dlsym(h, kName)) return reinterpret_cast<GemmFn>(f);
-  return nullptr;
+  return reinterpret_cast<GemmFn>(util::torch_symbol("cblas_gemm_bf16bf16f32"));
 }
 
 GemmFn gemm() {
   static const GemmFn fn = lookup();
+  return fn;
+}
+
+// BLAS's Fortran sgemm, column-major, every argument by address. Integers are passed as 64-bit values: an LP64
+// library reads the low half, which on x86-64 holds the same value.
+using SgemmFn = void (*)(const char* transa, const char* transb, const int64_t* m, const int64_t* n,
+                         const int64_t* k, const float* alpha, const float* a, const int64_t* lda, const float* b,
+                         const int64_t* ldb, const float* beta, float* c, const int64_t* ldc);
+
+SgemmFn sgemm() {
+  static const SgemmFn fn = reinterpret_cast<SgemmFn>(util::torch_symbol("sgemm_"));
   return fn;
 }
 
@@ -92,6 +98,17 @@ void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
   gemm_bf16_f32(A.trans == kTrans, B.trans == kTrans, m, n, k, A.t.const_data_ptr<c10::BFloat16>(), A.ld,
                 B.t.const_data_ptr<c10::BFloat16>(), B.ld, c.mutable_data_ptr<float>(),
                 m > 1 ? c.stride(0) : std::max<int64_t>(n, 1), accumulate);
+}
+
+bool f32_available() { return sgemm() != nullptr; }
+
+void gemm_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (!f32_available()) throw InvalidArgument("cpu_gemm: BLAS's sgemm is not in libtorch (check cpu_gemm::f32_available())");
+  // Row-major c = a b is column-major c^T = b^T a^T: the operands swap, each keeping its own transpose flag.
+  const char ta = a_trans ? 'T' : 'N', tb = b_trans ? 'T' : 'N';
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  sgemm()(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
 at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b) {

@@ -40,6 +40,14 @@ FORGE_API void gemm_bf16_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, i
                              int64_t lda, const c10::BFloat16* b, int64_t ldb, float* c, int64_t ldc,
                              bool accumulate);
 
+// Whether gemm_f32 runs: BLAS's sgemm, as libtorch's CPU library exports it (MKL's on x86-64 wheels).
+FORGE_API bool f32_available();
+
+// gemm_bf16_f32's layout for fp32 operands, by that sgemm; inside an at::parallel_for each call runs on the
+// calling thread (MKL's OpenMP). Throws InvalidArgument when !f32_available().
+FORGE_API void gemm_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                        const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
 // The same into a new (m, n) fp32 tensor.
 FORGE_API at::Tensor mm_bf16_f32(const at::Tensor& a, const at::Tensor& b);
 

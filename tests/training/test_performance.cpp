@@ -16,6 +16,7 @@
 
 #include "core/config/loader.h"
 #include "core/model/attention_cpu.h"
+#include "core/util/cpu_gemm.h"
 #include "core/model/fused_cpu.h"
 #include "core/model/vlm.h"
 #include "core/training/loss.h"
@@ -563,6 +564,20 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
       CHECK(qf.grad().scalar_type() == at::kFloat);
       CHECK(rel_err(qf.grad(), qd.grad()) < 2e-2);  // the inputs' own bf16 rounding too
       CHECK(rel_err(vf.grad(), vd.grad()) < 2e-2);
+      // fp32 without autocast, where BLAS's sgemm is found: the flash forward's bits, gradients to fp32 accuracy.
+      at::Tensor q32 = leaf(q.detach(), at::kFloat), k32 = leaf(k.detach(), at::kFloat),
+                 v32 = leaf(v.detach(), at::kFloat);
+      REQUIRE(fused::causal_attention_fusable(q32, k32, v32) == cpu_gemm::f32_available());
+      if (cpu_gemm::f32_available()) {
+        y = fused::causal_attention(q32, k32, v32);
+        CHECK(at::equal(y, at::scaled_dot_product_attention(q32.detach(), k32.detach(), v32.detach(), {}, 0.0, true,
+                                                            std::nullopt, sh.H != sh.Hkv)));
+        y.backward(gy.to(at::kFloat));
+        for (auto [got, want] : {std::pair{q32.grad(), qd.grad()}, {k32.grad(), kd.grad()}, {v32.grad(), vd.grad()}}) {
+          CHECK(got.scalar_type() == at::kFloat);
+          CHECK(rel_err(got, want) < 1e-5);
+        }
+      }
       // q, k and v in (B, H, S, hd) memory rather than the projections' (B, S, H, hd): the same gradients.
       at::Tensor qc = leaf(q0.contiguous(), at::kBFloat16), kc = leaf(k0.contiguous(), at::kBFloat16),
                  vc = leaf(v0.contiguous(), at::kBFloat16);
@@ -572,7 +587,7 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
       CHECK(at::equal(vc.grad(), v.grad()));
     }
   }
-  SECTION("it takes only what it handles: bf16 on a CPU, with autograd, up to 1024 positions") {
+  SECTION("it takes only what it handles: bf16 or fp32 on a CPU, with autograd, up to 1024 positions") {
     auto t = [](int64_t H, int64_t S, at::ScalarType dt) {
       return at::randn({1, H, S, 8}).to(dt).requires_grad_(true);
     };
@@ -580,7 +595,11 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
                                           t(2, 1024, at::kBFloat16)));
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 1025, at::kBFloat16), t(2, 1025, at::kBFloat16),
                                                 t(2, 1025, at::kBFloat16)));
-    CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kFloat), t(2, 16, at::kFloat)));
+    CHECK(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kFloat), t(2, 16, at::kFloat)) ==
+          cpu_gemm::f32_available());
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kBFloat16),
+                                                t(2, 16, at::kBFloat16)));  // mixed dtypes
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kDouble), t(2, 16, at::kDouble), t(2, 16, at::kDouble)));
     CHECK_FALSE(fused::causal_attention_fusable(t(3, 16, at::kBFloat16), t(2, 16, at::kBFloat16),
                                                 t(2, 16, at::kBFloat16)));
     at::NoGradGuard no_grad;
