@@ -1,5 +1,6 @@
-// attention_cpu.h: the forward by ATen's flash kernel; the backward by (batch, KV head) pairs on MKL's bf16 -> fp32
-// product, or by ATen's batched products where that is not available, each with one pass per row.
+// attention_cpu.h: the forward by ATen's flash kernel; the backward by (batch, KV head) pairs on BLAS products with
+// fp32 outputs (MKL's bf16 product, sgemm), or in bf16 by ATen's batched products where MKL's is off; each with one
+// pass per row.
 #include "core/model/attention_cpu.h"
 
 #include <ATen/ATen.h>
@@ -13,11 +14,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
-#include <vector>
+
+#include <fmt/format.h>
 
 #include "core/util/cpu_gemm.h"
 #include "core/util/cpu_vec.h"
+#include "forge/error.h"
 
 namespace forge::fused {
 
@@ -97,13 +101,14 @@ variable_list backward_by_chunks(const at::Tensor& q, const at::Tensor& k, const
 // ---- The backward by (batch, KV head) pairs, on BLAS products with fp32 outputs (core/util/cpu_gemm.h) ----
 //
 // bf16 by MKL's bf16 -> fp32 product, fp32 by sgemm. Each task takes one pair on one thread (MKL runs
-// single-threaded inside at::parallel_for). Its G query heads are interleaved, row i * G + g for position i of
+// single-threaded inside ATen's OpenMP parallel_for). Its G query heads are interleaved, row i * G + g for position i of
 // head g, so that the rows a causal block of positions needs are contiguous across the group: the products skip
 // the blocks the mask zeroes with one call per block for all G heads. Scores and dP come out in fp32 a block of
 // rows at a time, the row pass turns them into P and dS in the compute dtype for the whole pair, and three more
-// products give dQ, dK and dV. The gradients are written in the (B, S, H, hd) layout of the projections they flow
-// back to. A thread's work space is about 4 G S^2 values of the compute dtype (16 MB in bf16 at 1024 positions
-// and 4 query heads per KV head).
+// products give dQ, dK and dV. k, v and the output are read where they lie; q and dO are gathered per pair into
+// the thread's buffers; the gradients are written in the (B, S, H, hd) layout of the projections they flow back
+// to. A thread's work space is P and dS, 2 G S^2 values of the compute dtype (16 MB in bf16, 32 MB in fp32 at 1024
+// positions and 4 query heads per KV head), plus two fp32 blocks of 64 G S.
 
 using bf16 = c10::BFloat16;
 
@@ -185,13 +190,22 @@ void product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, 
   cpu_gemm::gemm_f32(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, false);
 }
 
+// n values left uninitialised: every one the products and the row pass read, they wrote first.
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> p;
+  explicit Buffer(int64_t n) : p(new T[static_cast<size_t>(n)]) {}
+  T& operator[](int64_t i) { return p[i]; }
+  T* data() { return p.get(); }
+};
+
 // A thread's work space for one pair at S positions, G heads, head dim hd.
 template <typename T>
 struct PairScratch {
-  std::vector<T> q, dout;      // (S G, hd) interleaved
-  std::vector<T> P, dS;        // (S G, S)
-  std::vector<float> s, dp;    // (kCausalBlock G, S): one block of rows
-  std::vector<float> out;      // (max(kCausalBlock G, S), hd): a block's dQ, a pair's dK or dV
+  Buffer<T> q, dout;      // (S G, hd) interleaved
+  Buffer<T> P, dS;        // (S G, S)
+  Buffer<float> s, dp;    // (kCausalBlock G, S): one block of rows
+  Buffer<float> out;      // (max(kCausalBlock G, S), hd): a block's dQ, a pair's dK or dV
   PairScratch(int64_t S, int64_t G, int64_t hd)
       : q(S * G * hd), dout(S * G * hd), P(S * G * S), dS(S * G * S), s(kCausalBlock * G * S),
         dp(kCausalBlock * G * S), out(std::max(kCausalBlock * G, S) * hd) {}
@@ -256,7 +270,10 @@ struct CausalAttention : torch::autograd::Function<CausalAttention> {
     RECORD_FUNCTION("forge::attention_backward", {});  // named in `forge bench --profile`
     const bool f32 = q.scalar_type() == at::kFloat;
     if (!f32 && !cpu_gemm::available()) return backward_by_chunks(q, k, v, saved[3], dout, saved[4]);
-    auto unit_rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+    // BLAS wants unit strides along hd and rows that do not overlap.
+    auto unit_rows = [](const at::Tensor& t) {
+      return t.stride(3) == 1 && t.stride(2) >= t.size(3) ? t : t.contiguous();
+    };
     at::Tensor dq = empty_heads(q), dk = empty_heads(k), dv = empty_heads(v);
     (f32 ? backward_by_pairs<float> : backward_by_pairs<bf16>)(unit_rows(q), unit_rows(k), unit_rows(v),
                                                                unit_rows(saved[3]), unit_rows(dout),
@@ -285,10 +302,16 @@ bool causal_attention_fusable(const at::Tensor& q, const at::Tensor& k, const at
   if (!autograd_wanted({q, k, v})) return false;
   const int64_t S = q.size(2);
   return S >= 2 && S <= 1024 && k.sizes().equals(v.sizes()) && k.size(0) == q.size(0) && k.size(2) == S &&
-         k.size(3) == q.size(3) && q.size(3) > 0 && k.size(1) > 0 && q.size(1) % k.size(1) == 0;
+         k.size(3) == q.size(3) && q.size(3) > 0 && q.size(1) > 0 && k.size(1) > 0 && q.size(1) % k.size(1) == 0;
 }
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::ScalarType dtype = compute_dtype(q);
+  if ((dtype != at::kBFloat16 && dtype != at::kFloat) || compute_dtype(k) != dtype || compute_dtype(v) != dtype)
+    throw InvalidArgument(fmt::format("fused::causal_attention: computes in bf16 or fp32, all three alike; got q {}, "
+                                      "k {}, v {} (check causal_attention_fusable first)",
+                                      c10::toString(compute_dtype(q)), c10::toString(compute_dtype(k)),
+                                      c10::toString(compute_dtype(v))));
   return CausalAttention::apply(q.to(compute_dtype(q)), k.to(compute_dtype(k)), v.to(compute_dtype(v)));
 }
 

@@ -10,9 +10,9 @@
 // Where MKL's bf16 -> fp32 product is available (core/util/cpu_gemm.h: CPUs
 // with AMX), each thread takes whole (batch, KV head) pairs, with the pair's
 // query heads interleaved so that one product per causal block covers the
-// group, skips the blocks above the diagonal, keeps the scores in fp32, and
-// reads and writes q, k, v and their gradients in the projections' layout
-// without copies. fp32 takes the same path on BLAS's sgemm. Where MKL's bf16
+// group, skips the blocks above the diagonal, keeps the scores in fp32, reads
+// k, v and the output where they lie and writes the gradients in the
+// projections' layout. fp32 takes the same path on BLAS's sgemm. Where MKL's bf16
 // product is off, bf16 takes ATen's batched products over a few pairs at a
 // time. The forward is ATen's own flash kernel, so outputs are bit-identical
 // to at::scaled_dot_product_attention.

@@ -1,8 +1,9 @@
-// cpu_gemm.h: MKL's bf16 x bf16 -> fp32 GEMM, found in libtorch_cpu at run time.
+// cpu_gemm.h: MKL's bf16 x bf16 -> fp32 GEMM and BLAS's sgemm, found in libtorch_cpu at run time.
 #include "core/util/cpu_gemm.h"
 
 #include <ATen/ATen.h>
 
+#include <bit>
 #include <cstdlib>
 #include <cstring>
 
@@ -100,11 +101,13 @@ void mm_bf16_f32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
                 m > 1 ? c.stride(0) : std::max<int64_t>(n, 1), accumulate);
 }
 
-bool f32_available() { return sgemm() != nullptr; }
+// The 64-bit integers read as LP64's 32-bit ones only on a little-endian CPU.
+bool f32_available() { return std::endian::native == std::endian::little && sgemm() != nullptr; }
 
 void gemm_f32(bool a_trans, bool b_trans, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
               const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (!f32_available()) throw InvalidArgument("cpu_gemm: BLAS's sgemm is not in libtorch (check cpu_gemm::f32_available())");
+  if (!f32_available())
+    throw InvalidArgument("cpu_gemm: BLAS's sgemm is not in libtorch (check cpu_gemm::f32_available())");
   // Row-major c = a b is column-major c^T = b^T a^T: the operands swap, each keeping its own transpose flag.
   const char ta = a_trans ? 'T' : 'N', tb = b_trans ? 'T' : 'N';
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;

@@ -1,4 +1,5 @@
-// bf16 x bf16 -> fp32 matrix products on CPUs.
+// Matrix products with fp32 outputs on CPUs: bf16 x bf16 by MKL's product,
+// and fp32 by BLAS's sgemm for loops of small products (gemm_f32).
 //
 // ATen's CPU mm takes and returns one dtype, so a bf16 weight gradient comes
 // out in bf16 and is then cast to the fp32 master's dtype: a rounding, a copy

@@ -1,4 +1,5 @@
-// torch_symbol.h: dlsym over the process, then over the loaded libraries that may hold the symbol.
+// torch_symbol.h: dlsym over libtorch_cpu.so first (a generic name such as sgemm_ may also be in another BLAS
+// in the process, with its own threading), then the process, then MKL's runtime library.
 #include "core/util/torch_symbol.h"
 
 #include <dlfcn.h>
@@ -6,8 +7,10 @@
 namespace forge::util {
 
 void* torch_symbol(const char* name) {
+  if (void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD))
+    if (void* f = dlsym(h, name)) return f;
   if (void* f = dlsym(RTLD_DEFAULT, name)) return f;
-  for (const char* lib : {"libtorch_cpu.so", "libmkl_rt.so.2", "libmkl_rt.so"})
+  for (const char* lib : {"libmkl_rt.so.2", "libmkl_rt.so"})
     if (void* h = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD))
       if (void* f = dlsym(h, name)) return f;
   return nullptr;

@@ -5,9 +5,9 @@
 
 namespace forge::util {
 
-// The address of `name` in the process (libtorch_cpu.so is loaded with
-// forge's core), else in libtorch_cpu.so or MKL's runtime library where
-// those are loaded; nullptr where none has it. Nothing is loaded that was not.
+// The address of `name` in libtorch_cpu.so (loaded with forge's core), else
+// anywhere in the process, else in MKL's runtime library where that is
+// loaded; nullptr where none has it. Nothing is loaded that was not.
 void* torch_symbol(const char* name);
 
 }  // namespace forge::util

@@ -523,10 +523,11 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
   struct Shape {
     int64_t B, H, Hkv, S, hd;
   };
-  // Lengths within one causal block of 64 positions, across several with a remainder, and of 2; head dims a
-  // multiple of the 16-lane loops and not.
+  // Lengths within one causal block of 64 positions, across several with a remainder, whole blocks, one past a
+  // block, and 2; head dims a multiple of the 16-lane loops and not.
   for (const Shape& sh : {Shape{2, 4, 2, 37, 16}, Shape{1, 6, 6, 130, 32}, Shape{3, 8, 1, 2, 8},
-                          Shape{2, 8, 2, 150, 64}, Shape{1, 3, 1, 200, 40}}) {
+                          Shape{2, 8, 2, 150, 64}, Shape{1, 3, 1, 200, 40}, Shape{1, 2, 1, 128, 16},
+                          Shape{1, 4, 2, 65, 24}}) {
     DYNAMIC_SECTION("B " << sh.B << " H " << sh.H << " Hkv " << sh.Hkv << " S " << sh.S << " hd " << sh.hd) {
       // q as attention makes it, a (B, H, S, hd) view of a (B, S, H, hd) projection.
       const at::Tensor q0 = at::randn({sh.B, sh.S, sh.H, sh.hd}).transpose(1, 2);
@@ -578,13 +579,16 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
           CHECK(rel_err(got, want) < 1e-5);
         }
       }
-      // q, k and v in (B, H, S, hd) memory rather than the projections' (B, S, H, hd): the same gradients.
+      // q, k and v in (B, H, S, hd) memory rather than the projections' (B, S, H, hd), and a gradient with a
+      // stride along hd: the same gradients (up to the products' summation order, which may follow alignment).
       at::Tensor qc = leaf(q0.contiguous(), at::kBFloat16), kc = leaf(k0.contiguous(), at::kBFloat16),
                  vc = leaf(v0.contiguous(), at::kBFloat16);
-      fused::causal_attention(qc, kc, vc).backward(gy);
-      CHECK(at::equal(qc.grad(), q.grad()));
-      CHECK(at::equal(kc.grad(), k.grad()));
-      CHECK(at::equal(vc.grad(), v.grad()));
+      const at::Tensor gy_strided = at::stack({gy, gy}, -1).select(-1, 0);
+      REQUIRE(gy_strided.stride(3) == 2);
+      fused::causal_attention(qc, kc, vc).backward(gy_strided);
+      CHECK(rel_err(qc.grad(), q.grad()) < 1e-3);
+      CHECK(rel_err(kc.grad(), k.grad()) < 1e-3);
+      CHECK(rel_err(vc.grad(), v.grad()) < 1e-3);
     }
   }
   SECTION("it takes only what it handles: bf16 or fp32 on a CPU, with autograd, up to 1024 positions") {
@@ -600,6 +604,8 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kBFloat16),
                                                 t(2, 16, at::kBFloat16)));  // mixed dtypes
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kDouble), t(2, 16, at::kDouble), t(2, 16, at::kDouble)));
+    CHECK_THROWS_WITH(fused::causal_attention(t(4, 16, at::kHalf), t(2, 16, at::kHalf), t(2, 16, at::kHalf)),
+                      Catch::Contains("bf16 or fp32"));
     CHECK_FALSE(fused::causal_attention_fusable(t(3, 16, at::kBFloat16), t(2, 16, at::kBFloat16),
                                                 t(2, 16, at::kBFloat16)));
     at::NoGradGuard no_grad;
