@@ -28,8 +28,8 @@ namespace forge::fused {
 // all in bf16 (or cast to it by CPU autocast), or all in fp32 where BLAS's
 // sgemm is found (cpu_gemm::f32_available), with autograd wanted, q (B, H, S,
 // hd) and k, v (B, Hkv, S, hd) with H a multiple of Hkv and hd > 0, and
-// 2 <= S <= 1024 (beyond, the flash kernel's memory and its skipped masked
-// blocks win).
+// 2 <= S <= 1024 in bf16, 512 in fp32 (beyond, the flash kernel's memory
+// and its skipped masked blocks win).
 FORGE_API bool causal_attention_fusable(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // softmax(q k^T / sqrt(hd) + causal mask) v with GQA (query head h reads KV

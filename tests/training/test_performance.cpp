@@ -591,7 +591,7 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
       CHECK(rel_err(vc.grad(), v.grad()) < 1e-3);
     }
   }
-  SECTION("it takes only what it handles: bf16 or fp32 on a CPU, with autograd, up to 1024 positions") {
+  SECTION("it takes only what it handles: bf16 or fp32 on a CPU, with autograd, up to 1024 or 512 positions") {
     auto t = [](int64_t H, int64_t S, at::ScalarType dt) {
       return at::randn({1, H, S, 8}).to(dt).requires_grad_(true);
     };
@@ -599,8 +599,9 @@ TEST_CASE("the CPU attention backward keeps the flash forward and gives fp64's g
                                           t(2, 1024, at::kBFloat16)));
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 1025, at::kBFloat16), t(2, 1025, at::kBFloat16),
                                                 t(2, 1025, at::kBFloat16)));
-    CHECK(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kFloat), t(2, 16, at::kFloat)) ==
+    CHECK(fused::causal_attention_fusable(t(4, 512, at::kFloat), t(2, 512, at::kFloat), t(2, 512, at::kFloat)) ==
           cpu_gemm::f32_available());
+    CHECK_FALSE(fused::causal_attention_fusable(t(4, 513, at::kFloat), t(2, 513, at::kFloat), t(2, 513, at::kFloat)));
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kFloat), t(2, 16, at::kBFloat16),
                                                 t(2, 16, at::kBFloat16)));  // mixed dtypes
     CHECK_FALSE(fused::causal_attention_fusable(t(4, 16, at::kDouble), t(2, 16, at::kDouble), t(2, 16, at::kDouble)));
