@@ -309,13 +309,12 @@ bool causal_attention_fusable(const at::Tensor& q, const at::Tensor& k, const at
 }
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const at::ScalarType dtype = compute_dtype(q);
-  if ((dtype != at::kBFloat16 && dtype != at::kFloat) || compute_dtype(k) != dtype || compute_dtype(v) != dtype)
+  const at::ScalarType dtype = compute_dtype(q), k_dtype = compute_dtype(k), v_dtype = compute_dtype(v);
+  if ((dtype != at::kBFloat16 && dtype != at::kFloat) || k_dtype != dtype || v_dtype != dtype)
     throw InvalidArgument(fmt::format("fused::causal_attention: computes in bf16 or fp32, all three alike; got q {}, "
                                       "k {}, v {} (check causal_attention_fusable first)",
-                                      c10::toString(compute_dtype(q)), c10::toString(compute_dtype(k)),
-                                      c10::toString(compute_dtype(v))));
-  return CausalAttention::apply(q.to(compute_dtype(q)), k.to(compute_dtype(k)), v.to(compute_dtype(v)));
+                                      c10::toString(dtype), c10::toString(k_dtype), c10::toString(v_dtype)));
+  return CausalAttention::apply(q.to(dtype), k.to(dtype), v.to(dtype));
 }
 
 }  // namespace forge::fused
