@@ -42,6 +42,16 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_isa():
+    """The CPU's bf16 matrix instructions as forge's resolve_precision reads them (core/training/precision.cpp,
+    from the same ATen capability table): "AMX", "AVX512-BF16", or "" where it has neither."""
+    import torch  # the baseline's torch, the same build as forge's LibTorch
+    caps = torch._C._cpu._get_cpu_capability()
+    if caps.get("amx_bf16") and caps.get("amx_tile"):
+        return "AMX"
+    return "AVX512-BF16" if caps.get("avx512_bf16") else ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="small", help="configs/bench/<shape>.toml")
@@ -61,6 +71,18 @@ def main():
     config = os.path.join(ROOT, "configs", "bench", a.shape + ".toml")
     archs = a.arch or ["joint_decoder", "cross_attention", "mot"]
     precisions = a.precision or ["fp32", "bf16"]
+    skipped = []
+    if a.device == "cpu" and "bf16" in precisions and not cpu_bf16_isa():
+        # forge would compute in fp32 (and say so), and the baseline's autocast would run bf16 products emulated,
+        # orders of magnitude slower: there is no bf16 side by side to take on this CPU.
+        why = ("this CPU has neither AMX nor AVX512-BF16: forge's mixed_precision = \"bf16\" computes in fp32 "
+               "here, and PyTorch's CPU autocast would emulate its bf16 products")
+        if a.precision:
+            print(f"--precision bf16: {why}; run fp32 only, or on a CPU with bf16 matrix instructions", file=sys.stderr)
+            sys.exit(2)
+        print(f"skipping bf16: {why}", flush=True)
+        precisions = [p for p in precisions if p != "bf16"]
+        skipped.append({"precision": "bf16", "why": why})
     rows = []
     tmp = tempfile.mkdtemp(prefix="forge-side-by-side-")
     for arch in archs:
@@ -96,7 +118,7 @@ def main():
               "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                           "platform": platform.platform()},
               "versions": last["versions"], "overrides": a.set, "baseline_preload": a.baseline_preload,
-              "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows}
+              "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup, "rows": rows, "skipped": skipped}
     print("\n| arch | precision | forge (s) | baseline (s) | forge / baseline | forge / GEMM rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:
