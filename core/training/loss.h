@@ -25,10 +25,12 @@ FORGE_API LossValue cross_entropy(const at::Tensor& logits, const at::Tensor& ta
 // chunks: each chunk's logits are computed (in the autocast dtype, else the
 // hidden states'), reduced in fp32, and turned into their gradients at once,
 // so no full-vocabulary tensor is kept and no second pass over the logits
-// runs in backward. For training (it computes gradients in forward when
-// hidden or weight requires them).
+// runs in backward. Rows whose target is -100 (prompt, padding) skip the
+// head: their gradients are exact zeros. For training (it computes gradients
+// in forward when hidden or weight requires them).
 // `valid_targets` (the count of targets != -100, when the caller knows it
-// from the labels on the host) spares a device-to-host sync.
+// from the labels on the host) spares a device-to-host sync. On a CPU it is
+// checked, and a wrong count throws InvalidArgument.
 FORGE_API LossValue linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                          double z_loss_weight = 0.0, std::optional<int64_t> valid_targets = {});
 
