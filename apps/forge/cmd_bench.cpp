@@ -2,6 +2,7 @@
 // its shape, timed after a warm-up, with the FLOP/s, MFU and the machine's
 // GEMM ceiling beside it. `--data-only` times the data path instead.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -93,8 +94,15 @@ int bench_data(const BenchArgs& a, const LoadedConfig& cfg) {
   return kExitOk;
 }
 
-// A fixed synthetic batch of the configured shape: uniform pixels, random token ids, every token a target.
-Batch synthetic_batch(const JobConfig& job, VLMImpl& model) {
+// The text positions of a sample that are loss targets under --targets: the first ones, as a caption's tokens
+// before its padding.
+int64_t target_positions(const BenchArgs& a, int64_t T) {
+  return std::clamp<int64_t>(std::llround(a.targets * static_cast<double>(T)), 1, T);
+}
+
+// A fixed synthetic batch of the configured shape: uniform pixels, random token ids, each sample's first
+// target_positions tokens targets and the rest -100.
+Batch synthetic_batch(const JobConfig& job, VLMImpl& model, const BenchArgs& a) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(job.train.seed));
   const Preprocess prep = model.vision_encoder->preprocess();
   const int64_t side = prep.image_size > 0 ? prep.image_size : (job.data.hf_image_size > 0 ? job.data.hf_image_size : 32);
@@ -107,6 +115,7 @@ Batch synthetic_batch(const JobConfig& job, VLMImpl& model) {
   if (model.video()) b.frame_mask = at::ones({B, model.frames_per_clip()}, at::kBool);
   b.input_ids = at::randint(0, job.model.vocab_size, {B, T}, gen, at::TensorOptions().dtype(at::kLong));
   b.labels = b.input_ids.clone();
+  b.labels.narrow(1, target_positions(a, T), T - target_positions(a, T)).fill_(-100);
   return b;
 }
 
@@ -139,7 +148,7 @@ int cmd_bench(const BenchArgs& a) {
   model->train();
   if (model->encoder_frozen()) model->vision_encoder->eval();
 
-  Batch batch = synthetic_batch(job, *model);
+  Batch batch = synthetic_batch(job, *model, a);
   if (device.is_cuda()) {  // as the trainer's loader with data.pin_memory: each step's copy to the GPU is async
     batch.pixel_values = batch.pixel_values.pin_memory();
     batch.input_ids = batch.input_ids.pin_memory();
@@ -195,7 +204,11 @@ int cmd_bench(const BenchArgs& a) {
   const int64_t B = job.train.batch_size * accum * dist->world(), T = vlm.max_text_len;
   const int64_t residual = model->residual_image_tokens() + T;
   const double median = quantile(step_s, 0.5), p90 = quantile(step_s, 0.9);
-  const double flops = train_step_flops(*model, B, T);
+  // D12 counts the FLOPs trained: not the head's (forward, and backward's two products) at positions that are not
+  // targets, which the loss skips.
+  const int64_t targets = target_positions(a, T);
+  const double skipped_head = 6.0 * static_cast<double>(B * (T - targets) * m.dim * m.vocab_size);
+  const double flops = train_step_flops(*model, B, T) - skipped_head;
   const double achieved = flops / median;
   const double peak = peak_flops(job.metrics, device);
   const at::ScalarType dtype = precision.compute_dtype();
@@ -217,7 +230,7 @@ int cmd_bench(const BenchArgs& a) {
   if (dp.sharded()) params = static_cast<double>(dp.fsdp()->total_numel());
 
   std::cout << fmt::format(
-      "\n{} ({}, {}), {} parameters, batch {} x ({} image + {} text positions)\n"
+      "\n{} ({}, {}), {} parameters, batch {} x ({} image + {} text positions, {} of them targets)\n"
       "step time      median {:.4f} s, p90 {:.4f} s ({} timed steps after {} warm-up); optimizer {:.4f} s ({:.1f} %)\n"
       "throughput     {} residual tokens/s, {} text tokens/s\n"
       "compute        {:.3e} FLOP per step = 3 x decoder forward + tower + adapter (D12) -> {:.3e} FLOP/s\n"
@@ -227,7 +240,7 @@ int cmd_bench(const BenchArgs& a) {
       "attention      {}\n"
       "loss           {:.4f} (last step; synthetic data)\n",
       job.source, vlm.arch, precision.describe(), util::human_count(params), B, model->residual_image_tokens(), T,
-      median, p90, a.steps, a.warmup, quantile(optim_s, 0.5), 100 * quantile(optim_s, 0.5) / median,
+      targets, median, p90, a.steps, a.warmup, quantile(optim_s, 0.5), 100 * quantile(optim_s, 0.5) / median,
       util::human_count(static_cast<double>(B * residual) / median),
       util::human_count(static_cast<double>(B * T) / median), flops, achieved, 100 * achieved / peak, peak,
       100 * achieved / gemm_best, c10::toString(dtype), gemm_best, util::human_bytes(peak_bytes),
@@ -244,6 +257,7 @@ int cmd_bench(const BenchArgs& a) {
                    {"batch_size", B},
                    {"image_positions", model->residual_image_tokens()},
                    {"text_tokens", T},
+                   {"target_positions", targets},
                    {"warmup_steps", a.warmup},
                    {"timed_steps", a.steps},
                    {"step_time_median_s", median},
@@ -255,7 +269,8 @@ int cmd_bench(const BenchArgs& a) {
                    {"flops_per_step", flops},
                    {"flops_formula", "samples x (3 x decoder forward FLOPs + tower forward x (1 frozen | 3 trained) + "
                                      "adapter forward x (1 | 3)); decoder forward = S L (2 (attention + MLP weights) + "
-                                     "4 H hd S) + 2 D V T (+ arch blocks)"},
+                                     "4 H hd S) + 2 D V T (+ arch blocks), less the head's 6 D V per text position that is not a "
+                                     "target (skipped by the loss)"},
                    {"achieved_flops_per_s", achieved},
                    {"peak_flops_per_s", peak},
                    {"mfu", achieved / peak},

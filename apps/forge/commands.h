@@ -79,6 +79,7 @@ struct BenchArgs {
   std::string label;  // recorded in the result (e.g. "forge small joint_decoder bf16")
   bool data_only = false;
   std::string profile;  // Chrome trace of one more step ("" = none)
+  double targets = 1.0;  // fraction of each sample's text positions that are loss targets (the rest -100)
 };
 
 // Loads args.config with its overrides and plugin folders into the process

@@ -106,6 +106,18 @@ int main(int argc, char** argv) {
   bench->add_flag("--data-only", bench_args.data_only,
                   "Time the data path instead (dataset, image decode and preprocessing, tokenizer, collate): "
                   "samples/s");
+  bench->add_option("--targets", bench_args.targets,
+                    "The fraction of each sample's text positions that are loss targets, the rest ignored (-100) "
+                    "as a short caption's padding up to max_text_len is: the loss skips the output head there")
+      ->default_val(1.0)
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            double x = 0;
+            return CLI::detail::lexical_cast(v, x) && x > 0 && x <= 1
+                       ? std::string()
+                       : fmt::format("got {}; give a fraction above 0 and at most 1 (0.25: a quarter of them)", v);
+          },
+          "in (0, 1]"));
   bench->add_option("--profile", bench_args.profile,
                     "After the timed steps, profile one more step (Kineto) and write its Chrome trace here");
   add_plugin_path(bench);

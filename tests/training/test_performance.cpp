@@ -188,6 +188,32 @@ TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without t
     at::Tensor bad = at::tensor({3, 50, 7, 1}, at::kLong).view({1, 4});
     CHECK_THROWS_WITH(linear_cross_entropy(h0, w, bad), Catch::Contains("target token id 50 is outside the vocabulary of 50"));
   }
+  SECTION("ignored rows skip the head: scattered over chunks, with the caller's count checked") {
+    const int64_t Vbig = 40000;  // fp32: 1677 rows per chunk, so the about 1890 counted rows still take 2
+    at::Tensor h0 = at::randn({2, 1500, D}), w0 = at::randn({Vbig, D}) * 0.3;
+    at::Tensor tgt = at::randint(0, Vbig, {2, 1500});
+    at::Tensor ignored = at::rand({2, 1500}) < 0.3;
+    ignored.index_put_({0, at::indexing::Slice(0, 100)}, true);  // a prompt-like run, and a padding-like tail
+    ignored.index_put_({1, at::indexing::Slice(1300, 1500)}, true);
+    tgt.masked_fill_(ignored, -100);
+    const int64_t counted = tgt.ne(-100).sum().item<int64_t>();
+    REQUIRE(counted > 1677);
+    at::Tensor h1 = h0.clone().requires_grad_(true), w1 = w0.clone().requires_grad_(true);
+    at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+    LossValue ref = cross_entropy(at::linear(h1, w1), tgt, 1e-3);
+    LossValue got = linear_cross_entropy(h2, w2, tgt, 1e-3, counted);
+    ref.loss.backward();
+    got.loss.backward();
+    CHECK(got.tokens == counted);
+    CHECK(got.loss.item<double>() == Approx(ref.loss.item<double>()).epsilon(1e-6));
+    CHECK(at::allclose(h2.grad(), h1.grad(), 1e-4, 1e-7));
+    CHECK(at::allclose(w2.grad(), w1.grad(), 1e-4, 1e-7));
+    CHECK(h2.grad().index({ignored}).abs().max().item<double>() == 0.0);
+    CHECK(h2.grad().index({ignored.logical_not()}).abs().min().item<double>() > 0.0);
+    CHECK_THROWS_WITH(linear_cross_entropy(h0, w0, tgt, 0.0, counted - 1),
+                      Catch::Contains(fmt::format("valid_targets = {}, but {} of the 3000 targets are not -100",
+                                                  counted - 1, counted)));
+  }
   SECTION("the gradients are handed over once: as made for loss.backward(), and a second backward is refused") {
     at::Tensor h0 = at::randn({2, 5, D}), w0 = at::randn({V, D}) * 0.3;
     at::Tensor tgt = at::randint(0, V, {2, 5});
@@ -624,7 +650,7 @@ TEST_CASE("docs/performance.md: every command runs", "[docs][bench]") {
     if (line.find("side_by_side.py") != std::string::npos) line += " --forge " + std::string(FORGE_BIN);
     commands.push_back(line);
   }
-  REQUIRE(commands.size() == 6);
+  REQUIRE(commands.size() == 7);
   for (const auto& c : commands) {
     INFO(c);
     auto r = forge::test::run("cd " FORGE_SOURCE_DIR " && " + c);
@@ -633,6 +659,8 @@ TEST_CASE("docs/performance.md: every command runs", "[docs][bench]") {
     if (c.find("profile_summary") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("aten::mm"));
     if (c.find("side_by_side") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("| joint_decoder | fp32 |"));
     if (c.find("--data-only") != std::string::npos) CHECK_THAT(r.output, Catch::Contains("samples/s"));
+    if (c.find("--targets 0.25") != std::string::npos)  // tiny: 48 text positions, the first 12 targets
+      CHECK_THAT(r.output, Catch::Contains("48 text positions, 12 of them targets"));
   }
   CHECK(std::filesystem::exists(d.path() / "tiny.json"));
   CHECK(std::filesystem::exists(d.path() / "tiny-trace.json"));
