@@ -204,11 +204,9 @@ int cmd_bench(const BenchArgs& a) {
   const int64_t B = job.train.batch_size * accum * dist->world(), T = vlm.max_text_len;
   const int64_t residual = model->residual_image_tokens() + T;
   const double median = quantile(step_s, 0.5), p90 = quantile(step_s, 0.9);
-  // D12 counts the FLOPs trained: not the head's (forward, and backward's two products) at positions that are not
-  // targets, which the loss skips.
+  // D12 counts the FLOPs trained: the head's only at the positions that are targets (the loss skips the rest).
   const int64_t targets = target_positions(a, T);
-  const double skipped_head = 6.0 * static_cast<double>(B * (T - targets) * m.dim * m.vocab_size);
-  const double flops = train_step_flops(*model, B, T) - skipped_head;
+  const double flops = train_step_flops(*model, B, T, B * targets);
   const double achieved = flops / median;
   const double peak = peak_flops(job.metrics, device);
   const at::ScalarType dtype = precision.compute_dtype();

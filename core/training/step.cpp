@@ -62,14 +62,20 @@ StepReport participant_report(VLMImpl& model) {
   return r;
 }
 
-double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len) {
+double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len, std::optional<int64_t> head_rows) {
   // Every frame of a clip goes through the tower and the adapter (the
   // adapter's count is its own window's: frames pool with [video] pool_window).
   const auto frames = static_cast<double>(model.frames_per_clip());
   const double enc = frames * model.vision_encoder->forward_flops() * (model.encoder_frozen() ? 1 : 3);
   const double ada =
       frames * model.adapter->forward_flops(model.vision_encoder->num_tokens()) * (model.adapter_frozen() ? 1 : 3);
-  return static_cast<double>(samples) * (3 * model.forward_flops_per_sample(text_len) + enc + ada);
+  double flops = static_cast<double>(samples) * (3 * model.forward_flops_per_sample(text_len) + enc + ada);
+  if (head_rows) {  // the head's forward and its two backward products at the positions the loss skipped
+    const ModelConfig& m = model.transformer->config();
+    flops -= 6.0 * static_cast<double>(m.dim) * static_cast<double>(m.vocab_size) *
+             static_cast<double>(samples * text_len - *head_rows);
+  }
+  return flops;
 }
 
 }  // namespace forge

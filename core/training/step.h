@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include "core/data/data.h"
 #include "core/distributed/data_parallel.h"
@@ -56,7 +57,10 @@ FORGE_API StepReport participant_report(VLMImpl& model);
 // FLOPs of one training step over `samples` samples of `text_len` tokens
 // (D12: every trained FLOP): 3x the decoder's forward (forward + backward),
 // the tower's forward once when frozen and 3x when trained, likewise the
-// adapter.
-FORGE_API double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len);
+// adapter. `head_rows`, where given, is the number of text positions that
+// went through the output head (the targets: the loss skips the rest), in
+// place of samples x text_len for the head's 6 D V FLOPs a row.
+FORGE_API double train_step_flops(VLMImpl& model, int64_t samples, int64_t text_len,
+                                  std::optional<int64_t> head_rows = std::nullopt);
 
 }  // namespace forge

@@ -425,7 +425,7 @@ TrainSummary train(const LoadedConfig& loaded, Registry& registry, const TrainOp
     ema_step = ema_step == 0 ? dt : 0.9 * ema_step + 0.1 * dt;
 
     if (finite && (state.step == 1 || state.step % job.metrics.log_interval == 0 || state.step == max_steps)) {
-      const double step_flops = train_step_flops(*model, samples, text_len);
+      const double step_flops = train_step_flops(*model, samples, text_len, label_tokens);
       const double mfu = step_flops / dt / (peak * dist->world());
       const double tok_s = static_cast<double>(label_tokens) / dt;
       const StepReport report = participant_report(*model);
