@@ -2,8 +2,8 @@
 // its shape, timed after a warm-up, with the FLOP/s, MFU and the machine's
 // GEMM ceiling beside it. `--data-only` times the data path instead.
 #include <algorithm>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -115,7 +115,8 @@ Batch synthetic_batch(const JobConfig& job, VLMImpl& model, const BenchArgs& a) 
   if (model.video()) b.frame_mask = at::ones({B, model.frames_per_clip()}, at::kBool);
   b.input_ids = at::randint(0, job.model.vocab_size, {B, T}, gen, at::TensorOptions().dtype(at::kLong));
   b.labels = b.input_ids.clone();
-  b.labels.narrow(1, target_positions(a, T), T - target_positions(a, T)).fill_(-100);
+  const int64_t targets = target_positions(a, T);
+  b.labels.narrow(1, targets, T - targets).fill_(-100);
   return b;
 }
 

@@ -241,11 +241,10 @@ LossValue linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weigh
   const at::Tensor tgt = targets.flatten();
   // The count decides which rows go through the head: checked where that costs no device sync.
   const bool count_here = !valid_targets || tgt.device().is_cpu();
-  const int64_t counted = count_here ? tgt.ne(-100).sum().item<int64_t>() : *valid_targets;
-  if (valid_targets && *valid_targets != counted)
+  const int64_t n = count_here ? tgt.ne(-100).sum().item<int64_t>() : *valid_targets;
+  if (valid_targets && *valid_targets != n)
     throw InvalidArgument(fmt::format("loss: valid_targets = {}, but {} of the {} targets are not -100",
-                                      *valid_targets, counted, tgt.numel()));
-  const int64_t n = counted;
+                                      *valid_targets, n, tgt.numel()));
   at::Tensor loss = LinearCrossEntropy::apply(hidden.flatten(0, 1), weight, tgt, z_loss_weight, n, dtype,
                                               at::GradMode::is_enabled());
   return LossValue{loss, n};
