@@ -136,6 +136,13 @@ TEST_CASE("forge bench times the tiny shape for every arch and writes its result
                               "/configs/bench/tiny.toml --model.dim=-3");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.output, Catch::Contains("model.dim"));
+  for (const char* targets : {"0", "1.5", "abc"}) {  // --targets: a fraction in (0, 1]
+    auto r = forge::test::run(std::string(FORGE_BIN) + " bench " FORGE_SOURCE_DIR "/configs/bench/tiny.toml --targets " +
+                              targets);
+    INFO(r.output);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains(fmt::format("--targets: got {}; give a fraction above 0 and at most 1", targets)));
+  }
 }
 
 TEST_CASE("linear_cross_entropy is the output head then cross_entropy, without the logits", "[loss]") {
